@@ -1,0 +1,3 @@
+"""syncd: MongoDB -> ATProto sync daemon."""
+
+__version__ = "0.1.0"
