@@ -1,0 +1,288 @@
+"""Fetch painting images from object storage, defensively.
+
+Every request: a timeout, ``Accept-Encoding: identity`` (no decompression
+bombs), manual redirects restricted to ``allowed_hosts`` (at most 3), a
+streamed body cut off past ``max_bytes``, and a magic-byte + Pillow check.
+Transient failures (5xx, 408, 429, timeouts, connection errors) are retried
+``retries`` times with exponential backoff and full jitter before
+:class:`TransientImageError` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import httpx
+from PIL import Image
+
+from syncd.images.errors import (
+    ImageError,
+    ImageHTTPError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TooManyRedirectsError,
+    TransientImageError,
+)
+from syncd.images.settings import ImageSettings
+from syncd.images.thumbnail import INPUT_FORMATS
+from syncd.images.urls import check_url
+
+MAX_REDIRECTS = 3
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+TRANSIENT_4XX = frozenset({408, 429})
+_T = TypeVar("_T")
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """``"png"``, ``"jpeg"``, ``"gif"`` or ``"webp"`` from the first bytes, else ``None``."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def check_image_bytes(data: bytes, url: str | None = None) -> None:
+    """Raise :class:`NotAnImageError` unless ``data`` is a PNG/JPEG/GIF/WebP Pillow identifies.
+
+    Only the header is parsed. An image too large to decode still passes here;
+    the thumbnail step refuses it with ``decompression_bomb``.
+    """
+    kind = sniff_image_type(data[:16])
+    if kind is None:
+        raise NotAnImageError(
+            f"body does not start with PNG/JPEG/GIF/WebP magic bytes ({data[:8]!r})", url=url
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as im:
+            if im.width <= 0 or im.height <= 0:
+                raise NotAnImageError(f"image has an empty size {im.size}", url=url)
+    except Image.DecompressionBombError:
+        return
+    except NotAnImageError:
+        raise
+    except Exception as exc:  # Pillow raises many types on garbage; all mean "not an image"
+        raise NotAnImageError(f"Pillow cannot identify the {kind} body: {exc}", url=url) from None
+
+
+def make_client(settings: ImageSettings, *, trust_env: bool = False) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` suitable for :class:`ImageFetcher` (no auto-redirects)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.timeout_seconds),
+        follow_redirects=False,
+        trust_env=trust_env,
+        headers={"User-Agent": "syncd-images/1", "Accept-Encoding": "identity"},
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class ImageFetcher:
+    """Downloads images and probes recordings through an injected ``httpx.AsyncClient``.
+
+    The client should not follow redirects itself (``make_client`` builds one);
+    this class follows them, but only to ``allowed_hosts``. ``backoff_base`` and
+    ``backoff_max`` (seconds) shape the retry delays; ``total_timeout`` bounds a
+    whole attempt so a server trickling bytes cannot hold a worker (default
+    ``6 * timeout_seconds``).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: ImageSettings,
+        *,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        total_timeout: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._timeout = httpx.Timeout(settings.timeout_seconds)
+        self._total_timeout = total_timeout or 6 * settings.timeout_seconds
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    # -- public API ---------------------------------------------------------
+
+    async def fetch_image(self, url: str) -> bytes:
+        """GET ``url`` and return the body, which is checked to be an image.
+
+        Raises :class:`ImageNotFoundError` (404/410), :class:`ImageHTTPError`
+        (other 4xx), :class:`ImageTooLargeError`, :class:`NotAnImageError`,
+        :class:`DisallowedHostError`, :class:`TooManyRedirectsError` (all
+        permanent) or :class:`TransientImageError` once retries are exhausted.
+        """
+        data = await self._with_retries(lambda: self._get_once(url))
+        check_image_bytes(data, url)
+        return data
+
+    async def recording_exists(self, url: str) -> bool:
+        """HEAD ``url``: 200 → True; 403/404/410 → False (object stores answer 403 for a
+        missing key when listing is private); 5xx/timeouts → :class:`TransientImageError`."""
+        return await self._with_retries(lambda: self._head_once(url))
+
+    # -- internals ----------------------------------------------------------
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        retries = self._settings.retries
+        for n in range(retries + 1):
+            try:
+                return await attempt()
+            except TransientImageError as exc:
+                if n >= retries:
+                    raise
+                delay = self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**n))
+                if exc.retry_after is not None:
+                    delay = min(self._backoff_max, max(delay, exc.retry_after))
+                await self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _get_once(self, url: str) -> bytes:
+        return await self._request(url, "GET", self._read_body)
+
+    async def _head_once(self, url: str) -> bool:
+        async def verdict(response: httpx.Response, final_url: str) -> bool:
+            return True
+
+        try:
+            return await self._request(url, "HEAD", verdict, missing_ok=True)
+        except ImageNotFoundError:
+            return False
+
+    async def _request(
+        self,
+        url: str,
+        method: str,
+        on_ok: Callable[[httpx.Response, str], Awaitable[_T]],
+        *,
+        missing_ok: bool = False,
+    ) -> _T:
+        allowed = self._settings.allowed_hosts
+        current = check_url(url, allowed)
+        try:
+            async with asyncio.timeout(self._total_timeout):
+                for hop in range(MAX_REDIRECTS + 1):
+                    async with self._client.stream(
+                        method,
+                        current,
+                        timeout=self._timeout,
+                        follow_redirects=False,
+                        headers={"Accept-Encoding": "identity"},
+                    ) as response:
+                        status = response.status_code
+                        if status in REDIRECT_STATUSES:
+                            location = response.headers.get("Location")
+                            if not location:
+                                raise ImageHTTPError(
+                                    f"{status} redirect without Location from {current}",
+                                    reason="bad_redirect",
+                                    url=current,
+                                    status=status,
+                                )
+                            target = str(httpx.URL(current).join(location))
+                            check_url(target, allowed, reason="redirect_disallowed_host")
+                            if hop >= MAX_REDIRECTS:
+                                raise TooManyRedirectsError(
+                                    f"more than {MAX_REDIRECTS} redirects starting at {url}",
+                                    url=url,
+                                    status=status,
+                                )
+                            current = target
+                            continue
+                        if status == 200:
+                            return await on_ok(response, current)
+                        self._raise_for_status(response, current, missing_ok=missing_ok)
+                raise AssertionError("unreachable")  # pragma: no cover
+        except ImageError:
+            raise
+        except TimeoutError:
+            raise TransientImageError(
+                f"{method} {current} exceeded {self._total_timeout}s in total",
+                reason="image_timeout",
+                url=current,
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise TransientImageError(
+                f"{method} {current} timed out ({type(exc).__name__})",
+                reason="image_timeout",
+                url=current,
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransientImageError(
+                f"{method} {current} failed: {type(exc).__name__}: {exc}",
+                reason="image_connection_error",
+                url=current,
+            ) from None
+
+    @staticmethod
+    def _raise_for_status(response: httpx.Response, url: str, *, missing_ok: bool) -> None:
+        status = response.status_code
+        if status in (404, 410) or (missing_ok and status == 403):
+            raise ImageNotFoundError(f"{status} for {url}", url=url, status=status)
+        if status in TRANSIENT_4XX or status >= 500:
+            if status == 429:
+                reason = "image_rate_limited"
+            elif status >= 500:
+                reason = "image_http_5xx"
+            else:
+                reason = "image_timeout"
+            raise TransientImageError(
+                f"HTTP {status} for {url}",
+                reason=reason,
+                url=url,
+                status=status,
+                retry_after=_retry_after(response),
+            )
+        if 400 <= status < 500:
+            raise ImageHTTPError(f"HTTP {status} for {url}", url=url, status=status)
+        raise ImageHTTPError(
+            f"unexpected HTTP {status} for {url}",
+            reason="image_http_unexpected",
+            url=url,
+            status=status,
+        )
+
+    async def _read_body(self, response: httpx.Response, url: str) -> bytes:
+        limit = self._settings.max_bytes
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ImageTooLargeError(
+                f"{url} declares {declared} bytes, over the limit of {limit}", url=url
+            )
+        buf = bytearray()
+        async for chunk in response.aiter_raw():
+            buf += chunk
+            if len(buf) > limit:
+                raise ImageTooLargeError(
+                    f"{url} sent more than the limit of {limit} bytes", url=url
+                )
+        return bytes(buf)
