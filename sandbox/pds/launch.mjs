@@ -1,0 +1,237 @@
+#!/usr/bin/env node
+// Dev/test only: the reference ATProto PDS (@atproto/pds) plus an in-memory
+// did:plc directory (@did-plc/server), both bound to 127.0.0.1.
+//
+//   node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits]
+//                   [--ready-file FILE] [--log-level LEVEL]
+//
+// Options may also come from the environment: PDS_PORT, PLC_PORT,
+// PDS_DATA_DIRECTORY, PDS_ADMIN_PASSWORD, SANDBOX_RATE_LIMITS=1, LOG_LEVEL.
+// A port of 0 (the default) picks a free one.
+//
+// When both servers listen it prints ONE JSON line on stdout
+//   {"ready": true, "pdsUrl": ..., "plcUrl": ..., "pid": ..., ...}
+// (and writes the same object to --ready-file, atomically, if given).
+// SIGTERM / SIGINT shut both down cleanly (exit 0).
+//
+// Restartable: secrets (JWT secret, admin password, PLC rotation key) are kept
+// in DIR/launcher-secrets.json, and every PLC operation accepted by the
+// in-memory directory is appended to DIR/plc-ops.jsonl and replayed on the
+// next start, so a restarted PDS on the same data dir keeps its accounts and
+// their DIDs still resolve.
+
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import process from 'node:process'
+
+const HOST = '127.0.0.1'
+
+function usage(msg) {
+  process.stderr.write(`launch.mjs: ${msg}\n`)
+  process.stderr.write(
+    'usage: node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits] ' +
+      '[--ready-file FILE] [--log-level LEVEL]\n',
+  )
+  process.exit(2)
+}
+
+function parseArgs(argv) {
+  const opts = {
+    dataDir: process.env.PDS_DATA_DIRECTORY || '',
+    port: Number(process.env.PDS_PORT || 0),
+    plcPort: Number(process.env.PLC_PORT || 0),
+    rateLimits: ['1', 'true'].includes(process.env.SANDBOX_RATE_LIMITS || ''),
+    readyFile: '',
+    logLevel: process.env.LOG_LEVEL || 'warn',
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]
+    const value = () => {
+      if (i + 1 >= argv.length) usage(`${arg} needs a value`)
+      return argv[++i]
+    }
+    switch (arg) {
+      case '--data-dir':
+        opts.dataDir = value()
+        break
+      case '--port':
+        opts.port = Number(value())
+        break
+      case '--plc-port':
+        opts.plcPort = Number(value())
+        break
+      case '--rate-limits':
+        opts.rateLimits = true
+        break
+      case '--ready-file':
+        opts.readyFile = value()
+        break
+      case '--log-level':
+        opts.logLevel = value()
+        break
+      case '-h':
+      case '--help':
+        usage('help')
+        break
+      default:
+        usage(`unknown argument ${arg}`)
+    }
+  }
+  if (!opts.dataDir) usage('--data-dir is required')
+  for (const [name, port] of [
+    ['--port', opts.port],
+    ['--plc-port', opts.plcPort],
+  ]) {
+    if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`${name}: bad port`)
+  }
+  opts.dataDir = path.resolve(opts.dataDir)
+  return opts
+}
+
+// A free loopback port (the PDS must know its own port before it starts: it
+// is part of its public URL and of every DID document it publishes).
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, HOST, () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+// Make app.listen(port) bind to loopback only.
+function bindLoopback(app) {
+  const listen = app.listen.bind(app)
+  app.listen = (port, ...rest) => listen(port, HOST, ...rest)
+}
+
+function loadSecrets(dataDir) {
+  const file = path.join(dataDir, 'launcher-secrets.json')
+  let secrets = {}
+  if (fs.existsSync(file)) secrets = JSON.parse(fs.readFileSync(file, 'utf8'))
+  const wanted = {
+    jwtSecret: secrets.jwtSecret || randomBytes(16).toString('hex'),
+    adminPassword:
+      process.env.PDS_ADMIN_PASSWORD || secrets.adminPassword || randomBytes(12).toString('hex'),
+    plcRotationKeyHex: secrets.plcRotationKeyHex || randomBytes(32).toString('hex'),
+  }
+  fs.writeFileSync(file, JSON.stringify(wanted, null, 2) + '\n', { mode: 0o600 })
+  return wanted
+}
+
+function writeReadyFile(file, info) {
+  const tmp = `${file}.tmp-${process.pid}`
+  fs.writeFileSync(tmp, JSON.stringify(info) + '\n')
+  fs.renameSync(tmp, file)
+}
+
+async function startPlc(port, opsFile) {
+  const plcMod = await import('@did-plc/server')
+  const { PlcServer, Database } = plcMod.default ?? plcMod
+  const db = Database.mock()
+  // Replay what earlier runs accepted, then journal every new operation.
+  if (fs.existsSync(opsFile)) {
+    const lines = fs.readFileSync(opsFile, 'utf8').split('\n').filter(Boolean)
+    for (const line of lines) {
+      const { did, op } = JSON.parse(line)
+      await db.validateAndAddOp(did, op)
+    }
+  }
+  const addOp = db.validateAndAddOp.bind(db)
+  db.validateAndAddOp = async (did, op) => {
+    await addOp(did, op)
+    fs.appendFileSync(opsFile, JSON.stringify({ did, op }) + '\n')
+  }
+  const plc = PlcServer.create({ db, port })
+  bindLoopback(plc.app)
+  const server = await plc.start()
+  return { plc, port: server.address().port }
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2))
+  const blobDir = path.join(opts.dataDir, 'blobs')
+  fs.mkdirSync(blobDir, { recursive: true })
+  const secrets = loadSecrets(opts.dataDir)
+
+  // Loggers read these when their modules load, so set them before importing.
+  process.env.LOG_ENABLED = opts.logLevel === 'silent' ? 'false' : 'true'
+  process.env.LOG_LEVEL = opts.logLevel === 'silent' ? 'fatal' : opts.logLevel
+
+  const { plc, port: plcPort } = await startPlc(
+    opts.plcPort,
+    path.join(opts.dataDir, 'plc-ops.jsonl'),
+  )
+  const plcUrl = `http://${HOST}:${plcPort}`
+  const port = opts.port || (await freePort())
+
+  Object.assign(process.env, {
+    PDS_HOSTNAME: 'localhost',
+    PDS_PORT: String(port),
+    PDS_DATA_DIRECTORY: opts.dataDir,
+    PDS_BLOBSTORE_DISK_LOCATION: blobDir,
+    PDS_JWT_SECRET: secrets.jwtSecret,
+    PDS_ADMIN_PASSWORD: secrets.adminPassword,
+    PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX: secrets.plcRotationKeyHex,
+    PDS_DID_PLC_URL: plcUrl,
+    PDS_DEV_MODE: 'true',
+    PDS_INVITE_REQUIRED: 'false',
+    PDS_SERVICE_HANDLE_DOMAINS: '.test',
+    PDS_RATE_LIMITS_ENABLED: opts.rateLimits ? 'true' : 'false',
+  })
+  // Nothing in the sandbox may reach out to the network.
+  delete process.env.PDS_CRAWLERS
+  delete process.env.PDS_BSKY_APP_VIEW_URL
+  delete process.env.PDS_BSKY_APP_VIEW_DID
+  delete process.env.PDS_EMAIL_SMTP_URL
+
+  const pdsMod = await import('@atproto/pds')
+  const { PDS, envToCfg, envToSecrets, readEnv } = pdsMod.default ?? pdsMod
+  const env = readEnv()
+  const pds = await PDS.create(envToCfg(env), envToSecrets(env))
+  bindLoopback(pds.app)
+  await pds.start()
+
+  let stopping = false
+  const shutdown = async (signal) => {
+    if (stopping) return
+    stopping = true
+    const force = setTimeout(() => {
+      process.stderr.write(`launch.mjs: forced exit after ${signal}\n`)
+      process.exit(1)
+    }, 8000)
+    force.unref()
+    try {
+      await pds.destroy()
+      await plc.destroy()
+    } catch (err) {
+      process.stderr.write(`launch.mjs: error during shutdown: ${err?.stack ?? err}\n`)
+    }
+    process.exit(0)
+  }
+  process.on('SIGTERM', () => void shutdown('SIGTERM'))
+  process.on('SIGINT', () => void shutdown('SIGINT'))
+
+  const info = {
+    ready: true,
+    pdsUrl: `http://${HOST}:${port}`,
+    plcUrl,
+    pid: process.pid,
+    port,
+    plcPort,
+    dataDir: opts.dataDir,
+    rateLimits: opts.rateLimits,
+  }
+  if (opts.readyFile) writeReadyFile(opts.readyFile, info)
+  process.stdout.write(JSON.stringify(info) + '\n')
+}
+
+main().catch((err) => {
+  process.stderr.write(`launch.mjs: failed to start: ${err?.stack ?? err}\n`)
+  process.exit(1)
+})
