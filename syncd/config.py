@@ -157,7 +157,10 @@ def _build_section(section: str, cls: type[Any], raw: Any) -> Any:
         if key not in known:
             raise ConfigError(f"{section}.{key}: unknown key")
         values[key] = _coerce(section, key, getattr(defaults, key), value)
-    return replace(defaults, **values)
+    try:
+        return replace(defaults, **values)
+    except ValueError as exc:  # a section's own checks (e.g. ImageSettings)
+        raise ConfigError(str(exc)) from None
 
 
 def _validate(cfg: Config) -> None:

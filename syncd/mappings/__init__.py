@@ -1,0 +1,30 @@
+"""Collection mappings: one small module per source collection."""
+
+from __future__ import annotations
+
+from syncd.mappings.base import (
+    CollectionMapping,
+    Draft,
+    MappingContext,
+    MappingError,
+    not_public_reason,
+)
+from syncd.mappings.kidlisp import Kidlisp
+from syncd.mappings.moods import Moods
+from syncd.mappings.paintings import Paintings
+from syncd.mappings.pieces import Pieces
+
+MAPPINGS: dict[str, CollectionMapping] = {
+    m.collection: m for m in (Paintings(), Moods(), Pieces(), Kidlisp())
+}
+BY_NSID: dict[str, CollectionMapping] = {m.nsid: m for m in MAPPINGS.values()}
+
+__all__ = [
+    "BY_NSID",
+    "MAPPINGS",
+    "CollectionMapping",
+    "Draft",
+    "MappingContext",
+    "MappingError",
+    "not_public_reason",
+]

@@ -1,0 +1,158 @@
+"""What every collection mapping shares: visibility rules, owner, ``when``, fingerprints.
+
+A mapping turns one source document into a :class:`Draft`: the record's fields
+(everything but a painting's thumbnail blob, which needs I/O), the NSID, and a
+fingerprint of exactly the inputs that shape the record. The fingerprint is how
+an update that touches nothing mirrored (including syncd's own ``atproto``
+write-back) is recognised without any PDS request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from bson import DatetimeMS
+
+from syncd.ids import ref_for
+from syncd.images.settings import ImageSettings
+from syncd.images.urls import PaintingSource
+
+GUEST = None  # owner value for documents without a `user` field
+
+# Fields whose truthy value means "not public", on every collection. Moods use
+# `deleted` as their soft delete; elsewhere it means the same thing.
+HIDDEN_FLAGS = ("nuked", "deleted", "private", "draft", "hidden")
+
+
+class MappingError(ValueError):
+    """A document that cannot become a valid record. ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class MappingContext:
+    public_base_url: str = "https://aesthetic.computer"
+    images: ImageSettings = field(default_factory=ImageSettings)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A record waiting to be written. ``image`` is set for paintings (thumbnail to make)."""
+
+    nsid: str
+    fields: dict[str, Any]
+    fingerprint: str
+    image: PaintingSource | None = None
+
+
+def not_public_reason(doc: Mapping[str, Any]) -> str | None:
+    """Why a document must not be published, or None when it is public.
+
+    Privacy wins every doubt: any truthy flag hides the document, and any
+    ``visibility`` other than ``"public"`` does too.
+    """
+    for flag in HIDDEN_FLAGS:
+        if doc.get(flag):
+            return flag
+    visibility = doc.get("visibility")
+    if visibility is not None and visibility != "public":
+        return f"visibility={visibility!s:.20}"
+    return None
+
+
+def owner_of(doc: Mapping[str, Any], *, guest_allowed: bool = True) -> str | None:
+    """The owner's user sub, or None (guest) when the document has no ``user``."""
+    if "user" not in doc or doc["user"] is None:
+        if not guest_allowed:
+            raise MappingError("missing_owner", "document has no `user` field")
+        return GUEST
+    user = doc["user"]
+    if not isinstance(user, str) or not user or len(user) > 256:
+        raise MappingError("bad_owner", f"`user` must be a non-empty string, got {type(user).__name__}")
+    return user
+
+
+def when_of(doc: Mapping[str, Any]) -> datetime:
+    when = doc.get("when")
+    if when is None:
+        raise MappingError("missing_when", "document has no `when`")
+    if isinstance(when, DatetimeMS):
+        raise MappingError("when_out_of_range", f"`when` is outside the representable range ({when})")
+    if not isinstance(when, datetime):
+        raise MappingError("bad_when", f"`when` must be a date, got {type(when).__name__}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if when.year < 1970 or when.year > 2200:
+        raise MappingError("when_out_of_range", f"`when` year {when.year} is out of range")
+    return when
+
+
+def rfc3339(when: datetime) -> str:
+    """RFC 3339 with milliseconds and ``Z``, as the platform writes ``when``."""
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def ref_of(doc: Mapping[str, Any]) -> str:
+    ref = ref_for(doc.get("_id"))
+    if ref is None:
+        raise MappingError(
+            "unsupported_id", f"`_id` must be an ObjectId, got {type(doc.get('_id')).__name__}"
+        )
+    return ref
+
+
+def text(doc: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise MappingError(f"missing_{name}", f"document has no `{name}`")
+        return None
+    if not isinstance(value, str):
+        raise MappingError(f"bad_{name}", f"`{name}` must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise MappingError(f"missing_{name}", f"`{name}` is empty")
+    return value
+
+
+def fingerprint(version: int, *parts: Any) -> str:
+    blob = json.dumps([version, *parts], sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class CollectionMapping:
+    """One collection's rules. Subclasses set the class attributes and ``fields``."""
+
+    collection: ClassVar[str]
+    nsid: ClassVar[str]
+    guest_allowed: ClassVar[bool] = True
+    version: ClassVar[int] = 1
+
+    def owner(self, doc: Mapping[str, Any]) -> str | None:
+        return owner_of(doc, guest_allowed=self.guest_allowed)
+
+    def not_public_reason(self, doc: Mapping[str, Any]) -> str | None:
+        return not_public_reason(doc)
+
+    def fields(self, doc: Mapping[str, Any], ctx: MappingContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def image(self, doc: Mapping[str, Any], ctx: MappingContext) -> PaintingSource | None:
+        return None
+
+    def draft(self, doc: Mapping[str, Any], ctx: MappingContext) -> Draft:
+        """The record this public document should have. Raises :class:`MappingError`."""
+        fields = self.fields(doc, ctx)
+        image = self.image(doc, ctx)
+        owner = self.owner(doc)
+        fp = fingerprint(self.version, self.nsid, owner, fields, image and image.image_url)
+        return Draft(nsid=self.nsid, fields=fields, fingerprint=fp, image=image)

@@ -1,0 +1,56 @@
+"""paintings → computer.aesthetic.painting. Where a painting becomes a record.
+
+The thumbnail blob is added by the writer (it needs the image fetched, reduced
+and uploaded); ``recordingUrl`` is added there too, only when the recording zip
+exists. Everything decided from the document alone is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from syncd.images.errors import ImageError
+from syncd.images.urls import PaintingSource, painting_source_from_doc
+from syncd.mappings.base import (
+    CollectionMapping,
+    MappingContext,
+    MappingError,
+    ref_of,
+    rfc3339,
+    text,
+    when_of,
+)
+
+
+class Paintings(CollectionMapping):
+    collection = "paintings"
+    nsid = "computer.aesthetic.painting"
+
+    def fields(self, doc: Mapping[str, Any], ctx: MappingContext) -> dict[str, Any]:
+        slug = text(doc, "slug")
+        code = text(doc, "code")
+        assert code is not None
+        quoted = quote(code, safe="")
+        return {
+            "slug": slug,
+            "code": code,
+            "imageUrl": f"{ctx.public_base_url}/media/paintings/{quoted}",
+            "acUrl": f"{ctx.public_base_url}/#{quoted}",
+            "when": rfc3339(when_of(doc)),
+            "ref": ref_of(doc),
+        }
+
+    def image(self, doc: Mapping[str, Any], ctx: MappingContext) -> PaintingSource | None:
+        bucket = doc.get("bucket")
+        if bucket is not None and not isinstance(bucket, str):
+            raise MappingError("bad_bucket", "`bucket` must be a string")
+        try:
+            return painting_source_from_doc(doc, ctx.images)
+        except ImageError as exc:
+            raise MappingError(exc.reason, str(exc)) from None
+
+    @staticmethod
+    def recording_url(fields: Mapping[str, Any], ctx: MappingContext) -> str:
+        return f"{ctx.public_base_url}/media/paintings/{quote(fields['code'], safe='')}.zip"

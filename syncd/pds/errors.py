@@ -1,0 +1,69 @@
+"""How a PDS failure is classified. The writer's retry policy reads only these."""
+
+from __future__ import annotations
+
+
+class XrpcError(Exception):
+    """A failed XRPC call. ``status`` is the HTTP status (0 for transport errors)."""
+
+    def __init__(self, method: str, status: int, error: str, message: str = "") -> None:
+        super().__init__(f"{method}: HTTP {status} {error}: {message}"[:500])
+        self.method = method
+        self.status = status
+        self.error = error
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying unchanged: 5xx, 408, transport errors, timeouts."""
+        return self.status == 0 or self.status >= 500 or self.status == 408
+
+    @property
+    def reason(self) -> str:
+        """A short label for metrics and dead letters."""
+        if self.status == 0:
+            return self.error
+        return f"http_{self.status}_{self.error}"[:64]
+
+
+class TransportError(XrpcError):
+    """The request did not get an HTTP answer (connect error, reset, timeout)."""
+
+    def __init__(self, method: str, error: str, message: str = "") -> None:
+        super().__init__(method, 0, error, message)
+
+
+class RateLimitedError(XrpcError):
+    """HTTP 429. ``retry_after`` is how long to wait, from the headers."""
+
+    def __init__(
+        self,
+        method: str,
+        message: str,
+        *,
+        retry_after: float,
+        remaining: int | None,
+        limit: int | None,
+        policy: str | None,
+    ) -> None:
+        super().__init__(method, 429, "RateLimitExceeded", message)
+        self.retry_after = retry_after
+        self.remaining = remaining
+        self.limit = limit
+        self.policy = policy
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
+class AuthError(XrpcError):
+    """The session is not (or no longer) valid: expired or revoked token, bad password."""
+
+    @property
+    def expired(self) -> bool:
+        return self.error in ("ExpiredToken", "InvalidToken")
+
+
+class AccountUnavailableError(XrpcError):
+    """The account cannot write: deactivated, taken down, or its credentials are wrong."""

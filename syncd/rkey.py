@@ -1,0 +1,65 @@
+"""Record keys: a TID derived deterministically from the document.
+
+A TID is 13 characters of base32-sortable encoding of a 64-bit integer: a zero
+top bit, 53 bits of microseconds since the Unix epoch, 10 bits of "clock id".
+syncd derives both parts from the document (``when`` and ``_id``), so every
+retry, restart or rerun computes the same key and can never create a second
+record for one document. Two documents with the same millisecond ``when`` still
+get different keys: the sub-millisecond microseconds and the clock id come from
+a hash of the ``_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+
+from syncd.ids import doc_key
+
+_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
+_TID_RE = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
+_MAX_MICROS = (1 << 53) - 1
+
+
+class RkeyError(ValueError):
+    """The document's ``when`` cannot form a TID."""
+
+
+def encode_tid(value: int) -> str:
+    if not 0 <= value < (1 << 63):
+        raise RkeyError(f"TID integer out of range: {value}")
+    out = []
+    for _ in range(13):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def decode_tid(tid: str) -> int:
+    if not is_tid(tid):
+        raise RkeyError(f"not a TID: {tid!r}")
+    value = 0
+    for ch in tid:
+        value = (value << 5) | _ALPHABET.index(ch)
+    return value
+
+
+def is_tid(value: str) -> bool:
+    return bool(_TID_RE.match(value))
+
+
+def derive_rkey(when: datetime, doc_id: object) -> str:
+    """The TID for a document: ``when`` (ms precision) plus hash-derived low bits."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    millis = int(when.timestamp() * 1000)
+    if millis < 0:
+        raise RkeyError(f"when is before 1970: {when.isoformat()}")
+    digest = hashlib.sha256(doc_key(doc_id).encode()).digest()
+    h = int.from_bytes(digest[:8], "big")
+    micros = millis * 1000 + (h % 1000)
+    if micros > _MAX_MICROS:
+        raise RkeyError(f"when is too far in the future for a TID: {when.isoformat()}")
+    clock_id = (h >> 10) & 0x3FF
+    return encode_tid((micros << 10) | clock_id)

@@ -1,0 +1,470 @@
+"""The state store: SQLite in WAL mode, one file under the state directory.
+
+It holds everything syncd must remember across restarts:
+
+- ``position``: the change stream's resume token (a watermark: every event up to
+  it has been applied or dead-lettered) and the cluster time it stands for;
+- ``backfill``: per-collection scan progress and the operation time the
+  stream starts at once the scan is done;
+- ``ledger``: (collection, document) → (DID, NSID, rkey, CID, fingerprint), so
+  a hard delete, whose event carries only ``_id``, can be mirrored; a row with
+  ``pending = 1`` is a write that was sent but not confirmed (crash recovery
+  uses idempotent calls for those);
+- ``blobs``: which blob CIDs each account's records already reference;
+- ``dead_letters``: documents that could not be published, with the reason;
+- ``sessions``: refresh tokens, so a restart refreshes instead of logging in.
+
+Calls are synchronous and short (WAL, ``synchronous=NORMAL``: a commit is a
+write to the OS, not an fsync); writes that belong together share a transaction.
+Safe to use from several processes at once (admin commands while the daemon
+runs): SQLite serialises writers, ``busy_timeout`` waits for the lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bson
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS backfill (
+    collection TEXT PRIMARY KEY,
+    last_id BLOB,
+    phase TEXT NOT NULL DEFAULT 'objectid',
+    scanned INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    collection TEXT NOT NULL,
+    doc_key TEXT NOT NULL,
+    did TEXT NOT NULL,
+    nsid TEXT NOT NULL,
+    rkey TEXT NOT NULL,
+    cid TEXT,
+    fingerprint TEXT,
+    blob_cid TEXT,
+    pending INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (collection, doc_key)
+);
+CREATE INDEX IF NOT EXISTS ledger_repo ON ledger (did, nsid);
+CREATE TABLE IF NOT EXISTS blobs (
+    did TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (did, cid)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    collection TEXT NOT NULL,
+    doc_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    retryable INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    PRIMARY KEY (collection, doc_key)
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    collection TEXT NOT NULL,
+    doc_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (collection, doc_key)
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    did TEXT PRIMARY KEY,
+    refresh_jwt TEXT NOT NULL,
+    access_jwt TEXT NOT NULL,
+    saved_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    collection: str
+    doc_key: str
+    did: str
+    nsid: str
+    rkey: str
+    cid: str | None
+    fingerprint: str | None
+    blob_cid: str | None
+    pending: bool
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Position:
+    token: dict[str, Any] | None
+    cluster_time: tuple[int, int] | None
+    saved_at: float
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    collection: str
+    last_id: Any
+    phase: str
+    scanned: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    collection: str
+    doc_key: str
+    reason: str
+    detail: str
+    retryable: bool
+    attempts: int
+    first_seen: float
+    last_seen: float
+
+
+def _encode_value(value: Any) -> bytes:
+    return bson.encode({"v": value})
+
+
+def _decode_value(raw: bytes | None) -> Any:
+    return None if raw is None else bson.decode(raw)["v"]
+
+
+class StateStore:
+    """Open (creating if needed) the store at ``directory/syncd.sqlite3``."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, filename: str = "syncd.sqlite3") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / filename
+        fresh = not self.path.exists()
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        if fresh:
+            os.chmod(self.path, 0o600)  # it holds refresh tokens
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._depth = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"state store {self.path} has schema {row[0]}, newer than this syncd "
+                f"({SCHEMA_VERSION}); restore the backup taken before the upgrade"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes; nested uses join the outer transaction."""
+        if self._depth == 0:
+            self._db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._db.execute("COMMIT")
+
+    # -- meta ----------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM meta WHERE key=?", (key,))
+        else:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
+    # -- stream position -----------------------------------------------------
+    def save_position(self, token: dict[str, Any] | None, cluster_time: tuple[int, int] | None) -> None:
+        encoded = None if token is None else base64.b64encode(bson.encode(token)).decode()
+        self.set_meta(
+            "position",
+            json.dumps({"token": encoded, "cluster_time": cluster_time, "saved_at": time.time()}),
+        )
+
+    def load_position(self) -> Position | None:
+        raw = self.get_meta("position")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        token = None if data["token"] is None else bson.decode(base64.b64decode(data["token"]))
+        ct = data.get("cluster_time")
+        return Position(token=token, cluster_time=tuple(ct) if ct else None, saved_at=data["saved_at"])  # type: ignore[arg-type]
+
+    def clear_position(self) -> None:
+        self.set_meta("position", None)
+
+    # -- backfill ------------------------------------------------------------
+    def backfill_start_time(self) -> tuple[int, int] | None:
+        raw = self.get_meta("backfill_start")
+        return None if raw is None else tuple(json.loads(raw))  # type: ignore[return-value]
+
+    def begin_backfill(self, start: tuple[int, int], collections: Iterable[str], *, reason: str) -> None:
+        """Start a fresh backfill pass that the stream will follow from ``start``."""
+        with self.transaction():
+            self.set_meta("backfill_start", json.dumps(list(start)))
+            self.set_meta("backfill_reason", reason)
+            self._db.execute("DELETE FROM backfill")
+            now = time.time()
+            for coll in collections:
+                self._db.execute(
+                    "INSERT INTO backfill (collection, updated_at) VALUES (?, ?)", (coll, now)
+                )
+
+    def backfill_progress(self) -> dict[str, BackfillProgress]:
+        rows = self._db.execute(
+            "SELECT collection, last_id, phase, scanned, done FROM backfill"
+        ).fetchall()
+        return {
+            r[0]: BackfillProgress(r[0], _decode_value(r[1]), r[2], int(r[3]), bool(r[4])) for r in rows
+        }
+
+    def save_backfill_progress(
+        self, collection: str, last_id: Any, phase: str, scanned: int, done: bool
+    ) -> None:
+        self._db.execute(
+            "UPDATE backfill SET last_id=?, phase=?, scanned=?, done=?, updated_at=? WHERE collection=?",
+            (
+                None if last_id is None else _encode_value(last_id),
+                phase,
+                scanned,
+                int(done),
+                time.time(),
+                collection,
+            ),
+        )
+
+    def finish_backfill(self) -> None:
+        """The scan is complete: the stream takes over from ``backfill_start``."""
+        with self.transaction():
+            start = self.backfill_start_time()
+            self.set_meta("backfill_start", None)
+            self.set_meta("backfill_reason", None)
+            self.set_meta("backfill_completed_at", str(time.time()))
+            self._db.execute("DELETE FROM backfill")
+            if start is not None and self.load_position() is None:
+                self.save_position(None, start)
+
+    def backfill_reason(self) -> str | None:
+        return self.get_meta("backfill_reason")
+
+    # -- ledger --------------------------------------------------------------
+    def ledger_get(self, collection: str, doc_key: str) -> LedgerEntry | None:
+        row = self._db.execute(
+            "SELECT collection, doc_key, did, nsid, rkey, cid, fingerprint, blob_cid, pending, updated_at "
+            "FROM ledger WHERE collection=? AND doc_key=?",
+            (collection, doc_key),
+        ).fetchone()
+        return None if row is None else LedgerEntry(*row[:8], bool(row[8]), row[9])
+
+    def ledger_get_many(self, collection: str, doc_keys: Iterable[str]) -> dict[str, LedgerEntry]:
+        keys = list(doc_keys)
+        out: dict[str, LedgerEntry] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                "SELECT collection, doc_key, did, nsid, rkey, cid, fingerprint, blob_cid, pending, updated_at "
+                f"FROM ledger WHERE collection=? AND doc_key IN ({marks})",
+                (collection, *chunk),
+            ):
+                out[row[1]] = LedgerEntry(*row[:8], bool(row[8]), row[9])
+        return out
+
+    def ledger_put(
+        self,
+        collection: str,
+        doc_key: str,
+        *,
+        did: str,
+        nsid: str,
+        rkey: str,
+        cid: str | None,
+        fingerprint: str | None,
+        blob_cid: str | None,
+        pending: bool,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO ledger (collection, doc_key, did, nsid, rkey, cid, fingerprint, blob_cid, pending, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(collection, doc_key) DO UPDATE SET "
+            "did=excluded.did, nsid=excluded.nsid, rkey=excluded.rkey, cid=excluded.cid, "
+            "fingerprint=excluded.fingerprint, blob_cid=excluded.blob_cid, pending=excluded.pending, "
+            "updated_at=excluded.updated_at",
+            (collection, doc_key, did, nsid, rkey, cid, fingerprint, blob_cid, int(pending), time.time()),
+        )
+
+    def ledger_mark_pending(self, collection: str, doc_key: str) -> None:
+        self._db.execute(
+            "UPDATE ledger SET pending=1 WHERE collection=? AND doc_key=?", (collection, doc_key)
+        )
+
+    def ledger_delete(self, collection: str, doc_key: str) -> None:
+        self._db.execute("DELETE FROM ledger WHERE collection=? AND doc_key=?", (collection, doc_key))
+
+    def ledger_iter(
+        self, collection: str | None = None, did: str | None = None, batch: int = 1000
+    ) -> Iterator[LedgerEntry]:
+        """Every ledger row (optionally one collection / account), in key order, in pages."""
+        after = ("", "")
+        while True:
+            clauses, args = ["(collection, doc_key) > (?, ?)"], [after[0], after[1]]
+            if collection is not None:
+                clauses.append("collection=?")
+                args.append(collection)
+            if did is not None:
+                clauses.append("did=?")
+                args.append(did)
+            rows = self._db.execute(
+                "SELECT collection, doc_key, did, nsid, rkey, cid, fingerprint, blob_cid, pending, updated_at "
+                f"FROM ledger WHERE {' AND '.join(clauses)} ORDER BY collection, doc_key LIMIT ?",
+                (*args, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield LedgerEntry(*row[:8], bool(row[8]), row[9])
+            after = (rows[-1][0], rows[-1][1])
+
+    def ledger_counts(self) -> list[tuple[str, str, int]]:
+        """(collection, did, count) for every mirrored record."""
+        return [
+            (r[0], r[1], int(r[2]))
+            for r in self._db.execute(
+                "SELECT collection, did, COUNT(*) FROM ledger GROUP BY collection, did ORDER BY 1, 2"
+            )
+        ]
+
+    def pending_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM ledger WHERE pending=1").fetchone()[0])
+
+    # -- blobs ---------------------------------------------------------------
+    def blob_known(self, did: str, cid: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM blobs WHERE did=? AND cid=?", (did, cid)).fetchone()
+        return row is not None
+
+    def blob_add(self, did: str, cid: str, size: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO blobs (did, cid, size, created_at) VALUES (?, ?, ?, ?)",
+            (did, cid, size, time.time()),
+        )
+
+    def blob_forget(self, did: str, cid: str | None = None) -> None:
+        if cid is None:
+            self._db.execute("DELETE FROM blobs WHERE did=?", (did,))
+        else:
+            self._db.execute("DELETE FROM blobs WHERE did=? AND cid=?", (did, cid))
+
+    # -- dead letters --------------------------------------------------------
+    def dead_letter(
+        self, collection: str, doc_key: str, reason: str, detail: str, *, retryable: bool = False
+    ) -> None:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO dead_letters (collection, doc_key, reason, detail, retryable, attempts, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT(collection, doc_key) DO UPDATE SET "
+            "reason=excluded.reason, detail=excluded.detail, retryable=excluded.retryable, "
+            "attempts=dead_letters.attempts + 1, last_seen=excluded.last_seen",
+            (collection, doc_key, reason, detail[:2000], int(retryable), now, now),
+        )
+
+    def clear_dead_letter(self, collection: str, doc_key: str) -> None:
+        self._db.execute(
+            "DELETE FROM dead_letters WHERE collection=? AND doc_key=?", (collection, doc_key)
+        )
+
+    def dead_letters(self, collection: str | None = None, limit: int | None = None) -> list[DeadLetter]:
+        sql = (
+            "SELECT collection, doc_key, reason, detail, retryable, attempts, first_seen, last_seen "
+            "FROM dead_letters"
+        )
+        args: list[Any] = []
+        if collection is not None:
+            sql += " WHERE collection=?"
+            args.append(collection)
+        sql += " ORDER BY last_seen DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [
+            DeadLetter(r[0], r[1], r[2], r[3], bool(r[4]), int(r[5]), r[6], r[7])
+            for r in self._db.execute(sql, args)
+        ]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return {
+            r[0]: int(r[1])
+            for r in self._db.execute("SELECT collection, COUNT(*) FROM dead_letters GROUP BY 1")
+        }
+
+    # -- skipped (e.g. owner without an ATProto account) -----------------------
+    def skip(self, collection: str, doc_key: str, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO skipped (collection, doc_key, reason, seen_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(collection, doc_key) DO UPDATE SET reason=excluded.reason, seen_at=excluded.seen_at",
+            (collection, doc_key, reason, time.time()),
+        )
+
+    def unskip(self, collection: str, doc_key: str) -> None:
+        self._db.execute("DELETE FROM skipped WHERE collection=? AND doc_key=?", (collection, doc_key))
+
+    def skipped_counts(self) -> list[tuple[str, str, int]]:
+        return [
+            (r[0], r[1], int(r[2]))
+            for r in self._db.execute(
+                "SELECT collection, reason, COUNT(*) FROM skipped GROUP BY 1, 2 ORDER BY 1, 2"
+            )
+        ]
+
+    # -- sessions ------------------------------------------------------------
+    def save_session(self, did: str, access_jwt: str, refresh_jwt: str) -> None:
+        self._db.execute(
+            "INSERT INTO sessions (did, access_jwt, refresh_jwt, saved_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(did) DO UPDATE SET access_jwt=excluded.access_jwt, "
+            "refresh_jwt=excluded.refresh_jwt, saved_at=excluded.saved_at",
+            (did, access_jwt, refresh_jwt, time.time()),
+        )
+
+    def load_session(self, did: str) -> tuple[str, str] | None:
+        row = self._db.execute(
+            "SELECT access_jwt, refresh_jwt FROM sessions WHERE did=?", (did,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def drop_session(self, did: str) -> None:
+        self._db.execute("DELETE FROM sessions WHERE did=?", (did,))
