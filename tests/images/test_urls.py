@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.images.errors import (
+    DisallowedHostError,
+    ImageError,
+    InvalidPaintingError,
+    UnsafeSlugError,
+)
+from syncd.images.settings import ImageSettings
+from syncd.images.urls import (
+    PaintingSource,
+    is_allowed_url,
+    painting_source,
+    painting_source_from_doc,
+)
+
+S = ImageSettings()
+DO = "sfo3.digitaloceanspaces.com"
+
+
+def test_user_sub_is_percent_encoded() -> None:
+    src = painting_source(user="auth0|abc", slug="2023.1.2.3.4.5.678", settings=S)
+    assert src == PaintingSource(
+        image_url=f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/2023.1.2.3.4.5.678.png",
+        recording_url=f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/2023.1.2.3.4.5.678.zip",
+    )
+
+
+def test_new_style_slug_already_contains_the_user() -> None:
+    src = painting_source(user="auth0|abc", slug="auth0|abc/painting/2024.5.6", settings=S)
+    assert (
+        src.image_url == f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/painting/2024.5.6.png"
+    )
+    assert src.recording_url == (
+        f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/painting/2024.5.6.zip"
+    )
+
+
+def test_new_style_slug_with_the_user_already_encoded() -> None:
+    src = painting_source(user="auth0|abc", slug="auth0%7Cabc/painting/x", settings=S)
+    assert src.image_url.endswith("/auth0%7Cabc/painting/x.png")
+
+
+def test_new_style_slug_naming_another_user_is_refused() -> None:
+    with pytest.raises(UnsafeSlugError) as info:
+        painting_source(user="auth0|abc", slug="auth0|zzz/painting/x", settings=S)
+    assert info.value.reason == "slug_user_mismatch"
+
+
+@pytest.mark.parametrize("slug", ["a/b", "a/painting/b/c", "auth0|abc/drawing/x", "auth0|abc//x"])
+def test_other_slashes_are_refused(slug: str) -> None:
+    with pytest.raises(UnsafeSlugError):
+        painting_source(user="auth0|abc", slug=slug, settings=S)
+
+
+def test_guest_plain_slug() -> None:
+    src = painting_source(user=None, slug="abc123", settings=S)
+    assert src.image_url == f"https://art-aesthetic-computer.{DO}/abc123.png"
+    assert src.recording_url == f"https://art-aesthetic-computer.{DO}/abc123.zip"
+
+
+def test_guest_image_colon_recording() -> None:
+    src = painting_source_from_doc({"slug": "image:recording"}, S)
+    assert src.image_url == f"https://art-aesthetic-computer.{DO}/image.png"
+    assert src.recording_url == f"https://art-aesthetic-computer.{DO}/recording.zip"
+
+
+def test_user_slug_with_colon_is_encoded_as_one_segment() -> None:
+    src = painting_source(user="u", slug="a:b", settings=S)
+    assert src.image_url.endswith("/u/a%3Ab.png")
+
+
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "",
+        "   ",
+        "..",
+        "../x",
+        "a/../b",
+        "a..b",
+        "/abs",
+        "a\\b",
+        "a?b",
+        "a#b",
+        "a\nb",
+        "a\x00b",
+        "a\x7fb",
+        "a\u202eb",
+        "a%2e%2e",
+        "x" * 300,
+    ],
+)
+@pytest.mark.parametrize("user", [None, "auth0|abc"])
+def test_unsafe_slugs(slug: str, user: str | None) -> None:
+    with pytest.raises(UnsafeSlugError) as info:
+        painting_source(user=user, slug=slug, settings=S)
+    assert info.value.reason in ("unsafe_slug", "slug_user_mismatch")
+    assert info.value.permanent
+    assert isinstance(info.value, ImageError)
+
+
+@pytest.mark.parametrize("slug", ["image:", ":rec", "a:..", "a/b:c"])
+def test_unsafe_guest_colon_slugs(slug: str) -> None:
+    with pytest.raises(UnsafeSlugError):
+        painting_source(user=None, slug=slug, settings=S)
+
+
+@pytest.mark.parametrize("slug", [None, 42, b"bytes"])
+def test_non_string_slug(slug: object) -> None:
+    with pytest.raises(UnsafeSlugError):
+        painting_source_from_doc({"slug": slug, "user": "u"}, S)
+
+
+@pytest.mark.parametrize("user", ["", "..", ".", 7, "a\nb"])
+def test_invalid_user(user: object) -> None:
+    with pytest.raises(InvalidPaintingError) as info:
+        painting_source_from_doc({"slug": "s", "user": user}, S)
+    assert info.value.reason == "invalid_user"
+
+
+def test_user_with_slash_is_encoded_not_a_path() -> None:
+    src = painting_source(user="a/b", slug="s", settings=S)
+    assert src.image_url.endswith("/a%2Fb/s.png")
+
+
+def test_bucket_override() -> None:
+    settings = ImageSettings(allowed_hosts=(*S.allowed_hosts, f"old-bucket.{DO}"))
+    src = painting_source_from_doc({"user": "u", "slug": "s", "bucket": "old-bucket"}, settings)
+    assert src.image_url == f"https://old-bucket.{DO}/u/s.png"
+
+
+def test_bucket_override_to_an_unlisted_host_is_refused() -> None:
+    with pytest.raises(DisallowedHostError) as info:
+        painting_source_from_doc({"user": "u", "slug": "s", "bucket": "other"}, S)
+    assert info.value.reason == "disallowed_host"
+    assert info.value.permanent
+
+
+@pytest.mark.parametrize("bucket", ["evil.com/x", "a", "UPPER", "a..b", "x?y", "x@evil.com"])
+def test_bad_bucket_names(bucket: str) -> None:
+    with pytest.raises(InvalidPaintingError) as info:
+        painting_source(user="u", slug="s", settings=S, bucket=bucket)
+    assert info.value.reason == "unsafe_bucket"
+
+
+def test_disallowed_host_from_template() -> None:
+    settings = ImageSettings(url_template="https://cdn.example.net/{bucket}/{key}")
+    with pytest.raises(DisallowedHostError):
+        painting_source(user="u", slug="s", settings=settings)
+
+
+def test_sandbox_template_and_port_insensitive_hosts() -> None:
+    settings = ImageSettings(
+        url_template="http://127.0.0.1:9000/{bucket}/{key}",
+        recording_template="http://127.0.0.1:9000/{bucket}/{key}",
+        allowed_hosts=("127.0.0.1:1234",),
+    )
+    src = painting_source(user="auth0|x", slug="s", settings=settings)
+    assert src.image_url == "http://127.0.0.1:9000/user-aesthetic-computer/auth0%7Cx/s.png"
+
+
+def test_separate_recording_template() -> None:
+    settings = ImageSettings(
+        recording_template="https://rec.example/{key}",
+        allowed_hosts=(*S.allowed_hosts, "REC.example"),
+    )
+    src = painting_source(user=None, slug="i:r", settings=settings)
+    assert src.recording_url == "https://rec.example/r.zip"
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://A.example/x", True),
+        ("https://a.example:8443/x", True),
+        ("https://a.example./x", True),
+        ("ftp://a.example/x", False),
+        ("https://user:pw@a.example/x", False),
+        ("https://a.example.evil/x", False),
+        ("https://evil/a.example", False),
+        ("https://[::1]/x", False),
+        ("not a url", False),
+    ],
+)
+def test_host_matching(url: str, ok: bool) -> None:
+    assert is_allowed_url(url, ["a.example"]) is ok
+
+
+@given(st.text(max_size=40), st.one_of(st.none(), st.text(min_size=1, max_size=20)))
+def test_any_slug_either_fails_cleanly_or_stays_on_allowed_hosts(
+    slug: str, user: str | None
+) -> None:
+    try:
+        src = painting_source(user=user, slug=slug, settings=S)
+    except ImageError as exc:
+        assert exc.reason
+        return
+    for url in (src.image_url, src.recording_url):
+        assert url is not None
+        assert is_allowed_url(url, S.allowed_hosts)
+        path = url.split(DO, 1)[1]
+        assert ".." not in path and "?" not in path and "#" not in path and "\\" not in path
+        assert path.count("/") == 1 if user is None else path.count("/") in (2, 4)
