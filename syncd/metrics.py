@@ -4,9 +4,14 @@ in ``deploy/`` depend on them. Add new ones with the ``syncd_`` prefix; never re
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# process_resident_memory_bytes (against the unit's MemoryMax=), process_start_time_seconds
+# (restarts), process_open_fds, process_cpu_seconds_total: REGISTRY is not the default
+# registry, so these would otherwise be missing from /metrics.
+ProcessCollector(registry=REGISTRY)
 
 EVENTS = Counter(
     "syncd_events_total",
