@@ -226,7 +226,9 @@ def apply_overrides(cfg: Config, environ: dict[str, str] | None = None) -> Confi
     return cfg
 
 
-def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
+) -> Config:
     """Load the config file (``--config`` or ``$SYNCD_CONFIG``), then apply overrides."""
     env = dict(os.environ if environ is None else environ)
     chosen = str(path) if path is not None else env.get("SYNCD_CONFIG")

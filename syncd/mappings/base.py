@@ -77,7 +77,9 @@ def owner_of(doc: Mapping[str, Any], *, guest_allowed: bool = True) -> str | Non
         return GUEST
     user = doc["user"]
     if not isinstance(user, str) or not user or len(user) > 256:
-        raise MappingError("bad_owner", f"`user` must be a non-empty string, got {type(user).__name__}")
+        raise MappingError(
+            "bad_owner", f"`user` must be a non-empty string, got {type(user).__name__}"
+        )
     return user
 
 
@@ -86,7 +88,9 @@ def when_of(doc: Mapping[str, Any]) -> datetime:
     if when is None:
         raise MappingError("missing_when", "document has no `when`")
     if isinstance(when, DatetimeMS):
-        raise MappingError("when_out_of_range", f"`when` is outside the representable range ({when})")
+        raise MappingError(
+            "when_out_of_range", f"`when` is outside the representable range ({when})"
+        )
     if not isinstance(when, datetime):
         raise MappingError("bad_when", f"`when` must be a date, got {type(when).__name__}")
     if when.tzinfo is None:

@@ -145,10 +145,27 @@ def _decode_value(raw: bytes | None) -> Any:
     return None if raw is None else bson.decode(raw)["v"]
 
 
+def _ledger(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        collection=row[0],
+        doc_key=row[1],
+        did=row[2],
+        nsid=row[3],
+        rkey=row[4],
+        cid=row[5],
+        fingerprint=row[6],
+        blob_cid=row[7],
+        pending=bool(row[8]),
+        updated_at=row[9],
+    )
+
+
 class StateStore:
     """Open (creating if needed) the store at ``directory/syncd.sqlite3``."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, filename: str = "syncd.sqlite3") -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, filename: str = "syncd.sqlite3"
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / filename
@@ -211,7 +228,9 @@ class StateStore:
             )
 
     # -- stream position -----------------------------------------------------
-    def save_position(self, token: dict[str, Any] | None, cluster_time: tuple[int, int] | None) -> None:
+    def save_position(
+        self, token: dict[str, Any] | None, cluster_time: tuple[int, int] | None
+    ) -> None:
         encoded = None if token is None else base64.b64encode(bson.encode(token)).decode()
         self.set_meta(
             "position",
@@ -225,7 +244,9 @@ class StateStore:
         data = json.loads(raw)
         token = None if data["token"] is None else bson.decode(base64.b64decode(data["token"]))
         ct = data.get("cluster_time")
-        return Position(token=token, cluster_time=tuple(ct) if ct else None, saved_at=data["saved_at"])  # type: ignore[arg-type]
+        return Position(
+            token=token, cluster_time=tuple(ct) if ct else None, saved_at=data["saved_at"]
+        )
 
     def clear_position(self) -> None:
         self.set_meta("position", None)
@@ -233,9 +254,11 @@ class StateStore:
     # -- backfill ------------------------------------------------------------
     def backfill_start_time(self) -> tuple[int, int] | None:
         raw = self.get_meta("backfill_start")
-        return None if raw is None else tuple(json.loads(raw))  # type: ignore[return-value]
+        return None if raw is None else tuple(json.loads(raw))
 
-    def begin_backfill(self, start: tuple[int, int], collections: Iterable[str], *, reason: str) -> None:
+    def begin_backfill(
+        self, start: tuple[int, int], collections: Iterable[str], *, reason: str
+    ) -> None:
         """Start a fresh backfill pass that the stream will follow from ``start``."""
         with self.transaction():
             self.set_meta("backfill_start", json.dumps(list(start)))
@@ -252,7 +275,8 @@ class StateStore:
             "SELECT collection, last_id, phase, scanned, done FROM backfill"
         ).fetchall()
         return {
-            r[0]: BackfillProgress(r[0], _decode_value(r[1]), r[2], int(r[3]), bool(r[4])) for r in rows
+            r[0]: BackfillProgress(r[0], _decode_value(r[1]), r[2], int(r[3]), bool(r[4]))
+            for r in rows
         }
 
     def save_backfill_progress(
@@ -291,7 +315,7 @@ class StateStore:
             "FROM ledger WHERE collection=? AND doc_key=?",
             (collection, doc_key),
         ).fetchone()
-        return None if row is None else LedgerEntry(*row[:8], bool(row[8]), row[9])
+        return None if row is None else _ledger(row)
 
     def ledger_get_many(self, collection: str, doc_keys: Iterable[str]) -> dict[str, LedgerEntry]:
         keys = list(doc_keys)
@@ -304,7 +328,7 @@ class StateStore:
                 f"FROM ledger WHERE collection=? AND doc_key IN ({marks})",
                 (collection, *chunk),
             ):
-                out[row[1]] = LedgerEntry(*row[:8], bool(row[8]), row[9])
+                out[row[1]] = _ledger(row)
         return out
 
     def ledger_put(
@@ -326,7 +350,18 @@ class StateStore:
             "did=excluded.did, nsid=excluded.nsid, rkey=excluded.rkey, cid=excluded.cid, "
             "fingerprint=excluded.fingerprint, blob_cid=excluded.blob_cid, pending=excluded.pending, "
             "updated_at=excluded.updated_at",
-            (collection, doc_key, did, nsid, rkey, cid, fingerprint, blob_cid, int(pending), time.time()),
+            (
+                collection,
+                doc_key,
+                did,
+                nsid,
+                rkey,
+                cid,
+                fingerprint,
+                blob_cid,
+                int(pending),
+                time.time(),
+            ),
         )
 
     def ledger_mark_pending(self, collection: str, doc_key: str) -> None:
@@ -335,7 +370,9 @@ class StateStore:
         )
 
     def ledger_delete(self, collection: str, doc_key: str) -> None:
-        self._db.execute("DELETE FROM ledger WHERE collection=? AND doc_key=?", (collection, doc_key))
+        self._db.execute(
+            "DELETE FROM ledger WHERE collection=? AND doc_key=?", (collection, doc_key)
+        )
 
     def ledger_iter(
         self, collection: str | None = None, did: str | None = None, batch: int = 1000
@@ -358,7 +395,7 @@ class StateStore:
             if not rows:
                 return
             for row in rows:
-                yield LedgerEntry(*row[:8], bool(row[8]), row[9])
+                yield _ledger(row)
             after = (rows[-1][0], rows[-1][1])
 
     def ledger_counts(self) -> list[tuple[str, str, int]]:
@@ -408,7 +445,9 @@ class StateStore:
             "DELETE FROM dead_letters WHERE collection=? AND doc_key=?", (collection, doc_key)
         )
 
-    def dead_letters(self, collection: str | None = None, limit: int | None = None) -> list[DeadLetter]:
+    def dead_letters(
+        self, collection: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
         sql = (
             "SELECT collection, doc_key, reason, detail, retryable, attempts, first_seen, last_seen "
             "FROM dead_letters"
@@ -441,7 +480,9 @@ class StateStore:
         )
 
     def unskip(self, collection: str, doc_key: str) -> None:
-        self._db.execute("DELETE FROM skipped WHERE collection=? AND doc_key=?", (collection, doc_key))
+        self._db.execute(
+            "DELETE FROM skipped WHERE collection=? AND doc_key=?", (collection, doc_key)
+        )
 
     def skipped_counts(self) -> list[tuple[str, str, int]]:
         return [

@@ -1,0 +1,1 @@
+"""Admin commands: reconcile, wipe, restore, dead letters (dry run by default)."""

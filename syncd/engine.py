@@ -1,0 +1,168 @@
+"""The engine: every component of a running syncd, wired once, closed once.
+
+The daemon (``syncd run``) and the one-shot commands (``backfill``, admin
+commands) build the same engine, so a document becomes a record through exactly
+one code path whichever command moved it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+
+from syncd import metrics
+from syncd.accounts import AccountResolver
+from syncd.checkpoint import Checkpointer
+from syncd.config import Config
+from syncd.health import HealthState
+from syncd.images.fetch import ImageFetcher, make_client
+from syncd.images.thumbnail import ThumbnailPool
+from syncd.logs import register_secret
+from syncd.mappings import MappingContext
+from syncd.pds.repo import Repo
+from syncd.pds.sessions import SessionManager
+from syncd.pds.xrpc import XrpcClient
+from syncd.router import Router
+from syncd.state import StateStore
+
+log = structlog.get_logger("syncd.engine")
+
+
+def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
+    """The client options syncd relies on.
+
+    ``DATETIME_AUTO`` decodes dates outside Python's range instead of failing the
+    whole batch (the mapping dead-letters them); ``surrogateescape`` keeps invalid
+    UTF-8 decodable so such a document is dead-lettered instead of stalling the
+    stream (lone surrogates fail lexicon validation).
+    """
+    register_secret_from_uri(uri)
+    return AsyncMongoClient(
+        uri,
+        tz_aware=True,
+        datetime_conversion="DATETIME_AUTO",
+        unicode_decode_error_handler="surrogateescape",
+        appname="syncd",
+        retryWrites=True,
+        **kwargs,
+    )
+
+
+def register_secret_from_uri(uri: str) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(uri.replace("mongodb+srv://", "http://").replace("mongodb://", "http://"))
+        if parts.password:
+            register_secret(unquote(parts.password))
+            register_secret(parts.password)
+    except ValueError:
+        pass
+
+
+class Engine:
+    def __init__(self, config: Config, *, health: HealthState | None = None) -> None:
+        self.config = config
+        self.health = health or HealthState()
+        self.store = StateStore(config.state.directory)
+        self.client = mongo_client(config.mongo.uri)
+        self.db = self.client[config.mongo.database]
+        self.xrpc = XrpcClient(config.pds.url, timeout=config.pds.timeout_seconds)
+        self.sessions = SessionManager(self.xrpc, self.store)
+        self.repo = Repo(self.xrpc, self.sessions)
+        self.accounts = AccountResolver(
+            self.db,
+            users_collection=config.mongo.users_collection,
+            guest_id=config.mongo.guest_user_id,
+        )
+        self.mapping_ctx = MappingContext(
+            public_base_url=config.records.public_base_url.rstrip("/"), images=config.images
+        )
+        self.image_http = make_client(config.images)
+        self.image_fetcher = ImageFetcher(self.image_http, config.images)
+        self.thumbnails = ThumbnailPool.from_settings(config.images)
+        self.checkpointer = Checkpointer(config.pipeline.queue_size)
+        self.router = Router(self)
+        self.stopping = asyncio.Event()
+        self.pds_slots = asyncio.Semaphore(config.pds.account_concurrency)
+        self.queued_ops = 0
+        self._last_position: Any = None
+        metrics.initialise(tuple(config.mongo.collections))
+        self.refresh_dead_letter_gauge()
+
+    # -- bookkeeping shared by router and writers ------------------------------
+    def refresh_dead_letter_gauge(self) -> None:
+        counts = self.store.dead_letter_counts()
+        for coll in self.config.mongo.collections:
+            metrics.DEAD_LETTERS.labels(collection=coll).set(counts.get(coll, 0))
+
+    async def operation_time(self) -> tuple[int, int]:
+        """The cluster's current operation time: where a stream after a scan must start."""
+        async with self.client.start_session() as session:
+            reply = await self.client.admin.command("ping", session=session)
+            ts = reply.get("operationTime") or session.operation_time
+        if not isinstance(ts, Timestamp):
+            raise RuntimeError("the server reported no operationTime: is it a replica set?")
+        return (ts.time, ts.inc)
+
+    def save_checkpoints(self) -> None:
+        """Persist the newest safe positions (stream token, backfill progress)."""
+        payloads = self.checkpointer.advance()
+        stream: Any = None
+        backfill: dict[str, Any] = {}
+        for p in payloads:
+            if p[0] == "stream":
+                stream = p
+            elif p[0] == "backfill":
+                backfill[p[1]] = p
+        if stream is not None or backfill:
+            with self.store.transaction():
+                if stream is not None and stream != self._last_position:
+                    self.store.save_position(stream[1], stream[2])
+                    self._last_position = stream
+                for _, coll, last_id, phase, scanned, done in backfill.values():
+                    self.store.save_backfill_progress(coll, last_id, phase, scanned, done)
+        oldest = self.checkpointer.oldest_pending_started()
+        self.health.set_lag(max(0.0, time.time() - oldest) if oldest else 0.0)
+        pos = self.store.load_position() if stream is None else None
+        if stream is not None:
+            metrics.RESUME_TOKEN_AGE.set(0)
+        elif pos is not None:
+            metrics.RESUME_TOKEN_AGE.set(max(0.0, time.time() - pos.saved_at))
+        metrics.QUEUE_DEPTH.labels(stage="source").set(self.checkpointer.outstanding)
+        metrics.QUEUE_DEPTH.labels(stage="writer").set(self.queued_ops)
+
+    async def checkpoint_loop(self, interval: float = 0.2) -> None:
+        """For one-shot commands: keep the watermark moving (the daemon's main loop does this)."""
+        while True:
+            self.save_checkpoints()
+            await asyncio.sleep(interval)
+
+    async def drain(self, grace: float) -> bool:
+        """Wait until every change handed to the writers has been applied."""
+        try:
+            await asyncio.wait_for(self.checkpointer.drained(), grace)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop_writers(self) -> None:
+        self.stopping.set()
+        tasks = [w.task for w in self.router.writers.values() if w.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.stop_writers()
+        self.save_checkpoints()
+        await self.xrpc.aclose()
+        await self.image_http.aclose()
+        self.thumbnails.close(wait=False)
+        await self.client.close()
+        self.store.close()

@@ -1,0 +1,53 @@
+"""One-shot passes (``syncd backfill``): the daemon's engine, without the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from syncd.config import Config
+from syncd.engine import Engine
+from syncd.source.backfill import Backfill
+
+log = structlog.get_logger("syncd.oneshot")
+
+
+async def owner_filter(engine: Engine, account: str | None) -> dict[str, Any] | None:
+    """A MongoDB filter for the documents an ATProto account owns (None: all)."""
+    if account is None:
+        return None
+    acct = await engine.accounts.by_handle_or_did(account)
+    if acct is None:
+        raise LookupError(f"--account: no user with ATProto handle or DID {account!r}")
+    return {"user": None} if acct.sub is None else {"user": acct.sub}
+
+
+async def run_backfill(
+    config: Config, *, collections: list[str] | None, account: str | None
+) -> int:
+    engine = Engine(config)
+    ticker = asyncio.create_task(engine.checkpoint_loop())
+    try:
+        try:
+            flt = await owner_filter(engine, account)
+        except LookupError as exc:
+            print(f"syncd: {exc}")
+            return 2
+        backfill = Backfill(engine)
+        total = 0
+        for coll in collections or list(config.mongo.collections):
+            total += await backfill.scan(coll, persist=False, extra_filter=flt)
+        await engine.checkpointer.drained()
+        engine.save_checkpoints()
+        counts = engine.store.dead_letter_counts()
+        log.info("backfill_pass_done", scanned=total, dead_letters=sum(counts.values()))
+        print(f"backfill: scanned {total} documents; dead letters now {sum(counts.values())}")
+        return 0
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await engine.aclose()

@@ -1,0 +1,1 @@
+"""Where changes come from: the initial/repair scan and the change stream."""

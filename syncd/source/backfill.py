@@ -1,0 +1,190 @@
+"""Backfill: scan collections in ``_id`` order, in bounded pages, resumably.
+
+The operation time is read *before* the scan and stored; the change stream
+starts there afterwards, so nothing written during the scan is missed (events
+seen twice are harmless: every write is idempotent). Progress (last ``_id``) is
+saved only once every document up to it has been applied, through the same
+watermark as the stream. Memory is bounded by the page size and the in-flight
+capacity, never by the collection's size.
+
+ObjectId ``_id``s are scanned first, resumably, with ``$gt`` (type bracketing
+keeps other types out); documents with other ``_id`` types (dead letters, since
+they cannot form a ``ref``) are scanned in a final, non-resumable pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from syncd import metrics
+from syncd.changes import Change
+from syncd.ids import doc_key, parse_doc_key
+
+if TYPE_CHECKING:
+    from syncd.engine import Engine
+
+log = structlog.get_logger("syncd.backfill")
+
+OBJECTID, OTHER, DONE = "objectid", "other", "done"
+
+
+class Backfill:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def ensure_started(self, reason: str) -> None:
+        store = self.engine.store
+        if store.backfill_start_time() is None:
+            start = await self.engine.operation_time()
+            store.begin_backfill(start, self.engine.config.mongo.collections, reason=reason)
+            log.info("backfill_started", reason=reason, operation_time=list(start))
+
+    async def run(self, *, sweep: bool = False) -> None:
+        """Continue (or start) the daemon's backfill pass, then hand over to the stream."""
+        store = self.engine.store
+        await self.ensure_started("first_start")
+        reason = store.backfill_reason() or "first_start"
+        self.engine.health.set_phase("backfill")
+        progress = store.backfill_progress()
+        for coll in self.engine.config.mongo.collections:
+            p = progress.get(coll)
+            if p is not None and p.done:
+                log.info("backfill_collection_already_done", collection=coll)
+                continue
+            await self.scan(
+                coll,
+                last_id=p.last_id if p else None,
+                phase=p.phase if p else OBJECTID,
+                scanned=p.scanned if p else 0,
+                persist=True,
+            )
+        await self.engine.checkpointer.drained()
+        self.engine.save_checkpoints()
+        if sweep or reason == "history_lost":
+            await self.sweep(self.engine.config.mongo.collections)
+            await self.engine.checkpointer.drained()
+        store.finish_backfill()
+        log.info("backfill_finished", reason=reason)
+
+    async def scan(
+        self,
+        collection: str,
+        *,
+        last_id: Any = None,
+        phase: str = OBJECTID,
+        scanned: int = 0,
+        persist: bool = False,
+        extra_filter: dict[str, Any] | None = None,
+    ) -> int:
+        """Emit every document of ``collection`` (matching ``extra_filter``) as a change."""
+        engine = self.engine
+        coll = engine.db[collection]
+        page = engine.config.mongo.scan_batch_size
+        base = dict(extra_filter or {})
+        started = time.monotonic()
+        if phase == OBJECTID:
+            remaining_filter = dict(
+                base, _id={"$type": "objectId"} if last_id is None else {"$gt": last_id}
+            )
+            remaining = await coll.count_documents(remaining_filter)
+            metrics.BACKFILL_REMAINING.labels(collection=collection).set(remaining)
+            log.info(
+                "backfill_collection",
+                collection=collection,
+                remaining=remaining,
+                resumed_after=str(last_id) if last_id else None,
+            )
+            while True:
+                query = dict(
+                    base, _id={"$type": "objectId"} if last_id is None else {"$gt": last_id}
+                )
+                docs = await coll.find(query).sort("_id", 1).limit(page).to_list()
+                if not docs:
+                    break
+                for doc in docs:
+                    await self._emit(collection, doc)
+                last_id = docs[-1]["_id"]
+                scanned += len(docs)
+                remaining = max(0, remaining - len(docs))
+                metrics.BACKFILL_REMAINING.labels(collection=collection).set(remaining)
+                if persist:
+                    engine.checkpointer.mark(
+                        ("backfill", collection, last_id, OBJECTID, scanned, False)
+                    )
+                engine.health.beat("backfill")
+                engine.health.beat("stream")
+            phase = OTHER
+            if persist:
+                engine.checkpointer.mark(("backfill", collection, None, OTHER, scanned, False))
+        if phase == OTHER:
+            query = dict(base, _id={"$not": {"$type": "objectId"}})
+            async for doc in coll.find(query).batch_size(page):
+                await self._emit(collection, doc)
+                scanned += 1
+            if persist:
+                engine.checkpointer.mark(("backfill", collection, None, DONE, scanned, True))
+        metrics.BACKFILL_REMAINING.labels(collection=collection).set(0)
+        log.info(
+            "backfill_collection_scanned",
+            collection=collection,
+            scanned=scanned,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return scanned
+
+    async def _emit(
+        self, collection: str, doc: dict[str, Any], *, operation: str = "backfill"
+    ) -> None:
+        engine = self.engine
+        ticket = await engine.checkpointer.open(None, started=time.time())
+        change = Change(
+            collection=collection,
+            doc_id=doc["_id"],
+            key=doc_key(doc["_id"]),
+            doc=doc,
+            operation=operation,
+            ticket=ticket,
+        )
+        await engine.router.route(change)
+
+    async def sweep(self, collections: Iterable[str]) -> int:
+        """Remove records whose documents no longer exist (ledger rows without a document)."""
+        engine = self.engine
+        removed = 0
+        for collection in collections:
+            keys: list[str] = []
+            for entry in engine.store.ledger_iter(collection=collection):
+                keys.append(entry.doc_key)
+                if len(keys) >= 500:
+                    removed += await self._sweep_keys(collection, keys)
+                    keys = []
+            if keys:
+                removed += await self._sweep_keys(collection, keys)
+        log.info("sweep_finished", removed=removed)
+        return removed
+
+    async def _sweep_keys(self, collection: str, keys: list[str]) -> int:
+        engine = self.engine
+        ids = [parse_doc_key(k) for k in keys]
+        found = {
+            doc_key(d["_id"])
+            async for d in engine.db[collection].find({"_id": {"$in": ids}}, {"_id": 1})
+        }
+        missing = [(k, i) for k, i in zip(keys, ids, strict=True) if k not in found]
+        for key, doc_id in missing:
+            ticket = await engine.checkpointer.open(None, started=time.time())
+            await engine.router.route(
+                Change(
+                    collection=collection,
+                    doc_id=doc_id,
+                    key=key,
+                    doc=None,
+                    operation="sweep",
+                    ticket=ticket,
+                )
+            )
+        return len(missing)

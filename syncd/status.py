@@ -1,0 +1,97 @@
+"""``syncd status``: what the state store says, for people and for machines."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from syncd.config import Config
+from syncd.logs import redact
+from syncd.state import StateStore
+
+
+def collect(config: Config) -> dict[str, Any]:
+    store = StateStore(config.state.directory)
+    try:
+        now = time.time()
+        pos = store.load_position()
+        position: dict[str, Any] | None = None
+        if pos is not None:
+            position = {
+                "saved_at": pos.saved_at,
+                "age_seconds": round(now - pos.saved_at, 1),
+                "cluster_time": list(pos.cluster_time) if pos.cluster_time else None,
+                "has_token": pos.token is not None,
+            }
+        records: dict[str, dict[str, int]] = {}
+        for coll, did, n in store.ledger_counts():
+            records.setdefault(coll, {})[did] = n
+        backfill = {
+            c: {"scanned": p.scanned, "done": p.done, "phase": p.phase}
+            for c, p in store.backfill_progress().items()
+        }
+        skipped: dict[str, dict[str, int]] = {}
+        for coll, reason, n in store.skipped_counts():
+            skipped.setdefault(coll, {})[reason] = n
+        dead = [
+            {
+                "collection": d.collection,
+                "id": d.doc_key,
+                "reason": d.reason,
+                "detail": redact(d.detail),
+                "retryable": d.retryable,
+                "attempts": d.attempts,
+                "last_seen": d.last_seen,
+            }
+            for d in store.dead_letters(limit=50)
+        ]
+        return {
+            "state_file": str(store.path),
+            "position": position,
+            "backfill": {
+                "in_progress": store.backfill_start_time() is not None,
+                "reason": store.backfill_reason(),
+                "collections": backfill,
+            },
+            "records": records,
+            "records_total": sum(sum(v.values()) for v in records.values()),
+            "pending": store.pending_count(),
+            "skipped": skipped,
+            "dead_letters": {"counts": store.dead_letter_counts(), "recent": dead},
+        }
+    finally:
+        store.close()
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"state: {report['state_file']}"]
+    pos = report["position"]
+    if pos is None:
+        lines.append("position: none saved (the next start backfills)")
+    else:
+        lines.append(
+            f"position: saved {pos['age_seconds']}s ago, cluster time {pos['cluster_time']}"
+        )
+    bf = report["backfill"]
+    if bf["in_progress"]:
+        lines.append(f"backfill: in progress ({bf['reason']})")
+        for c, p in sorted(bf["collections"].items()):
+            lines.append(
+                f"  {c:<10} scanned {p['scanned']:>8}  {'done' if p['done'] else p['phase']}"
+            )
+    lines.append(
+        f"records mirrored: {report['records_total']} (pending confirmation: {report['pending']})"
+    )
+    for coll, per in sorted(report["records"].items()):
+        for did, n in sorted(per.items()):
+            lines.append(f"  {coll:<10} {did:<40} {n:>8}")
+    if report["skipped"]:
+        lines.append("skipped (not an error):")
+        for coll, per in sorted(report["skipped"].items()):
+            for reason, n in sorted(per.items()):
+                lines.append(f"  {coll:<10} {reason:<30} {n:>8}")
+    counts = report["dead_letters"]["counts"]
+    lines.append(f"dead letters: {sum(counts.values())}")
+    for d in report["dead_letters"]["recent"][:20]:
+        lines.append(f"  {d['collection']:<10} {d['id']:<26} {d['reason']}: {d['detail'][:80]}")
+    return "\n".join(lines)

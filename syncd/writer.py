@@ -1,0 +1,471 @@
+"""One writer per account: batches of changes become one ``applyWrites`` call.
+
+A writer takes its queue in order, so changes to one document are applied in
+order. A batch never holds the same document twice. For each batch:
+
+1. plan every op against the ledger (:mod:`syncd.planner`);
+2. make painting thumbnails and upload the blobs the account lacks;
+3. validate each record against its lexicon;
+4. mark the writes pending in the ledger (so a crash right after sending is
+   recovered with idempotent calls), send them (``applyWrites``, falling back to
+   single ``putRecord``/``deleteRecord`` calls when a batch is refused), and
+5. commit the results, write ``atproto.rkey`` back to MongoDB, and complete the
+   changes' tickets so the resume position can advance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
+
+from syncd import lexicon, metrics
+from syncd.changes import Op, Problem
+from syncd.images.errors import ImageError
+from syncd.images.pipeline import prepare_painting_blob
+from syncd.lexicon import LexiconError
+from syncd.mappings.paintings import Paintings
+from syncd.pds.errors import AuthError, RateLimitedError, XrpcError
+from syncd.pds.repo import create_write, delete_write, update_write
+from syncd.pds.sessions import Account
+from syncd.planner import (
+    BATCHABLE,
+    CREATE,
+    DELETE,
+    DELETE_UNCERTAIN,
+    NONE,
+    UPDATE,
+    UPSERT,
+    WRITES,
+    Plan,
+    plan,
+)
+from syncd.retry import Abandoned, backoff_delay, sleep_or_stop, with_retries
+
+if TYPE_CHECKING:
+    from syncd.engine import Engine
+
+log = structlog.get_logger("syncd.writer")
+
+
+def _count_error(collection: str) -> Any:
+    def count(exc: XrpcError) -> None:
+        metrics.WRITE_ERRORS.labels(collection=collection, reason=exc.reason).inc()
+
+    return count
+
+
+class AccountWriter:
+    def __init__(self, engine: Engine, account: Account) -> None:
+        self.engine = engine
+        self.account = account
+        self.queue: deque[Op] = deque()
+        self._wake = asyncio.Event()
+        self._uploaded: set[str] = set()  # blob CIDs uploaded by this process
+        self.task: asyncio.Task[None] | None = None
+
+    def submit(self, op: Op) -> None:
+        self.queue.append(op)
+        self._wake.set()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"writer:{self.account.did}")
+
+    async def _run(self) -> None:
+        limit = self.engine.config.pds.max_writes_per_call
+        while True:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch: list[Op] = []
+            seen: set[tuple[str, str]] = set()
+            while self.queue and len(batch) < limit:
+                op = self.queue[0]
+                ident = (op.change.collection, op.change.key)
+                if ident in seen:
+                    break
+                seen.add(ident)
+                batch.append(self.queue.popleft())
+            self.engine.queued_ops -= len(batch)
+            try:
+                async with self.engine.pds_slots:
+                    await self.process(batch)
+            except Abandoned:
+                # Shutdown: the batch is not applied, so its changes stay incomplete and
+                # the saved position stays before them; the next start replays them.
+                return
+            except Exception as exc:  # a bug must not stall the stream or lose the document
+                log.exception("batch_failed", did=self.account.did, ops=len(batch))
+                with self.engine.store.transaction():
+                    for op in batch:
+                        self.engine.store.dead_letter(
+                            op.change.collection,
+                            op.change.key,
+                            "internal_error",
+                            f"{type(exc).__name__}: {exc}"[:500],
+                            retryable=True,
+                        )
+                self.engine.refresh_dead_letter_gauge()
+            for op in batch:
+                self.engine.router.finished(op, self.account.did)
+                op.change.ticket.complete()
+            self.engine.health.beat("writer")
+
+    # -- one batch -----------------------------------------------------------
+    async def process(self, ops: list[Op]) -> None:
+        engine = self.engine
+        store = engine.store
+        plans = [
+            plan(op, self.account.did, store.ledger_get(op.change.collection, op.change.key))
+            for op in ops
+        ]
+        await self._prepare_records(plans)
+        to_send = [p for p in plans if p.action != NONE and p.failed is None]
+        if to_send:
+            with store.transaction():
+                for p in to_send:
+                    self._mark_pending(p)
+            await self._send(to_send)
+        self._commit(plans)
+        await self._write_back(plans)
+
+    async def _prepare_records(self, plans: list[Plan]) -> None:
+        writes = [p for p in plans if p.action in WRITES]
+        paintings = [p for p in writes if p.op.draft is not None and p.op.draft.image is not None]
+        if paintings:
+            await asyncio.gather(*(self._attach_thumbnail(p) for p in paintings))
+        for p in writes:
+            if p.failed is not None:
+                continue
+            draft = p.op.draft
+            assert draft is not None
+            record: dict[str, Any] = {"$type": draft.nsid, **draft.fields}
+            record.update(p.extra.get("record_extra", {}))
+            try:
+                lexicon.validate(draft.nsid, record)
+            except LexiconError as exc:
+                p.failed = Problem("dead", "lexicon_invalid", str(exc))
+                continue
+            p.record = record
+        for p in writes:
+            if p.failed is not None and not p.failed.retryable:
+                # The document can no longer produce a valid record: remove the old one.
+                self._to_delete_after_failure(p)
+
+    def _to_delete_after_failure(self, p: Plan) -> None:
+        entry = self.engine.store.ledger_get(p.collection, p.key)
+        if entry is not None and entry.did == self.account.did:
+            p.problem, p.failed = p.failed, None
+            p.action = DELETE_UNCERTAIN if entry.pending else DELETE
+            p.nsid, p.rkey, p.record, p.writeback = entry.nsid, entry.rkey, None, "unset"
+            p.previous_blob_cid = entry.blob_cid
+        else:
+            p.problem, p.failed = p.failed, None
+            p.action, p.record, p.writeback = NONE, None, None
+
+    async def _attach_thumbnail(self, p: Plan) -> None:
+        engine = self.engine
+        doc = p.op.change.doc
+        assert doc is not None
+        try:
+            prepared = await prepare_painting_blob(
+                doc, engine.config.images, engine.image_fetcher, engine.thumbnails
+            )
+        except ImageError as exc:
+            p.failed = Problem("dead", exc.reason, str(exc)[:500], retryable=not exc.permanent)
+            log.warning(
+                "painting_image_failed",
+                collection=p.collection,
+                doc=p.key,
+                reason=exc.reason,
+                permanent=exc.permanent,
+            )
+            return
+        thumb = prepared.thumbnail
+        blob: dict[str, Any] = {
+            "$type": "blob",
+            "ref": {"$link": prepared.cid},
+            "mimeType": thumb.mime_type,
+            "size": len(thumb.data),
+        }
+        if prepared.cid not in self._uploaded and not engine.store.blob_known(
+            self.account.did, prepared.cid
+        ):
+            try:
+                uploaded = await with_retries(
+                    lambda: engine.repo.upload_blob(self.account, thumb.data, thumb.mime_type),
+                    stop=engine.stopping,
+                    on_error=_count_error(p.collection),
+                )
+            except AuthError as exc:
+                p.failed = Problem("dead", "account_unavailable", exc.error, retryable=True)
+                return
+            except XrpcError as exc:
+                p.failed = Problem("dead", "blob_rejected", exc.reason, retryable=exc.status == 413)
+                return
+            link = uploaded.get("ref", {}).get("$link")
+            if link and link != prepared.cid:
+                log.warning("blob_cid_mismatch", computed=prepared.cid, pds=link)
+                blob["ref"] = {"$link": link}
+            self._uploaded.add(str(blob["ref"]["$link"]))
+        p.blob_cid = str(blob["ref"]["$link"])
+        extra: dict[str, Any] = {"thumbnail": blob}
+        if prepared.recording_exists:
+            assert p.op.draft is not None
+            extra["recordingUrl"] = Paintings.recording_url(p.op.draft.fields, engine.mapping_ctx)
+        p.extra["record_extra"] = extra
+
+    def _mark_pending(self, p: Plan) -> None:
+        store = self.engine.store
+        if p.action in WRITES:
+            store.ledger_put(
+                p.collection,
+                p.key,
+                did=self.account.did,
+                nsid=p.nsid,
+                rkey=p.rkey,
+                cid=None,
+                fingerprint=None,
+                blob_cid=p.previous_blob_cid,
+                pending=True,
+            )
+        elif p.owns_ledger:
+            store.ledger_mark_pending(p.collection, p.key)
+
+    # -- sending -------------------------------------------------------------
+    async def _send(self, plans: list[Plan]) -> None:
+        batchable = [p for p in plans if p.action in BATCHABLE]
+        singles = [p for p in plans if p.action not in BATCHABLE]
+        limit = self.engine.config.pds.max_writes_per_call
+        while batchable:
+            chunk, batchable = batchable[:limit], batchable[limit:]
+            leftover = await self._apply(chunk)
+            singles.extend(leftover)
+        if singles:
+            sem = asyncio.Semaphore(8)
+
+            async def one(p: Plan) -> None:
+                async with sem:
+                    await self._single(p)
+
+            await asyncio.gather(*(one(p) for p in singles))
+
+    async def _apply(self, chunk: list[Plan]) -> list[Plan]:
+        """Send one applyWrites; returns the plans that must be sent one by one."""
+        engine = self.engine
+        writes = []
+        for p in chunk:
+            if p.action == CREATE:
+                assert p.record is not None
+                writes.append(create_write(p.nsid, p.rkey, p.record))
+            elif p.action == UPDATE:
+                assert p.record is not None
+                writes.append(update_write(p.nsid, p.rkey, p.record))
+            else:
+                writes.append(delete_write(p.nsid, p.rkey))
+        attempt = 0
+        while True:
+            if engine.stopping.is_set():
+                raise Abandoned()
+            try:
+                results = await engine.repo.apply_writes(self.account, writes)
+            except RateLimitedError as exc:
+                self._count(chunk, exc)
+                fit = self._fits(exc, chunk)
+                if 0 < fit < len(chunk):
+                    # The budget left still takes part of the batch: send that now.
+                    head = await self._apply(chunk[:fit])
+                    return head + await self._apply(chunk[fit:])
+                await sleep_or_stop(min(max(exc.retry_after, 0.5), 3600.0), engine.stopping)
+                continue
+            except AuthError as exc:
+                self._count(chunk, exc)
+                self._account_failed(chunk, exc)
+                return []
+            except XrpcError as exc:
+                self._count(chunk, exc)
+                if exc.status >= 400 and exc.status not in (502, 503, 504, 408):
+                    # A 500 is how the PDS answers a batch with a create on an existing
+                    # key (or an update/delete of a missing one); a 4xx names no write.
+                    # Idempotent single calls settle both, one record at a time.
+                    log.warning(
+                        "apply_writes_refused",
+                        did=self.account.did,
+                        status=exc.status,
+                        error=exc.error,
+                        writes=len(chunk),
+                    )
+                    for p in chunk:
+                        p.action = UPSERT if p.action in (CREATE, UPDATE) else DELETE_UNCERTAIN
+                    return chunk
+                delay = backoff_delay(attempt, cap=engine.config.pds.retry_max_seconds)
+                attempt += 1
+                await sleep_or_stop(delay, engine.stopping)
+                continue
+            for p, result in zip(chunk, results, strict=True):
+                if p.action in WRITES:
+                    p.uri, p.cid = result.get("uri"), result.get("cid")
+            return []
+
+    @staticmethod
+    def _fits(exc: RateLimitedError, chunk: list[Plan]) -> int:
+        """How many of ``chunk``'s writes the remaining points pay for (create 3, update 2, delete 1)."""
+        if exc.remaining is None or exc.remaining <= 0:
+            return 0
+        cost = {CREATE: 3, UPDATE: 2, DELETE: 1}
+        left, n = exc.remaining, 0
+        for p in chunk:
+            left -= cost.get(p.action, 3)
+            if left < 0:
+                break
+            n += 1
+        return n
+
+    async def _single(self, p: Plan) -> None:
+        engine = self.engine
+        try:
+            if p.action in WRITES:
+                assert p.record is not None
+                record = p.record
+                p.uri, p.cid = await with_retries(
+                    lambda: engine.repo.put_record(self.account, p.nsid, p.rkey, record),
+                    stop=engine.stopping,
+                    cap=engine.config.pds.retry_max_seconds,
+                    on_error=_count_error(p.collection),
+                )
+            else:
+                await with_retries(
+                    lambda: engine.repo.delete_record(self.account, p.nsid, p.rkey),
+                    stop=engine.stopping,
+                    cap=engine.config.pds.retry_max_seconds,
+                    on_error=_count_error(p.collection),
+                )
+        except AuthError as exc:
+            metrics.WRITE_ERRORS.labels(collection=p.collection, reason=exc.reason).inc()
+            self._account_failed([p], exc)
+        except XrpcError as exc:
+            metrics.WRITE_ERRORS.labels(collection=p.collection, reason=exc.reason).inc()
+            p.failed = Problem("dead", "pds_rejected", f"{exc.error}: {exc.message}"[:500])
+            log.warning("record_rejected", collection=p.collection, doc=p.key, error=exc.error)
+
+    def _count(self, chunk: list[Plan], exc: XrpcError) -> None:
+        for coll in {p.collection for p in chunk}:
+            metrics.WRITE_ERRORS.labels(collection=coll, reason=exc.reason).inc()
+
+    def _account_failed(self, plans: Iterable[Plan], exc: XrpcError) -> None:
+        log.error("account_unavailable", did=self.account.did, error=exc.error)
+        for p in plans:
+            p.failed = Problem("dead", "account_unavailable", exc.error, retryable=True)
+
+    # -- bookkeeping ---------------------------------------------------------
+    def _commit(self, plans: list[Plan]) -> None:
+        store = self.engine.store
+        did = self.account.did
+        with store.transaction():
+            for p in plans:
+                if p.failed is not None:
+                    store.dead_letter(
+                        p.collection,
+                        p.key,
+                        p.failed.reason,
+                        p.failed.detail,
+                        retryable=p.failed.retryable,
+                    )
+                    p.writeback = None
+                    continue
+                if p.action in WRITES:
+                    store.ledger_put(
+                        p.collection,
+                        p.key,
+                        did=did,
+                        nsid=p.nsid,
+                        rkey=p.rkey,
+                        cid=p.cid,
+                        fingerprint=p.fingerprint,
+                        blob_cid=p.blob_cid,
+                        pending=False,
+                    )
+                    if p.blob_cid:
+                        store.blob_add(did, p.blob_cid, 0)
+                    if p.previous_blob_cid and p.previous_blob_cid != p.blob_cid:
+                        self._maybe_forget_blob(p.previous_blob_cid)
+                    action = "update" if p.action == UPDATE or p.extra.get("existed") else "create"
+                    metrics.RECORDS_WRITTEN.labels(collection=p.collection, action=action).inc()
+                elif p.action in (DELETE, DELETE_UNCERTAIN):
+                    if p.owns_ledger:
+                        store.ledger_delete(p.collection, p.key)
+                    if p.previous_blob_cid:
+                        self._maybe_forget_blob(p.previous_blob_cid)
+                    metrics.RECORDS_WRITTEN.labels(collection=p.collection, action="delete").inc()
+                problem = p.problem
+                if problem is None or problem.kind == "hidden":
+                    store.clear_dead_letter(p.collection, p.key)
+                    store.unskip(p.collection, p.key)
+                elif problem.kind == "skip":
+                    store.skip(p.collection, p.key, problem.reason)
+                else:
+                    store.dead_letter(
+                        p.collection,
+                        p.key,
+                        problem.reason,
+                        problem.detail,
+                        retryable=problem.retryable,
+                    )
+        self.engine.refresh_dead_letter_gauge()
+
+    def _maybe_forget_blob(self, cid: str) -> None:
+        # An unreferenced blob may be garbage-collected by the PDS: forget it so a
+        # later record uploads it again instead of pointing at nothing.
+        self.engine.store.blob_forget(self.account.did, cid)
+        self._uploaded.discard(cid)
+
+    async def _write_back(self, plans: list[Plan]) -> None:
+        by_collection: dict[str, list[UpdateOne]] = {}
+        for p in plans:
+            if p.failed is not None or p.writeback is None or p.op.change.doc is None:
+                continue
+            doc_id = p.op.change.doc_id
+            if p.writeback == "set" and p.rkey:
+                uri = p.uri or f"at://{self.account.did}/{p.nsid}/{p.rkey}"
+                update: dict[str, Any] = {"atproto.rkey": p.rkey, "atproto.uri": uri}
+                if p.cid:
+                    update["atproto.cid"] = p.cid
+                current = p.op.change.doc.get("atproto")
+                if isinstance(current, dict) and all(
+                    current.get(k.split(".")[1]) == v for k, v in update.items()
+                ):
+                    continue
+                req = UpdateOne({"_id": doc_id}, {"$set": update})
+            elif p.writeback == "unset":
+                req = UpdateOne(
+                    {"_id": doc_id},
+                    {"$unset": {"atproto.rkey": "", "atproto.uri": "", "atproto.cid": ""}},
+                )
+            else:
+                continue
+            by_collection.setdefault(p.collection, []).append(req)
+        attempt = 0
+        for coll, requests in by_collection.items():
+            while True:
+                try:
+                    await self.engine.db[coll].bulk_write(requests, ordered=False)
+                    break
+                except PyMongoError as exc:
+                    delay = backoff_delay(attempt, cap=10.0)
+                    attempt += 1
+                    log.warning(
+                        "writeback_failed",
+                        collection=coll,
+                        error=type(exc).__name__,
+                        retry_in=round(delay, 2),
+                    )
+                    await sleep_or_stop(delay, self.engine.stopping)
+
+
+__all__ = ["DELETE", "AccountWriter"]
