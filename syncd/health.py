@@ -132,7 +132,7 @@ class HealthState:
         return {name: max(0.0, now - at) for name, at in self._beats.items()}
 
     def liveness(self) -> tuple[bool, str]:
-        """``(True, "ok")`` or ``(False, "loop 'writer' stuck: no beat for 42.0s (> 30s)")``."""
+        """``(True, "ok")`` or ``(False, "loop 'writer' stuck: no beat for 42.5s (> 30s)")``."""
         stale = [(age, name) for name, age in self.loop_ages().items() if age > self.stale_after]
         if not stale:
             return True, "ok"
