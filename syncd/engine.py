@@ -37,16 +37,16 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
     """The client options syncd relies on.
 
     ``DATETIME_AUTO`` decodes dates outside Python's range instead of failing the
-    whole batch (the mapping dead-letters them); ``surrogateescape`` keeps invalid
-    UTF-8 decodable so such a document is dead-lettered instead of stalling the
-    stream (lone surrogates fail lexicon validation).
+    whole batch (the mapping dead-letters them); ``replace`` keeps invalid UTF-8
+    decodable (as U+FFFD, which lexicon validation rejects) so such a document is
+    dead-lettered instead of stalling the stream.
     """
     register_secret_from_uri(uri)
     return AsyncMongoClient(
         uri,
         tz_aware=True,
         datetime_conversion="DATETIME_AUTO",
-        unicode_decode_error_handler="surrogateescape",
+        unicode_decode_error_handler="replace",
         appname="syncd",
         retryWrites=True,
         **kwargs,

@@ -77,6 +77,9 @@ def _check_string(path: str, schema: Mapping[str, Any], value: Any) -> None:
         encoded = value.encode("utf-8")
     except UnicodeEncodeError:
         raise LexiconError(path, "not valid UTF-8 (lone surrogate)") from None
+    if "\ufffd" in value:
+        # How syncd's MongoDB client decodes invalid UTF-8 in the source.
+        raise LexiconError(path, "contains U+FFFD: invalid UTF-8 in the source document")
     if "maxLength" in schema and len(encoded) > schema["maxLength"]:
         raise LexiconError(path, f"longer than {schema['maxLength']} bytes ({len(encoded)})")
     if "minLength" in schema and len(encoded) < schema["minLength"]:
