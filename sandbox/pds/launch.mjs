@@ -3,7 +3,7 @@
 // did:plc directory (@did-plc/server), both bound to 127.0.0.1.
 //
 //   node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits]
-//                   [--ready-file FILE] [--log-level LEVEL]
+//                   [--ready-file FILE] [--log-level LEVEL] [--exit-with-parent]
 //
 // Options may also come from the environment: PDS_PORT, PLC_PORT,
 // PDS_DATA_DIRECTORY, PDS_ADMIN_PASSWORD, SANDBOX_RATE_LIMITS=1, LOG_LEVEL.
@@ -32,7 +32,7 @@ function usage(msg) {
   process.stderr.write(`launch.mjs: ${msg}\n`)
   process.stderr.write(
     'usage: node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits] ' +
-      '[--ready-file FILE] [--log-level LEVEL]\n',
+      '[--ready-file FILE] [--log-level LEVEL] [--exit-with-parent]\n',
   )
   process.exit(2)
 }
@@ -45,6 +45,7 @@ function parseArgs(argv) {
     rateLimits: ['1', 'true'].includes(process.env.SANDBOX_RATE_LIMITS || ''),
     readyFile: '',
     logLevel: process.env.LOG_LEVEL || 'warn',
+    exitWithParent: false,
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
@@ -70,6 +71,9 @@ function parseArgs(argv) {
         break
       case '--log-level':
         opts.logLevel = value()
+        break
+      case '--exit-with-parent':
+        opts.exitWithParent = true
         break
       case '-h':
       case '--help':
@@ -216,6 +220,13 @@ async function main() {
   }
   process.on('SIGTERM', () => void shutdown('SIGTERM'))
   process.on('SIGINT', () => void shutdown('SIGINT'))
+  if (opts.exitWithParent) {
+    // A test run that dies without cleaning up must not leave a PDS behind.
+    const parent = process.ppid
+    setInterval(() => {
+      if (process.ppid !== parent) void shutdown('parent exit')
+    }, 500).unref()
+  }
 
   const info = {
     ready: true,

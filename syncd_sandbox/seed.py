@@ -1,0 +1,327 @@
+"""Source documents as the platform stores them, and the ``demo`` data set.
+
+Generators (``make_painting``, ``make_mood``, ``make_piece``, ``make_kidlisp``)
+return documents with the real field names (moods keep their text in ``mood``;
+``when`` is a timezone-aware UTC datetime, stored by pymongo as a BSON date;
+guest content has no ``user`` field). ``png_bytes``/``write_png`` make real
+PNGs and ``write_painting_files`` puts a painting's image (and recording zip)
+where the image server serves it.
+
+``demo_dataset`` builds a small realistic world: users with and without
+ATProto accounts, guest content, and every kind of non-public document
+(``nuked``, ``deleted`` moods, ``private``, ``draft``, ``hidden``,
+``visibility: "unlisted"``).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import secrets
+import string
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+from PIL import Image, ImageDraw
+
+from syncd_sandbox.images import painting_keys, write_file
+
+COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
+GUEST_USER_ID = "art-guest"
+SEEDS = ("demo", "empty")
+
+Document = dict[str, Any]
+
+_CODE_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_sub(provider: str = "auth0") -> str:
+    """An identity-provider subject like ``auth0|63effeeb2a7d55f8098d62f9``."""
+    return f"{provider}|{secrets.token_hex(12)}"
+
+
+def short_code(rng: random.Random | None = None, length: int = 5) -> str:
+    """A painting / kidlisp short code (the lexicon allows at most 10 characters)."""
+    r = rng or random.Random()
+    return "".join(r.choice(_CODE_ALPHABET) for _ in range(length))
+
+
+def when_ms(dt: datetime | None = None) -> datetime:
+    """A UTC datetime truncated to milliseconds (what a BSON date keeps)."""
+    dt = dt or datetime.now(UTC)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
+def _doc(user: str | None, when: datetime | None, extra: Mapping[str, Any]) -> Document:
+    doc: Document = {"_id": ObjectId()}
+    if user is not None:
+        doc["user"] = user
+    doc["when"] = when_ms(when)
+    doc.update(extra)
+    return doc
+
+
+def make_painting(
+    user: str | None,
+    slug: str | None = None,
+    code: str | None = None,
+    when: datetime | None = None,
+    **extra: Any,
+) -> Document:
+    """A ``paintings`` document: ``slug``, ``code``, ``when``, ``user`` (absent for guests)."""
+    doc = _doc(user, when, {})
+    doc["slug"] = slug or datetime.now(UTC).strftime("%Y.%m.%d.%H.%M.%S.") + secrets.token_hex(2)
+    doc["code"] = code or short_code()
+    doc.update(extra)
+    return doc
+
+
+def make_mood(user: str, mood: str, when: datetime | None = None, **extra: Any) -> Document:
+    """A ``moods`` document: the text is in ``mood`` (not ``text``); ``user`` is always set."""
+    return _doc(user, when, {"mood": mood, **extra})
+
+
+def make_piece(
+    user: str | None,
+    slug: str,
+    when: datetime | None = None,
+    *,
+    code: str | None = None,
+    source: str | None = None,
+    **extra: Any,
+) -> Document:
+    """A ``pieces`` document: ``slug``, ``when``; some carry ``code`` and ``source``."""
+    fields: Document = {"slug": slug}
+    if code is not None:
+        fields["code"] = code
+    if source is not None:
+        fields["source"] = source
+    return _doc(user, when, {**fields, **extra})
+
+
+def make_kidlisp(
+    user: str | None,
+    code: str | None = None,
+    source: str = "(wipe blue)",
+    when: datetime | None = None,
+    **extra: Any,
+) -> Document:
+    """A ``kidlisp`` document: ``code``, ``source``, ``when`` (no ``user`` for guests)."""
+    return _doc(user, when, {"code": code or short_code(), "source": source, **extra})
+
+
+def png_bytes(width: int = 64, height: int = 64, seed: int = 0) -> bytes:
+    """A real, deterministic PNG of the given size (a few shapes on a coloured ground)."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        x1, y1 = x0 + rng.randrange(1, width // 2 + 2), y0 + rng.randrange(1, height // 2 + 2)
+        draw.ellipse((x0, y0, x1, y1), fill=tuple(rng.randrange(256) for _ in range(3)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def noisy_png_bytes(width: int, height: int, seed: int = 0) -> bytes:
+    """A PNG that compresses badly (random pixels): big files for size-limit tests."""
+    rng = random.Random(seed)
+    img = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: str | Path, width: int = 64, height: int = 64, seed: int = 0) -> bytes:
+    """Write a PNG file (parents created); returns its bytes."""
+    data = png_bytes(width, height, seed)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return data
+
+
+def recording_zip_bytes(frames: int = 3, seed: int = 0) -> bytes:
+    """A small zip like a painting recording (a few PNG frames and a timeline)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(frames):
+            zf.writestr(f"frame-{i:04d}.png", png_bytes(32, 32, seed + i))
+        zf.writestr("timeline.json", f'{{"frames": {frames}}}')
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class PaintingFiles:
+    bucket: str
+    image_key: str
+    recording_key: str
+    image_path: Path
+    recording_path: Path | None
+    image_bytes: bytes
+
+
+def write_painting_files(
+    image_root: str | Path,
+    user: str | None,
+    slug: str,
+    *,
+    width: int = 64,
+    height: int = 64,
+    seed: int = 0,
+    data: bytes | None = None,
+    recording: bool | bytes = False,
+) -> PaintingFiles:
+    """Put a painting's PNG (and optionally its recording zip) where the image server serves it."""
+    bucket, image_key, zip_key = painting_keys(user, slug)
+    body = data if data is not None else png_bytes(width, height, seed)
+    image_path = write_file(image_root, bucket, image_key, body)
+    recording_path: Path | None = None
+    if recording is not False:
+        zip_body = recording if isinstance(recording, bytes) else recording_zip_bytes(seed=seed)
+        recording_path = write_file(image_root, bucket, zip_key, zip_body)
+    return PaintingFiles(bucket, image_key, zip_key, image_path, recording_path, body)
+
+
+@dataclass(frozen=True)
+class SeedUser:
+    """A platform user of a data set: sub, platform handle, whether it gets an ATProto account."""
+
+    name: str
+    sub: str
+    with_atproto: bool = True
+
+
+@dataclass
+class Dataset:
+    """Documents per collection, plus what each is meant to show."""
+
+    users: list[SeedUser] = field(default_factory=list)
+    documents: dict[str, list[Document]] = field(
+        default_factory=lambda: {name: [] for name in COLLECTIONS}
+    )
+    files: list[PaintingFiles] = field(default_factory=list)
+
+    def add(self, collection: str, doc: Document) -> Document:
+        self.documents[collection].append(doc)
+        return doc
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(docs) for name, docs in self.documents.items()}
+
+
+DEMO_USERS = (
+    ("jeffrey", True),
+    ("fifi", True),
+    ("amelia", True),
+    ("kaito", False),  # no ATProto account: their content is not mirrored
+)
+
+
+def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None) -> Dataset:
+    """The ``demo`` seed: writes the painting files under ``image_root``, returns the documents.
+
+    ``users`` maps the demo names (jeffrey, fifi, amelia, kaito) to subs; new
+    subs are made for missing ones.
+    """
+    rng = random.Random(1234)
+    subs = dict(users or {})
+    ds = Dataset()
+    for name, atp in DEMO_USERS:
+        ds.users.append(SeedUser(name, subs.get(name) or new_sub(), atp))
+    jeffrey, fifi, amelia, kaito = (u.sub for u in ds.users)
+    t0 = when_ms(datetime(2025, 3, 1, 12, 0, tzinfo=UTC))
+
+    def at(minutes: int) -> datetime:
+        return t0 + timedelta(minutes=minutes, milliseconds=rng.randrange(1000))
+
+    def painting(
+        user: str | None, slug: str, minutes: int, size: tuple[int, int], **kw: Any
+    ) -> None:
+        recording = bool(kw.pop("recording", False))
+        ds.add("paintings", make_painting(user, slug, short_code(rng), at(minutes), **kw))
+        ds.files.append(
+            write_painting_files(
+                image_root,
+                user,
+                slug,
+                width=size[0],
+                height=size[1],
+                seed=minutes,
+                recording=recording,
+            )
+        )
+
+    # paintings: a few sizes, one with a recording, one newer-style slug, guests.
+    painting(jeffrey, "2025.03.01.12.00.00.123", 0, (128, 128))
+    painting(jeffrey, "2025.03.01.12.05.10.456", 5, (1024, 768), recording=True)
+    painting(jeffrey, f"{jeffrey}/painting/2025.03.01.12.07.00.001", 7, (300, 200))
+    painting(fifi, "2025.03.01.13.00.00.000", 60, (64, 64))
+    painting(fifi, "2025.03.01.13.02.00.000", 62, (800, 800), nuked=True)
+    painting(amelia, "2025.03.01.14.00.00.000", 120, (256, 512))
+    painting(amelia, "2025.03.01.14.01.00.000", 121, (128, 128), private=True)
+    painting(kaito, "2025.03.01.15.00.00.000", 180, (128, 128))
+    painting(None, "2025.03.01.16.00.00.000", 240, (200, 150))
+    painting(
+        None, "2025.03.01.16.10.00.000:2025.03.01.16.10.00.000-rec", 250, (320, 240), recording=True
+    )
+    painting(None, "2025.03.01.16.20.00.000", 260, (100, 100), hidden=True)
+
+    # moods: text in `mood`; one deleted.
+    for i, (user, text) in enumerate(
+        [
+            (jeffrey, "painting all day"),
+            (jeffrey, "🌈 feeling colourful"),
+            (fifi, "kidlisp is fun"),
+            (amelia, "sleepy"),
+            (kaito, "hello from a user without an ATProto account"),
+        ]
+    ):
+        ds.add("moods", make_mood(user, text, at(300 + i)))
+    ds.add("moods", make_mood(fifi, "never mind", at(310), deleted=True))
+
+    # pieces: some with code/source, guest ones without `user`.
+    ds.add("pieces", make_piece(jeffrey, "wipe", at(400)))
+    ds.add(
+        "pieces",
+        make_piece(
+            jeffrey, "starfield", at(401), code="sf1", source="function paint() {}", ext="mjs"
+        ),
+    )
+    ds.add("pieces", make_piece(fifi, "line", at(402)))
+    ds.add("pieces", make_piece(fifi, "secret-piece", at(403), draft=True))
+    ds.add("pieces", make_piece(amelia, "old-piece", at(404), nuked=True))
+    ds.add("pieces", make_piece(None, "guest-piece", at(405), code="gp1", source="(ink red)"))
+
+    # kidlisp: guest ones have no `user`.
+    ds.add(
+        "kidlisp",
+        make_kidlisp(jeffrey, short_code(rng), "(wipe blue)\n(ink yellow)\n(line)", at(500)),
+    )
+    ds.add("kidlisp", make_kidlisp(fifi, short_code(rng), "(repeat 10 (box))", at(501)))
+    ds.add(
+        "kidlisp",
+        make_kidlisp(amelia, short_code(rng), "(wipe red)", at(502), visibility="unlisted"),
+    )
+    ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(wipe purple)", at(503)))
+    ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(ink green)", at(504)))
+    ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(wipe black)", at(505), nuked=True))
+    return ds
+
+
+NOT_PUBLIC_FLAGS = ("nuked", "deleted", "private", "draft", "hidden")
+
+
+def is_public(doc: Mapping[str, Any]) -> bool:
+    """Whether a seeded document is public by the source-system rules (any flag hides it)."""
+    if any(doc.get(flag) is True for flag in NOT_PUBLIC_FLAGS):
+        return False
+    return doc.get("visibility") != "unlisted"
