@@ -49,14 +49,21 @@ def is_tid(value: str) -> bool:
     return bool(_TID_RE.match(value))
 
 
-def derive_rkey(when: datetime, doc_id: object) -> str:
-    """The TID for a document: ``when`` (ms precision) plus hash-derived low bits."""
+def derive_rkey(when: datetime, doc_id: object, salt: int = 0) -> str:
+    """The TID for a document: ``when`` (ms precision) plus hash-derived low bits.
+
+    About 2^20 keys share one millisecond, so documents with identical ``when``
+    values can collide; the writer checks the ledger and re-derives with the
+    next ``salt`` (the chosen key is then remembered in the ledger and written
+    back to the document, so it stays stable).
+    """
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     millis = int(when.timestamp() * 1000)
     if millis < 0:
         raise RkeyError(f"when is before 1970: {when.isoformat()}")
-    digest = hashlib.sha256(doc_key(doc_id).encode()).digest()
+    seed = doc_key(doc_id) if salt == 0 else f"{doc_key(doc_id)}#{salt}"
+    digest = hashlib.sha256(seed.encode()).digest()
     h = int.from_bytes(digest[:8], "big")
     micros = millis * 1000 + (h % 1000)
     if micros > _MAX_MICROS:

@@ -29,6 +29,7 @@ from syncd.changes import Op, Problem
 from syncd.images.errors import ImageError
 from syncd.images.pipeline import prepare_painting_blob
 from syncd.lexicon import LexiconError
+from syncd.mappings.base import when_of
 from syncd.mappings.paintings import Paintings
 from syncd.pds.errors import AuthError, RateLimitedError, XrpcError
 from syncd.pds.repo import create_write, delete_write, update_write
@@ -46,6 +47,7 @@ from syncd.planner import (
     plan,
 )
 from syncd.retry import Abandoned, backoff_delay, sleep_or_stop, with_retries
+from syncd.rkey import derive_rkey
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -125,6 +127,7 @@ class AccountWriter:
             plan(op, self.account.did, store.ledger_get(op.change.collection, op.change.key))
             for op in ops
         ]
+        self._resolve_key_collisions(plans)
         await self._prepare_records(plans)
         to_send = [p for p in plans if p.action != NONE and p.failed is None]
         if to_send:
@@ -134,6 +137,23 @@ class AccountWriter:
             await self._send(to_send)
         self._commit(plans)
         await self._write_back(plans)
+
+    def _resolve_key_collisions(self, plans: list[Plan]) -> None:
+        """Give a new record another derived key when its key is already taken here."""
+        taken: set[tuple[str, str]] = set()
+        store = self.engine.store
+        for p in plans:
+            if p.action != CREATE:
+                continue
+            doc = p.op.change.doc
+            assert doc is not None
+            salt = 0
+            while (p.nsid, p.rkey) in taken or store.rkey_owner(
+                self.account.did, p.nsid, p.rkey
+            ) not in (None, p.key):
+                salt += 1
+                p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id, salt)
+            taken.add((p.nsid, p.rkey))
 
     async def _prepare_records(self, plans: list[Plan]) -> None:
         writes = [p for p in plans if p.action in WRITES]

@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     updated_at REAL NOT NULL,
     PRIMARY KEY (collection, doc_key)
 );
-CREATE INDEX IF NOT EXISTS ledger_repo ON ledger (did, nsid);
+CREATE INDEX IF NOT EXISTS ledger_repo ON ledger (did, nsid, rkey);
 CREATE TABLE IF NOT EXISTS blobs (
     did TEXT NOT NULL,
     cid TEXT NOT NULL,
@@ -363,6 +363,13 @@ class StateStore:
                 time.time(),
             ),
         )
+
+    def rkey_owner(self, did: str, nsid: str, rkey: str) -> str | None:
+        """The document key whose record uses ``rkey`` in this repository, if any."""
+        row = self._db.execute(
+            "SELECT doc_key FROM ledger WHERE did=? AND nsid=? AND rkey=?", (did, nsid, rkey)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def ledger_mark_pending(self, collection: str, doc_key: str) -> None:
         self._db.execute(

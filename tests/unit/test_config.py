@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from syncd import cli, config
+from syncd.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_loads_and_matches_defaults(tmp_path: Path) -> None:
+    cfg = config.load(ROOT / "config.example.toml", environ={})
+    assert cfg.mongo.collections == ("paintings", "moods", "pieces", "kidlisp")
+    assert cfg.metrics.listen == "127.0.0.1:9464"
+    assert cfg.pds.max_writes_per_call == 200
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[mongo]\nurl = 'x'", "mongo.url"),
+        ("[pds]\nmax_writes_per_call = 500", "pds.max_writes_per_call"),
+        ("[pds]\ntimeout_seconds = 'soon'", "pds.timeout_seconds"),
+        ("[mongo]\ncollections = ['paintings', 'users']", "mongo.collections"),
+        ("[nope]\n", "nope"),
+        ("[images]\nallowed_hosts = 'a'", "images.allowed_hosts"),
+        ("[metrics]\nlisten = 'localhost'", "metrics.listen"),
+        ("[mongo\n", "--config"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text), environ={})
+    assert str(info.value).startswith(key)
+
+
+def test_environment_and_credentials_override(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mongo_uri").write_text("mongodb://from-cred:27017/\n")
+    path = write(tmp_path, "[pds]\nurl = 'http://file:1'\n")
+    cfg = config.load(path, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.mongo.uri == "mongodb://from-cred:27017/"
+    cfg = config.load(
+        path,
+        environ={
+            "CREDENTIALS_DIRECTORY": str(creds),
+            "SYNCD_MONGO_URI": "mongodb://env:1/",
+            "SYNCD_PDS_URL": "http://env:2",
+        },
+    )
+    assert cfg.mongo.uri == "mongodb://env:1/" and cfg.pds.url == "http://env:2"
+    cfg = config.load(None, environ={"SYNCD_CONFIG": str(path)})
+    assert cfg.pds.url == "http://file:1"
+
+
+def test_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "[pds]\nmax_writes_per_call = 0\n")
+    assert cli.main(["status", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pds.max_writes_per_call" in err[0]

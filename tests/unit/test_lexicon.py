@@ -1,0 +1,99 @@
+from typing import Any
+
+import pytest
+
+from syncd import lexicon
+from syncd.lexicon import LexiconError
+
+WHEN = "2024-02-03T04:05:06.789Z"
+
+
+def painting(**over: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "$type": "computer.aesthetic.painting",
+        "slug": "2024.2.3.4.5.6.789",
+        "code": "abc",
+        "imageUrl": "https://aesthetic.computer/media/paintings/abc",
+        "acUrl": "https://aesthetic.computer/#abc",
+        "when": WHEN,
+        "ref": "65a1b2c3d4e5f60718293a4b",
+        "thumbnail": {
+            "$type": "blob",
+            "ref": {"$link": "bafkrei"},
+            "mimeType": "image/png",
+            "size": 1000,
+        },
+    }
+    rec.update(over)
+    return rec
+
+
+def test_valid_records_pass() -> None:
+    lexicon.validate("computer.aesthetic.painting", painting())
+    lexicon.validate(
+        "computer.aesthetic.mood",
+        {"$type": "computer.aesthetic.mood", "mood": "ok", "when": WHEN, "ref": "x"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("over", "path"),
+    [
+        ({"slug": "x" * 65}, "record.slug"),
+        ({"code": "abcdefghijk"}, "record.code"),
+        ({"when": "yesterday"}, "record.when"),
+        ({"when": "2024-13-45T00:00:00Z"}, "record.when"),
+        ({"imageUrl": "not a uri"}, "record.imageUrl"),
+        (
+            {
+                "thumbnail": {
+                    "$type": "blob",
+                    "ref": {"$link": "b"},
+                    "mimeType": "image/png",
+                    "size": 102_401,
+                }
+            },
+            "record.thumbnail",
+        ),
+        (
+            {
+                "thumbnail": {
+                    "$type": "blob",
+                    "ref": {"$link": "b"},
+                    "mimeType": "image/gif",
+                    "size": 10,
+                }
+            },
+            "record.thumbnail",
+        ),
+        ({"thumbnail": None}, "record.thumbnail"),
+        ({"extra": 1}, "record.extra"),
+        ({"slug": "bad \ufffd utf8"}, "record.slug"),
+        ({"slug": "lone \udc80 surrogate"}, "record.slug"),
+        ({"ref": 12}, "record.ref"),
+    ],
+)
+def test_invalid_records_name_the_field(over: dict[str, Any], path: str) -> None:
+    with pytest.raises(LexiconError) as info:
+        lexicon.validate("computer.aesthetic.painting", painting(**over))
+    assert info.value.path == path
+
+
+def test_wrong_type_is_rejected() -> None:
+    with pytest.raises(LexiconError):
+        lexicon.validate(
+            "computer.aesthetic.painting", painting(**{"$type": "computer.aesthetic.mood"})
+        )
+
+
+def test_mood_length_limits() -> None:
+    rec = {"$type": "computer.aesthetic.mood", "mood": "é" * 2001, "when": WHEN, "ref": "x"}
+    with pytest.raises(LexiconError, match="graphemes"):
+        lexicon.validate("computer.aesthetic.mood", rec)
+
+
+def test_every_lexicon_file_loads() -> None:
+    for nsid in ("painting", "mood", "piece", "kidlisp"):
+        lex = lexicon.load(f"computer.aesthetic.{nsid}")
+        assert lex.key == "tid"
+        assert "when" in lex.record["required"] and "ref" in lex.record["required"]

@@ -1,0 +1,123 @@
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from bson import DatetimeMS, ObjectId
+
+from syncd import lexicon
+from syncd.images.settings import ImageSettings
+from syncd.mappings import MAPPINGS, MappingContext, MappingError, not_public_reason
+
+CTX = MappingContext(public_base_url="https://aesthetic.computer", images=ImageSettings())
+WHEN = datetime(2023, 8, 21, 19, 42, 3, 43000, tzinfo=UTC)
+
+
+def doc(**fields: Any) -> dict[str, Any]:
+    return {"_id": ObjectId("65a1b2c3d4e5f60718293a4b"), "when": WHEN, **fields}
+
+
+def test_mood_uses_the_mood_field_not_text() -> None:
+    d = MAPPINGS["moods"].draft(doc(user="auth0|x", mood="calm", text="wrong"), CTX)
+    assert d.fields == {
+        "mood": "calm",
+        "when": "2023-08-21T19:42:03.043Z",
+        "ref": "65a1b2c3d4e5f60718293a4b",
+    }
+    lexicon.validate(d.nsid, {"$type": d.nsid, **d.fields})
+
+
+def test_mood_without_user_is_malformed() -> None:
+    with pytest.raises(MappingError) as info:
+        MAPPINGS["moods"].owner(doc(mood="x"))
+    assert info.value.reason == "missing_owner"
+
+
+def test_painting_record_fields_and_image_source() -> None:
+    d = MAPPINGS["paintings"].draft(
+        doc(user="auth0|63effeeb", slug="2023.8.21.19.42.03.043", code="Xy1"), CTX
+    )
+    assert d.fields["imageUrl"] == "https://aesthetic.computer/media/paintings/Xy1"
+    assert d.fields["acUrl"] == "https://aesthetic.computer/#Xy1"
+    assert d.image is not None
+    assert d.image.image_url == (
+        "https://user-aesthetic-computer.sfo3.digitaloceanspaces.com/auth0%7C63effeeb/2023.8.21.19.42.03.043.png"
+    )
+
+
+def test_guest_painting_goes_to_guest_bucket() -> None:
+    m = MAPPINGS["paintings"]
+    d = m.draft(doc(slug="abc:rec", code="q"), CTX)
+    assert m.owner(doc(slug="abc:rec")) is None
+    assert d.image is not None and "art-aesthetic-computer" in d.image.image_url
+
+
+def test_painting_slug_with_dotdot_is_rejected() -> None:
+    with pytest.raises(MappingError) as info:
+        MAPPINGS["paintings"].draft(doc(user="u", slug="../etc/passwd", code="a"), CTX)
+    assert info.value.reason == "unsafe_slug"
+
+
+def test_kidlisp_and_piece() -> None:
+    k = MAPPINGS["kidlisp"].draft(doc(code="cow", source="(wipe blue)"), CTX)
+    assert k.fields["acUrl"] == "https://aesthetic.computer/$cow"
+    p = MAPPINGS["pieces"].draft(doc(user="u", slug="hello", ext="mjs"), CTX)
+    assert p.fields == {
+        "slug": "hello",
+        "when": "2023-08-21T19:42:03.043Z",
+        "ref": "65a1b2c3d4e5f60718293a4b",
+        "extension": "mjs",
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"nuked": True}, "nuked"),
+        ({"deleted": True}, "deleted"),
+        ({"private": True}, "private"),
+        ({"draft": 1}, "draft"),
+        ({"hidden": "yes"}, "hidden"),
+        ({"visibility": "unlisted"}, "visibility=unlisted"),
+    ],
+)
+def test_visibility_rules(fields: dict[str, Any], reason: str) -> None:
+    assert not_public_reason(doc(**fields)) == reason
+
+
+def test_public_documents() -> None:
+    assert not_public_reason(doc(nuked=False, visibility="public", private=None)) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"mood": "x", "when": None}, "missing_when"),
+        ({"mood": "x", "when": "2024-01-01"}, "bad_when"),
+        ({"mood": "x", "when": DatetimeMS(-(10**15))}, "when_out_of_range"),
+        ({"mood": 5}, "bad_mood"),
+        ({"mood": "   "}, "missing_mood"),
+    ],
+)
+def test_bad_documents_have_reasons(fields: dict[str, Any], reason: str) -> None:
+    d = doc(user="u", **fields)
+    with pytest.raises(MappingError) as info:
+        MAPPINGS["moods"].draft(d, CTX)
+    assert info.value.reason == reason
+
+
+def test_non_objectid_ids_cannot_form_a_ref() -> None:
+    d = doc(user="u", mood="x")
+    d["_id"] = "string-id"
+    with pytest.raises(MappingError) as info:
+        MAPPINGS["moods"].draft(d, CTX)
+    assert info.value.reason == "unsupported_id"
+
+
+def test_fingerprint_ignores_writeback_and_unmirrored_fields() -> None:
+    m = MAPPINGS["moods"]
+    base = m.draft(doc(user="u", mood="x"), CTX).fingerprint
+    assert (
+        m.draft(doc(user="u", mood="x", atproto={"rkey": "3k"}, views=10), CTX).fingerprint == base
+    )
+    assert m.draft(doc(user="u", mood="y"), CTX).fingerprint != base
+    assert m.draft(doc(user="v", mood="x"), CTX).fingerprint != base

@@ -1,0 +1,52 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from bson import ObjectId
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.rkey import RkeyError, decode_tid, derive_rkey, encode_tid, is_tid
+
+
+def test_same_document_same_key_every_time() -> None:
+    oid = ObjectId()
+    when = datetime(2023, 8, 21, 19, 42, 3, 43000, tzinfo=UTC)
+    assert derive_rkey(when, oid) == derive_rkey(when, oid)
+    assert is_tid(derive_rkey(when, oid))
+
+
+def test_documents_in_the_same_millisecond_rarely_collide_and_salt_separates_them() -> None:
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    ids = [ObjectId() for _ in range(2000)]
+    keys = {derive_rkey(when, i) for i in ids}
+    assert len(keys) >= 1990  # ~2^20 keys per millisecond: collisions are rare, not impossible
+    assert derive_rkey(when, ids[0], 1) != derive_rkey(when, ids[0])
+    assert derive_rkey(when, ids[0], 1) == derive_rkey(when, ids[0], 1)
+
+
+def test_key_sorts_with_when() -> None:
+    oid = ObjectId()
+    early = derive_rkey(datetime(2020, 1, 1, tzinfo=UTC), oid)
+    late = derive_rkey(datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=1), oid)
+    assert early < late
+
+
+def test_naive_datetimes_are_utc() -> None:
+    oid = ObjectId()
+    assert derive_rkey(datetime(2022, 5, 5), oid) == derive_rkey(
+        datetime(2022, 5, 5, tzinfo=UTC), oid
+    )
+
+
+def test_out_of_range_when() -> None:
+    with pytest.raises(RkeyError):
+        derive_rkey(datetime(1960, 1, 1, tzinfo=UTC), ObjectId())
+    with pytest.raises(RkeyError):
+        derive_rkey(datetime(9000, 1, 1, tzinfo=UTC), ObjectId())
+
+
+@given(st.integers(min_value=0, max_value=(1 << 63) - 1))
+def test_tid_round_trip(value: int) -> None:
+    tid = encode_tid(value)
+    assert len(tid) == 13 and is_tid(tid)
+    assert decode_tid(tid) == value
