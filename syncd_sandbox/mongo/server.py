@@ -63,6 +63,8 @@ _NOT_PRIMARY_CODES = frozenset({10107, 13435, 13436, 11600, 11602, 189, 91})
 _FAULT_EXEMPT = frozenset(
     {"hello", "ismaster", "isMaster", "sandboxFault", "configureFailPoint", "endSessions"}
 )
+#: Commands answered even while paused (so the fault helper's own client can close).
+_PAUSE_EXEMPT = frozenset({"sandboxFault", "endSessions"})
 _ZERO_SIGNATURE = {"hash": Binary(b"\x00" * 20, 0), "keyId": Int64(0)}
 
 
@@ -465,12 +467,13 @@ class MongoSandbox:
                     raise ProtocolError(f"bad message length {length}")
                 body = await reader.readexactly(length - 16)
                 request = parse_message(header, body)
-                if request.name != "sandboxFault":
+                gated = request.name not in _PAUSE_EXEMPT
+                if gated:
                     await self._gate()
                 reply = await self.dispatch(request, conn)
                 if request.more_to_come:
                     continue
-                if request.name != "sandboxFault":
+                if gated:
                     await self._gate()
                 self._next_request_id += 1
                 writer.write(encode_reply(request, self._next_request_id, reply))
