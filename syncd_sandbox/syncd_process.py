@@ -74,7 +74,7 @@ class SyncdProcess:
 
     def start(self) -> SyncdProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "syncd", *self.command, "--config", str(self.config_path)],
