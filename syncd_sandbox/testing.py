@@ -365,7 +365,9 @@ def sandbox_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildMon
 
 @pytest.fixture(scope="session")
 def sandbox_mongo_client(sandbox_mongo: ChildMongo) -> Iterator[MongoClient[Any]]:
-    client: MongoClient[Any] = MongoClient(sandbox_mongo.uri, tz_aware=True)
+    client: MongoClient[Any] = MongoClient(
+        sandbox_mongo.uri, tz_aware=True, serverSelectionTimeoutMS=10_000
+    )
     try:
         yield client
     finally:

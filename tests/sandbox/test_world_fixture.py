@@ -55,7 +55,10 @@ def test_add_user_without_atproto(world: SandboxWorld) -> None:
     carol = world.add_user("carol", with_atproto=False)
     assert carol.did is None and not carol.has_atproto
     assert world.db.users.find_one({"_id": carol.sub}) == {"_id": carol.sub}
-    assert world.db["@handles"].find_one({"_id": carol.sub})["handle"] == "carol"
+    assert world.db["@handles"].find_one({"_id": carol.sub}) == {
+        "_id": carol.sub,
+        "handle": "carol",
+    }
 
 
 @pytest.mark.sandbox_world(users=["solo"])
@@ -148,7 +151,8 @@ def test_mongo_restart_keeps_data(world: SandboxWorld) -> None:
     uri = world.mongo_uri
     world.restart_mongo(pause_seconds=0.2)
     assert world.mongo_uri == uri
-    assert world.db.moods.find_one({"_id": doc["_id"]})["mood"] == "before restart"
+    stored = world.db.moods.find_one({"_id": doc["_id"]})
+    assert stored is not None and stored["mood"] == "before restart"
 
 
 def test_mongo_fault_drop_connections(world: SandboxWorld) -> None:

@@ -1,0 +1,219 @@
+"""``syncd-sandbox up / status / fault / down`` end to end, as a developer runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import MongoClient
+
+from syncd.config import load
+from syncd.images.urls import painting_source_from_doc
+from syncd_sandbox.pds import PdsApi
+from syncd_sandbox.procs import ProcessRecord, read_cmdline
+from syncd_sandbox.seed import COLLECTIONS, is_public
+
+
+def sandbox(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd_sandbox.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("cli-world")
+    up = sandbox("up", "--dir", str(d), "--seed", "demo")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "syncd run --config" in up.stdout
+        yield d
+    finally:
+        # Whatever happened, leave no process behind.
+        if (d / "world.json").exists():
+            sandbox("down", "--dir", str(d))
+
+
+@pytest.fixture(scope="module")
+def info(world_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((world_dir / "world.json").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def db(info: dict[str, Any]) -> Iterator[Any]:
+    # Short server selection: the world is down when this client is closed.
+    client: MongoClient[Any] = MongoClient(
+        info["mongo"]["uri"], tz_aware=True, serverSelectionTimeoutMS=2000
+    )
+    try:
+        yield client[info["mongo"]["database"]]
+    finally:
+        client.close()
+
+
+def test_world_json(world_dir: Path, info: dict[str, Any]) -> None:
+    assert info["state"] == "up"
+    assert info["mongo"]["database"] == "aesthetic"
+    assert info["mongo"]["uri"].startswith("mongodb://127.0.0.1:")
+    assert info["pds"]["url"].startswith("http://127.0.0.1:")
+    assert info["pds"]["plc_url"].startswith("http://127.0.0.1:")
+    assert info["images"]["base_url"].startswith("http://127.0.0.1:")
+    assert set(info["processes"]) == {"mongo", "pds", "images"}
+    for rec in info["processes"].values():
+        assert ProcessRecord.from_json(rec).is_running()
+    accounts = info["accounts"]
+    assert set(accounts) == {"art", "jeffrey", "fifi", "amelia", "kaito"}
+    assert accounts["art"]["sub"] == "art-guest" and accounts["art"]["handle"] == "art.test"
+    assert accounts["jeffrey"]["handle"] == "jeffrey.test"
+    assert accounts["kaito"]["did"] is None
+
+
+def test_config_loads_as_syncd_reads_it(world_dir: Path, info: dict[str, Any]) -> None:
+    cfg = load(world_dir / "syncd.toml", environ={})
+    assert cfg.mongo.uri == info["mongo"]["uri"]
+    assert cfg.mongo.database == "aesthetic"
+    assert cfg.pds.url == info["pds"]["url"]
+    assert cfg.state.directory == str(world_dir / "state")
+    assert cfg.images.url_template == f"{info['images']['base_url']}/{{bucket}}/{{key}}"
+    assert cfg.images.recording_template == cfg.images.url_template
+    assert cfg.images.allowed_hosts == ("127.0.0.1",)
+    assert cfg.metrics.listen == f"127.0.0.1:{info['metrics_port']}"
+    assert cfg.logging.level == "info"
+
+
+def test_credentials_are_stored_as_the_platform_does(info: dict[str, Any], db: Any) -> None:
+    with PdsApi(info["pds"]["url"]) as api:
+        for name, acc in info["accounts"].items():
+            user = db.users.find_one({"_id": acc["sub"]})
+            assert user is not None, name
+            if acc["did"] is None:
+                assert "atproto" not in user
+                continue
+            assert user["atproto"] == {
+                "did": acc["did"],
+                "handle": acc["handle"],
+                "password": acc["password"],
+            }
+            session = api.create_session(user["atproto"]["handle"], user["atproto"]["password"])
+            assert session["did"] == acc["did"]
+            if name != "art":
+                assert db["@handles"].find_one({"_id": acc["sub"]}) == {
+                    "_id": acc["sub"],
+                    "handle": name,
+                }
+    assert db.users.find_one({"_id": "art-guest"})["atproto"]["handle"] == "art.test"
+
+
+def test_seeded_collections(info: dict[str, Any], db: Any) -> None:
+    counts = {name: db[name].count_documents({}) for name in COLLECTIONS}
+    assert all(n >= 4 for n in counts.values()), counts
+    subs = {a["sub"] for a in info["accounts"].values()}
+    flags: set[str] = set()
+    for name in COLLECTIONS:
+        for doc in db[name].find():
+            assert doc["when"].tzinfo is not None  # a BSON date
+            if "user" in doc:
+                assert doc["user"] in subs
+            for flag in ("nuked", "deleted", "private", "draft", "hidden"):
+                if doc.get(flag) is True:
+                    flags.add(flag)
+            if doc.get("visibility") == "unlisted":
+                flags.add("unlisted")
+    assert flags == {"nuked", "deleted", "private", "draft", "hidden", "unlisted"}
+    moods = list(db.moods.find())
+    assert all("mood" in m and "text" not in m and "user" in m for m in moods)
+    assert any(m.get("deleted") is True for m in moods)
+    # Guest content has no `user` field.
+    for name in ("paintings", "pieces", "kidlisp"):
+        assert db[name].count_documents({"user": {"$exists": False}}) >= 1, name
+    # Content of the user without an ATProto account.
+    kaito = info["accounts"]["kaito"]["sub"]
+    assert db.paintings.count_documents({"user": kaito}) == 1
+    assert sum(is_public(d) for d in db.paintings.find()) >= 5
+
+
+def test_images_are_served_where_syncd_looks(
+    world_dir: Path, info: dict[str, Any], db: Any
+) -> None:
+    cfg = load(world_dir / "syncd.toml", environ={})
+    recordings = 0
+    with httpx.Client(timeout=10) as http:
+        for doc in db.paintings.find():
+            source = painting_source_from_doc(doc, cfg.images)
+            got = http.get(source.image_url)
+            assert got.status_code == 200, source.image_url
+            assert got.headers["content-type"] == "image/png"
+            assert got.content[:8] == b"\x89PNG\r\n\x1a\n"
+            head = http.head(source.image_url)
+            assert head.status_code == 200
+            assert int(head.headers["content-length"]) == len(got.content)
+            assert head.content == b""
+            assert source.recording_url is not None
+            rec = http.head(source.recording_url)
+            if rec.status_code == 200:
+                recordings += 1
+                assert rec.headers["content-type"] == "application/zip"
+            else:
+                assert rec.status_code == 404
+        assert recordings == 2
+        base = info["images"]["base_url"]
+        assert http.get(f"{base}/user-aesthetic-computer/nobody/missing.png").status_code == 404
+        assert http.head(f"{base}/art-aesthetic-computer/missing.png").status_code == 404
+        for evil in (
+            "/art-aesthetic-computer/..%2F..%2Fworld.json",
+            "/art-aesthetic-computer/%2e%2e/%2e%2e/world.json",
+            "/..%2Fworld.json/x",
+            "/art-aesthetic-computer/.hidden.png",
+        ):
+            assert http.get(base + evil).status_code == 404, evil
+
+
+def test_status_reports_healthy(world_dir: Path) -> None:
+    out = sandbox("status", "--dir", str(world_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("healthy") == 3
+
+
+def test_fault_drop_connections(world_dir: Path, db: Any) -> None:
+    out = sandbox("fault", "--dir", str(world_dir), "drop-connections")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["fault"] == "dropConnections"
+    assert db.paintings.count_documents({}) > 0  # clients reconnect
+
+
+def test_bad_usage_exits_2(world_dir: Path) -> None:
+    assert sandbox("fault", "--dir", str(world_dir), "fail-getmore").returncode == 2
+    assert sandbox("fault", "--dir", str(world_dir), "no-such-fault").returncode == 2
+    assert sandbox("up").returncode == 2
+    assert sandbox("up", "--dir", str(world_dir), "--seed", "nope").returncode == 2
+
+
+def test_up_twice_is_refused(world_dir: Path) -> None:
+    again = sandbox("up", "--dir", str(world_dir))
+    assert again.returncode == 1
+    assert "already up" in again.stderr
+
+
+def test_down_leaves_no_process(world_dir: Path, info: dict[str, Any]) -> None:
+    # Runs last in this module: it takes the world down.
+    recorded = [ProcessRecord.from_json(r) for r in info["processes"].values()]
+    out = sandbox("down", "--dir", str(world_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for rec in recorded:
+        assert not rec.is_running(), rec
+        assert read_cmdline(rec.pid) != rec.cmdline
+    after = json.loads((world_dir / "world.json").read_text())
+    assert after["state"] == "down"
+    # Taking it down again is harmless.
+    assert sandbox("down", "--dir", str(world_dir)).returncode == 0
+    assert sandbox("status", "--dir", str(world_dir)).returncode == 1
