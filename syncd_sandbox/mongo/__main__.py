@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -56,6 +57,10 @@ async def run(args: argparse.Namespace) -> int:
         fsync=not args.no_fsync,
     )
     await sandbox.start()
+    # Stored documents are long-lived: keep the cyclic GC from rescanning them all the time.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

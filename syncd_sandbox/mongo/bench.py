@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import tempfile
 import threading
@@ -71,20 +72,39 @@ def _insert_one_worker(
     client.close()
 
 
-def _report(name: str, n: int, elapsed: float, watcher: Watcher) -> dict[str, float]:
+def server_cpu_seconds(pid: int | None) -> float:
+    """User+system CPU seconds used so far by process ``pid`` (Linux; 0.0 elsewhere)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _report(
+    name: str, n: int, elapsed: float, watcher: Watcher, pid: int | None, cpu0: float
+) -> dict[str, float]:
     watcher.done.wait(120)
+    cpu = server_cpu_seconds(pid) - cpu0
     delays = sorted(watcher.delays) or [0.0]
     p50 = statistics.median(delays)
     p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
     events_rate = watcher.count / max(1e-9, watcher.last_at - watcher.first_at)
+    cpu_note = f" | server CPU {cpu / n * 1e6:4.0f} us/doc" if pid is not None else ""
     print(
-        f"{name:<28} {n / elapsed:9.0f} inserts/s | change stream {watcher.count} events, "
-        f"{events_rate:8.0f} events/s, delay p50 {p50 * 1000:6.1f} ms p99 {p99 * 1000:6.1f} ms"
+        f"{name:<30} {n / elapsed:7.0f} inserts/s | change stream {watcher.count} events, "
+        f"{events_rate:7.0f} events/s, delay p50 {p50 * 1000:5.1f} ms p99 {p99 * 1000:6.1f} ms"
+        + cpu_note
     )
     return {"rate": n / elapsed, "events": watcher.count, "p50": p50, "p99": p99}
 
 
-def bench_insert_one(uri: str, total: int, clients: int) -> dict[str, float]:
+def bench_insert_one(
+    uri: str, total: int, clients: int, pid: int | None = None
+) -> dict[str, float]:
     per = total // clients
     n = per * clients
     watcher = Watcher(uri, "bench", "one", n)
@@ -100,19 +120,22 @@ def bench_insert_one(uri: str, total: int, clients: int) -> dict[str, float]:
         proc.start()
     for _ in procs:
         ready.acquire()
+    cpu0 = server_cpu_seconds(pid)
     t0 = time.monotonic()
     go.set()
     for proc in procs:
         proc.join()
     elapsed = time.monotonic() - t0
-    return _report(f"insert_one x{clients} clients", n, elapsed, watcher)
+    return _report(f"insert_one x{clients} clients", n, elapsed, watcher, pid, cpu0)
 
 
-def bench_insert_many(uri: str, total: int, batch: int) -> dict[str, float]:
+def bench_insert_many(uri: str, total: int, batch: int, pid: int | None = None) -> dict[str, float]:
     watcher = Watcher(uri, "bench", "many", total)
     watcher.start()
     client: MongoClient[dict[str, Any]] = MongoClient(uri)
     c = client["bench"]["many"]
+    client.admin.command("ping")
+    cpu0 = server_cpu_seconds(pid)
     t0 = time.monotonic()
     for start in range(0, total, batch):
         now = time.time()
@@ -124,7 +147,7 @@ def bench_insert_many(uri: str, total: int, batch: int) -> dict[str, float]:
         )
     elapsed = time.monotonic() - t0
     client.close()
-    return _report(f"insert_many (batches of {batch})", total, elapsed, watcher)
+    return _report(f"insert_many (batches of {batch})", total, elapsed, watcher, pid, cpu0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=4, help="concurrent insert_one clients")
     p.add_argument("--batch", type=int, default=1000, help="insert_many batch size")
     p.add_argument("--persist", action="store_true", help="use a data dir (journal + fsync)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat both phases this often")
     p.add_argument("--uri", default=None, help="benchmark this server instead of starting one")
     args = p.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="sandbox-bench-") if args.persist else None
@@ -143,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         uri = handle.uri
     print(f"sandbox: {uri} ({'data dir + fsync' if args.persist else 'in memory'})")
     try:
-        bench_insert_one(uri, args.n, args.clients)
-        bench_insert_many(uri, args.n, args.batch)
+        pid = handle.pid if handle is not None else None
+        for _ in range(args.rounds):
+            bench_insert_one(uri, args.n, args.clients, pid)
+            bench_insert_many(uri, args.n, args.batch, pid)
     finally:
         if handle is not None:
             handle.stop()

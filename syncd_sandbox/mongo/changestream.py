@@ -108,6 +108,7 @@ class ChangeStreamCursor:
         self.ns = ns
         self.done = False
         self.is_change_stream = True
+        self.last_events_at = 0.0
 
     # -- scope ---------------------------------------------------------------------------
     def _in_scope(self, entry: OplogEntry) -> bool:

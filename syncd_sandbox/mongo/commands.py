@@ -30,7 +30,8 @@ from .storage import Change, simple_id
 from .wire import DECODE_OPTIONS, MAX_MESSAGE_SIZE, Request
 
 if TYPE_CHECKING:
-    from .server import Connection, MongoSandbox
+    from .connection import Connection
+    from .server import MongoSandbox
 
 Handler = Callable[[Request, "Connection"], Awaitable[dict[str, Any]]]
 
@@ -40,6 +41,10 @@ MAX_WRITE_BATCH_SIZE = 100_000
 DEFAULT_FIRST_BATCH = 101
 DEFAULT_CHANGE_STREAM_BATCH = 1000
 DEFAULT_AWAIT_MS = 1000
+#: A change stream that returned events less than this long ago counts as busy ...
+HOT_STREAM_S = 0.05
+#: ... and, once woken by a write, waits this long for more before replying.
+COALESCE_S = 0.002
 
 
 class FindCursor:
@@ -562,11 +567,14 @@ class Commands:
             remaining = deadline - loop.time()
             if remaining <= 0 or self.sb.cursors.get(cursor_id) is not cursor:
                 break
-            changed = self.sb.oplog.changed_event()
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
-                pass
+            if await self.sb.oplog.wait_for_append(remaining):
+                # A busy stream (events in its last reply, moments ago) waits a moment
+                # for more writes, so a stream that keeps up gets batches rather than one
+                # event per round trip; a quiet stream answers at once.
+                hot = loop.time() - cursor.last_events_at < HOT_STREAM_S
+                await asyncio.sleep(COALESCE_S if hot else 0)
+        if events:
+            cursor.last_events_at = loop.time()
         reply_id = cursor_id
         if cursor.done:
             self.sb.cursors.pop(cursor_id, None)

@@ -135,7 +135,7 @@ class Oplog:
         self.last_key: Key = self.min_resumable
         self._entries: list[OplogEntry] = []
         self._offset = 0
-        self._changed: asyncio.Event | None = None
+        self._waiters: list[asyncio.Future[bool]] = []
 
     # -- clock ---------------------------------------------------------------------------
     def next_key(self) -> Key:
@@ -169,9 +169,11 @@ class Oplog:
         self.last_key = entry.key
         if len(self) > self.max_entries:
             self._drop_front(len(self) - self.max_entries)
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(True)
 
     def _drop_front(self, count: int) -> None:
         count = min(count, len(self))
@@ -212,8 +214,27 @@ class Oplog:
     def entries(self) -> list[OplogEntry]:
         return self._entries[self._offset :]
 
-    def changed_event(self) -> asyncio.Event:
-        """An event set on the next append (for change-stream ``getMore`` waits)."""
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        return self._changed
+    async def wait_for_append(self, seconds: float) -> bool:
+        """Wait (no polling) until the next append or ``seconds``; True if appended."""
+        if seconds <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(fut)
+        handle = loop.call_later(seconds, _expire, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+        if not fut.result():
+            try:
+                self._waiters.remove(fut)
+            except ValueError:
+                pass
+            return False
+        return True
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)

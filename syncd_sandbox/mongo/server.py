@@ -32,6 +32,7 @@ from .commands import (
     Commands,
     FindCursor,
 )
+from .connection import CloseConnection, Connection
 from .errors import (
     RESUMABLE_CHANGE_STREAM_CODES,
     RETRYABLE_WRITE_CODES,
@@ -41,14 +42,7 @@ from .faults import FaultState
 from .journal import Journal
 from .oplog import Key, Oplog, OplogEntry, encode_token
 from .storage import Change, Storage
-from .wire import (
-    HEADER,
-    MAX_MESSAGE_SIZE,
-    ProtocolError,
-    Request,
-    encode_reply,
-    parse_message,
-)
+from .wire import MAX_MESSAGE_SIZE, Request, encode_reply
 
 log = logging.getLogger("syncd_sandbox.mongo")
 
@@ -68,26 +62,9 @@ _PAUSE_EXEMPT = frozenset({"sandboxFault", "endSessions"})
 _ZERO_SIGNATURE = {"hash": Binary(b"\x00" * 20, 0), "keyId": Int64(0)}
 
 
-class CloseConnection(Exception):
-    """Close the client connection without replying (fault injection)."""
-
-
-class Connection:
-    """One client connection."""
-
-    def __init__(self, conn_id: int, writer: asyncio.StreamWriter, peer: str) -> None:
-        self.id = conn_id
-        self.writer = writer
-        self.peer = peer
-        self.app_name: str | None = None
-        self.task: asyncio.Task[Any] | None = None
-
-    def abort(self) -> None:
-        transport = self.writer.transport
-        if not transport.is_closing():
-            transport.abort()
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
+def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 class MongoSandbox:
@@ -126,7 +103,7 @@ class MongoSandbox:
         self.retry_cache: OrderedDict[tuple[bytes, int], dict[str, Any]] = OrderedDict()
         self.process_id = ObjectId()
         self.tv_counter = 0
-        self._topology_event: asyncio.Event | None = None
+        self._topology_waiters: list[asyncio.Future[bool]] = []
         self._server: asyncio.Server | None = None
         self._next_conn_id = 0
         self._next_request_id = 0
@@ -145,9 +122,8 @@ class MongoSandbox:
     async def start(self) -> None:
         if self.journal is not None:
             self._load()
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.requested_port, limit=2**20
-        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._make_protocol, self.host, self.requested_port)
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         self.started_at = time.time()
@@ -161,9 +137,6 @@ class MongoSandbox:
             self._server.close()
         for conn in list(self.connections):
             conn.abort()
-        tasks = [c.task for c in self.connections if c.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -382,19 +355,23 @@ class MongoSandbox:
 
     def bump_topology(self) -> None:
         self.tv_counter += 1
-        if self._topology_event is not None:
-            self._topology_event.set()
-            self._topology_event = None
+        waiters, self._topology_waiters = self._topology_waiters, []
+        for fut in waiters:
+            _resolve(fut, True)
 
     async def wait_topology_change(self, tv: dict[str, Any], wait_s: float) -> None:
         if tv.get("processId") != self.process_id or int(tv.get("counter", -1)) != self.tv_counter:
             return
-        if self._topology_event is None:
-            self._topology_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._topology_waiters.append(fut)
+        handle = loop.call_later(max(0.0, wait_s), _resolve, fut, False)
         try:
-            await asyncio.wait_for(self._topology_event.wait(), max(0.0, wait_s))
-        except TimeoutError:
-            pass
+            await fut
+        finally:
+            handle.cancel()
+            if fut in self._topology_waiters:
+                self._topology_waiters.remove(fut)
 
     def hello_reply(self, conn: Connection, legacy: bool = False) -> dict[str, Any]:
         me = self.advertised
@@ -447,54 +424,25 @@ class MongoSandbox:
                 return
             await asyncio.sleep(delay)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _make_protocol(self) -> Connection:
         self._next_conn_id += 1
         self.total_connections += 1
-        peer = writer.get_extra_info("peername")
-        conn = Connection(
-            self._next_conn_id,
-            writer,
-            f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer),
-        )
-        conn.task = asyncio.current_task()
+        conn = Connection(self._next_conn_id, self._handle, self.connections.discard)
         self.connections.add(conn)
-        try:
-            while True:
-                header_bytes = await reader.readexactly(16)
-                header = HEADER.unpack(header_bytes)
-                length = header[0]
-                if length < 16 or length > MAX_MESSAGE_SIZE:
-                    raise ProtocolError(f"bad message length {length}")
-                body = await reader.readexactly(length - 16)
-                request = parse_message(header, body)
-                gated = request.name not in _PAUSE_EXEMPT
-                if gated:
-                    await self._gate()
-                reply = await self.dispatch(request, conn)
-                if request.more_to_come:
-                    continue
-                if gated:
-                    await self._gate()
-                self._next_request_id += 1
-                writer.write(encode_reply(request, self._next_request_id, reply))
-                if writer.transport.get_write_buffer_size() > 1 << 20:
-                    await writer.drain()
-        except (
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            CloseConnection,
-            asyncio.CancelledError,
-        ):
-            pass
-        except ProtocolError as exc:
-            log.warning("sandbox: closing connection %s: %s", conn.id, exc)
-        except Exception:
-            log.exception("sandbox: connection %s failed", conn.id)
-        finally:
-            self.connections.discard(conn)
-            transport = writer.transport
-            if not transport.is_closing():
-                transport.abort()
+        return conn
+
+    async def _handle(self, request: Request, conn: Connection) -> bytes | None:
+        """Run one request (honouring a ``pause`` fault) and return the encoded reply."""
+        gated = request.name not in _PAUSE_EXEMPT
+        if gated and self.faults.paused_until:
+            await self._gate()
+        reply = await self.dispatch(request, conn)
+        if request.more_to_come:
+            return None
+        if gated and self.faults.paused_until:
+            await self._gate()
+        self._next_request_id += 1
+        return encode_reply(request, self._next_request_id, reply)
 
     def _auto_labels(self, request: Request, code: int) -> list[str]:
         cmd = request.command
