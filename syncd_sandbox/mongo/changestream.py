@@ -8,6 +8,7 @@ Dev/test only. A cursor is a position in the oplog (see :mod:`.oplog`) plus a sc
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,7 @@ class ChangeStreamCursor:
         self.done = False
         self.is_change_stream = True
         self.last_events_at = 0.0
+        self.last_used = time.monotonic()
 
     # -- scope ---------------------------------------------------------------------------
     def _in_scope(self, entry: OplogEntry) -> bool:
@@ -222,6 +224,13 @@ class ChangeStreamCursor:
         """Return up to ``limit`` events after the position and advance it."""
         if self.done:
             return []
+        if oplog.is_lost(self.position):
+            # The stream fell behind a bounded oplog: entries it has not seen are gone.
+            raise CommandError(
+                286,
+                "Error on remote shard: Resume of change stream was not possible, as the "
+                "resume point may no longer be in the oplog.",
+            )
         events: list[Any] = []
         size = 0
         as_dict = bool(self.spec.stages)

@@ -57,6 +57,7 @@ class FindCursor:
         self.ns = ns
         self.docs = docs
         self.pos = 0
+        self.last_used = time.monotonic()
 
     def next_batch(self, batch_size: int) -> list[RawBSONDocument]:
         limit = batch_size if batch_size > 0 else len(self.docs)
@@ -541,6 +542,7 @@ class Commands:
         if cursor is None:
             raise CommandError(43, f"cursor id {cursor_id} not found")
         batch = cmd.get("batchSize")
+        cursor.last_used = time.monotonic()
         if isinstance(cursor, FindCursor):
             docs = cursor.next_batch(_int(batch, 0))
             if cursor.exhausted:

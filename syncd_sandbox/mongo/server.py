@@ -48,6 +48,9 @@ log = logging.getLogger("syncd_sandbox.mongo")
 
 DEFAULT_OPLOG_SIZE = 100_000
 SET_NAME = "rs0"
+#: Cursors idle this long are dropped (like mongod's 10-minute cursor timeout).
+CURSOR_TIMEOUT_S = 600.0
+CURSOR_REAP_EVERY_S = 30.0
 #: Compact the journal into a snapshot after this many records.
 SNAPSHOT_EVERY_RECORDS = 200_000
 
@@ -109,6 +112,7 @@ class MongoSandbox:
         self._next_request_id = 0
         self.started_at = time.time()
         self._stopping = False
+        self._reap_handle: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -127,12 +131,15 @@ class MongoSandbox:
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         self.started_at = time.time()
+        self._reap_handle = loop.call_later(CURSOR_REAP_EVERY_S, self._reap_cursors)
         log.info("MongoDB sandbox (dev/test only) listening on %s", self.uri)
 
     async def stop(self) -> None:
         if self._stopping:
             return
         self._stopping = True
+        if self._reap_handle is not None:
+            self._reap_handle.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -145,6 +152,15 @@ class MongoSandbox:
         if self.journal is not None:
             self.snapshot()
             self.journal.close()
+
+    def _reap_cursors(self) -> None:
+        """Forget cursors nobody has used for a while (clients that went away)."""
+        now = time.monotonic()
+        for cid, cursor in list(self.cursors.items()):
+            if now - cursor.last_used > CURSOR_TIMEOUT_S:
+                del self.cursors[cid]
+        loop = asyncio.get_running_loop()
+        self._reap_handle = loop.call_later(CURSOR_REAP_EVERY_S, self._reap_cursors)
 
     async def serve_forever(self) -> None:
         assert self._server is not None

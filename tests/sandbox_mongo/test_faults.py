@@ -116,3 +116,46 @@ def test_status_and_truncate_keep(mongo: SandboxProcess, db: Database[Doc]) -> N
         send_fault(mongo.uri, "noSuchFault")
     with pytest.raises(OperationFailure):
         MongoClient(mongo.uri).admin.command({"sandboxFault": "noSuchFault"})
+
+
+def test_stream_that_falls_behind_a_bounded_oplog_gets_history_lost() -> None:
+    from syncd_sandbox.mongo.process import start_sandbox_process
+
+    handle = start_sandbox_process(oplog_size=5)
+    try:
+        client: MongoClient[Doc] = MongoClient(handle.uri)
+        coll = client["b"]["c"]
+        with coll.watch(max_await_time_ms=50, batch_size=2) as stream:
+            coll.insert_many([{"_id": i} for i in range(3)])
+            assert stream.try_next() is not None
+            coll.insert_many([{"_id": i} for i in range(3, 20)])
+            with pytest.raises(OperationFailure) as info:
+                for _ in range(20):
+                    stream.try_next()
+        assert info.value.code == 286
+        client.close()
+    finally:
+        handle.stop()
+
+
+def test_legacy_op_query_handshake(mongo: SandboxProcess) -> None:
+    import socket
+    import struct
+
+    import bson
+
+    query = bson.encode({"isMaster": 1, "client": {"application": {"name": "legacy"}}})
+    body = struct.pack("<i", 0) + b"admin.$cmd\x00" + struct.pack("<ii", 0, -1) + query
+    msg = struct.pack("<iiii", 16 + len(body), 7, 0, 2004) + body
+    with socket.create_connection((mongo.host, mongo.port), timeout=5) as sock:
+        sock.sendall(msg)
+        header = sock.recv(16, socket.MSG_WAITALL)
+        length, _req, response_to, op_code = struct.unpack("<iiii", header)
+        rest = sock.recv(length - 16, socket.MSG_WAITALL)
+    assert (response_to, op_code) == (7, 1)
+    flags, cursor_id, start, n = struct.unpack("<iqii", rest[:20])
+    assert n == 1
+    reply = bson.decode(rest[20:])
+    assert reply["ismaster"] is True
+    assert reply["setName"] == "rs0"
+    assert reply["ok"] == 1.0
