@@ -153,7 +153,7 @@ def test_legacy_op_query_handshake(mongo: SandboxProcess) -> None:
         length, _req, response_to, op_code = struct.unpack("<iiii", header)
         rest = sock.recv(length - 16, socket.MSG_WAITALL)
     assert (response_to, op_code) == (7, 1)
-    flags, cursor_id, start, n = struct.unpack("<iqii", rest[:20])
+    _flags, _cursor_id, _start, n = struct.unpack("<iqii", rest[:20])
     assert n == 1
     reply = bson.decode(rest[20:])
     assert reply["ismaster"] is True
