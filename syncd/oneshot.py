@@ -8,11 +8,31 @@ from typing import Any
 
 import structlog
 
+from syncd import metrics
 from syncd.config import Config
 from syncd.engine import Engine
 from syncd.source.backfill import Backfill
 
 log = structlog.get_logger("syncd.oneshot")
+
+
+WRITE_METHODS = (
+    "com.atproto.repo.applyWrites",
+    "com.atproto.repo.putRecord",
+    "com.atproto.repo.deleteRecord",
+    "com.atproto.repo.uploadBlob",
+)
+
+
+def pds_write_calls() -> dict[str, int]:
+    """Write requests this process sent to the PDS, by XRPC method (from its own metrics)."""
+    out = dict.fromkeys(WRITE_METHODS, 0)
+    for family in metrics.PDS_REQUESTS.collect():
+        for sample in family.samples:
+            method = sample.labels.get("method", "")
+            if sample.name.endswith("_total") and method in out:
+                out[method] += int(sample.value)
+    return out
 
 
 async def owner_filter(engine: Engine, account: str | None) -> dict[str, Any] | None:
@@ -43,8 +63,13 @@ async def run_backfill(
         await engine.checkpointer.drained()
         engine.save_checkpoints()
         counts = engine.store.dead_letter_counts()
-        log.info("backfill_pass_done", scanned=total, dead_letters=sum(counts.values()))
-        print(f"backfill: scanned {total} documents; dead letters now {sum(counts.values())}")
+        calls = pds_write_calls()
+        log.info("backfill_pass_done", scanned=total, dead_letters=sum(counts.values()), **calls)
+        detail = ", ".join(f"{k.rsplit('.', 1)[1]} {v}" for k, v in calls.items())
+        print(
+            f"backfill: scanned {total} documents; writes {sum(calls.values())} ({detail}); "
+            f"dead letters now {sum(counts.values())}"
+        )
         return 0
     finally:
         ticker.cancel()
