@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from syncd_sandbox import tokens
 from syncd_sandbox.procs import (
     ProcessRecord,
     SandboxProcessError,
@@ -116,7 +116,7 @@ class PdsProcess:
         self.port = port
         self.plc_port = plc_port
         self.rate_limits = rate_limits
-        self.admin_password = admin_password or secrets.token_hex(12)
+        self.admin_password = admin_password or tokens.token_hex(12)
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / "pds.log"
         self.log_level = log_level
         self.ready_file = self.data_dir.parent / f"{self.data_dir.name}.ready.json"
@@ -241,7 +241,7 @@ def new_tid() -> str:
     global _last_tid_micros
     micros = max(time.time_ns() // 1000, _last_tid_micros + 1)
     _last_tid_micros = micros
-    value = (micros << 10) | secrets.randbelow(1024)
+    value = (micros << 10) | tokens.randbelow(1024)
     out = []
     for _ in range(13):
         out.append(_TID_ALPHABET[value & 31])
@@ -252,7 +252,7 @@ def new_tid() -> str:
 def unique_handle(name: str, suffix: str | None = None) -> str:
     """``{name}-{suffix}.test`` within the PDS's 3–18 character limit."""
     clean = "".join(ch for ch in name.lower() if ch.isalnum()) or "user"
-    suffix = suffix or secrets.token_hex(3)
+    suffix = suffix or tokens.token_hex(3)
     front = f"{clean[: 17 - len(suffix)]}-{suffix}"
     return f"{front}{HANDLE_DOMAIN}"
 
@@ -314,9 +314,11 @@ class PdsApi:
         token: str | None = None,
         admin: bool = False,
     ) -> Any:
-        resp = self.http.post(
-            f"/xrpc/{method}", json=dict(body or {}), headers=self._headers(token, admin)
-        )
+        headers = self._headers(token, admin)
+        if body is None:  # some procedures refuse any body, even {}
+            resp = self.http.post(f"/xrpc/{method}", headers=headers)
+        else:
+            resp = self.http.post(f"/xrpc/{method}", json=dict(body), headers=headers)
         self._raise(method, resp)
         return resp.json() if resp.content else None
 
@@ -334,8 +336,8 @@ class PdsApi:
         """``com.atproto.server.createAccount`` (handle like ``name.test``, unique email)."""
         if not handle.endswith(HANDLE_DOMAIN):
             handle += HANDLE_DOMAIN
-        password = password or secrets.token_urlsafe(12)
-        email = email or f"{handle.removesuffix(HANDLE_DOMAIN)}-{secrets.token_hex(4)}@sandbox.test"
+        password = password or tokens.token_urlsafe(12)
+        email = email or f"{handle.removesuffix(HANDLE_DOMAIN)}-{tokens.token_hex(4)}@sandbox.test"
         out = self.procedure(
             "com.atproto.server.createAccount",
             {"handle": handle, "email": email, "password": password},
@@ -365,7 +367,7 @@ class PdsApi:
         self.procedure("com.atproto.server.deactivateAccount", {}, token=access_jwt)
 
     def activate_account(self, access_jwt: str) -> None:
-        self.procedure("com.atproto.server.activateAccount", {}, token=access_jwt)
+        self.procedure("com.atproto.server.activateAccount", None, token=access_jwt)
 
     # -- admin (HTTP basic auth admin:<admin password>) ------------------------
 

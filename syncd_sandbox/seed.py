@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import random
-import secrets
 import string
 import zipfile
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import Any
 from bson import ObjectId
 from PIL import Image, ImageDraw
 
+from syncd_sandbox import tokens
 from syncd_sandbox.images import painting_keys, write_file
 
 COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
@@ -42,7 +42,7 @@ _CODE_ALPHABET = string.ascii_letters + string.digits
 
 def new_sub(provider: str = "auth0") -> str:
     """An identity-provider subject like ``auth0|63effeeb2a7d55f8098d62f9``."""
-    return f"{provider}|{secrets.token_hex(12)}"
+    return f"{provider}|{tokens.token_hex(12)}"
 
 
 def short_code(rng: random.Random | None = None, length: int = 5) -> str:
@@ -77,7 +77,7 @@ def make_painting(
 ) -> Document:
     """A ``paintings`` document: ``slug``, ``code``, ``when``, ``user`` (absent for guests)."""
     doc = _doc(user, when, {})
-    doc["slug"] = slug or datetime.now(UTC).strftime("%Y.%m.%d.%H.%M.%S.") + secrets.token_hex(2)
+    doc["slug"] = slug or datetime.now(UTC).strftime("%Y.%m.%d.%H.%M.%S.") + tokens.token_hex(2)
     doc["code"] = code or short_code()
     doc.update(extra)
     return doc

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +40,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from syncd.config import Config, load
+from syncd_sandbox import tokens
 from syncd_sandbox.accounts import GUEST_NAME, WorldAccount, store_user
 from syncd_sandbox.images import ImageServer
 from syncd_sandbox.mongo_server import ChildMongo
@@ -381,7 +381,7 @@ def _database_name(node_name: str) -> str:
     global _counter
     _counter += 1
     clean = re.sub(r"[^A-Za-z0-9_]", "_", node_name)[:36]
-    return f"t{_counter:04d}_{clean}_{secrets.token_hex(2)}"
+    return f"t{_counter:04d}_{clean}_{tokens.token_hex(2)}"
 
 
 def _marker_users(request: pytest.FixtureRequest) -> Sequence[str]:

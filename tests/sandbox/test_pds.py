@@ -258,6 +258,16 @@ def test_admin_takedown_blocks_sessions_until_reversed(api: PdsApi, account: Acc
     assert api.create_session(account.handle, account.password)["did"] == account.did
 
 
+def test_deactivated_account_refuses_writes_until_activated(api: PdsApi, account: Account) -> None:
+    api.deactivate_account(account.access_jwt)
+    assert api.subject_status(account.did)["deactivated"]["applied"] is True
+    with pytest.raises(PdsError) as exc:
+        api.apply_writes(account.access_jwt, account.did, [_create(new_tid())])
+    assert (exc.value.status, exc.value.error) == (401, "AccountDeactivated")
+    api.activate_account(account.access_jwt)
+    api.apply_writes(account.access_jwt, account.did, [_create(new_tid())])
+
+
 def test_admin_calls_need_the_admin_password(sandbox_pds: PdsHandle, account: Account) -> None:
     with PdsApi(sandbox_pds.url, admin_password="wrong") as bad, pytest.raises(PdsError) as exc:
         bad.account_info(account.did)
