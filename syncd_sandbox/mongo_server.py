@@ -105,6 +105,13 @@ class ChildMongo:
         if self._handle is not None:
             self._handle.kill()
 
+    def ensure_running(self) -> bool:
+        """Start it again (same port and data) if it died or was left stopped; True if so."""
+        if self._handle is None or self._handle.alive:
+            return False
+        self.start()
+        return True
+
     def restart(self, pause_seconds: float = 0.0, *, kill: bool = False) -> str:
         """Stop (or kill), wait ``pause_seconds``, start again on the same port and data."""
         uri = self.uri

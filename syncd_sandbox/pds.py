@@ -186,6 +186,13 @@ class PdsProcess:
             stop_popen(self.proc, timeout)
             self.proc = None
 
+    def ensure_running(self) -> bool:
+        """Start it again (same data and ports) if it was started once and is gone; True if so."""
+        if self._handle is None or (self.proc is not None and self.proc.poll() is None):
+            return False
+        self.start()
+        return True
+
     def restart(self, timeout: float = START_TIMEOUT) -> PdsHandle:
         """Stop and start again on the same data dir and ports."""
         self.stop()

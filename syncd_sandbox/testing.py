@@ -430,6 +430,9 @@ def make_world(
         yield factory
     finally:
         for w in made:
+            # A chaos test may leave a shared server stopped: bring it back for the next test.
+            w.mongo.ensure_running()
+            w.pds_process.ensure_running()
             w.close()
 
 

@@ -160,3 +160,15 @@ def test_mongo_fault_drop_connections(world: SandboxWorld) -> None:
     reply = world.fault("dropConnections")
     assert reply.get("ok") == 1
     assert world.db.moods.count_documents({}) == 1  # pymongo reconnects
+
+
+def test_a_test_that_leaves_servers_down(world: SandboxWorld) -> None:
+    world.mongo.kill()
+    world.pds_process.stop()
+
+
+def test_the_next_test_finds_them_running_again(world: SandboxWorld) -> None:
+    # The previous test's teardown restarted both (same URI/URL).
+    assert world.db.command("ping")["ok"] == 1
+    assert world.api.health()
+    assert world.accounts["alice"].did
