@@ -129,6 +129,7 @@ ALL_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
 def initialise(collections: tuple[str, ...] = ALL_COLLECTIONS) -> None:
     """Create the labelled children up front so every series exists from the first scrape."""
     from syncd import __version__
+    from syncd.pds.errors import ERROR_REASONS
 
     BUILD_INFO.labels(version=__version__).set(1)
     for coll in collections:
@@ -138,6 +139,8 @@ def initialise(collections: tuple[str, ...] = ALL_COLLECTIONS) -> None:
             RECORDS_WRITTEN.labels(collection=coll, action=action)
         for op in ("insert", "update", "replace", "delete"):
             EVENTS.labels(collection=coll, operation=op)
+        for reason in ERROR_REASONS:
+            WRITE_ERRORS.labels(collection=coll, reason=reason)
     for stage in ("source", "writer"):
         QUEUE_DEPTH.labels(stage=stage)
     LAG.set(0)

@@ -20,10 +20,17 @@ class XrpcError(Exception):
 
     @property
     def reason(self) -> str:
-        """A short label for metrics and dead letters."""
+        """A bounded label for metrics (``syncd_write_errors_total{reason}``)."""
         if self.status == 0:
-            return self.error
-        return f"http_{self.status}_{self.error}"[:64]
+            return "timeout" if self.error == "timeout" else "connection"
+        if self.status == 429:
+            return "rate_limited"
+        if self.status >= 500:
+            return "server_error"
+        return "rejected"
+
+
+ERROR_REASONS = ("timeout", "connection", "rate_limited", "server_error", "rejected", "auth")
 
 
 class TransportError(XrpcError):
@@ -59,6 +66,10 @@ class RateLimitedError(XrpcError):
 
 class AuthError(XrpcError):
     """The session is not (or no longer) valid: expired or revoked token, bad password."""
+
+    @property
+    def reason(self) -> str:
+        return "auth"
 
     @property
     def expired(self) -> bool:
