@@ -55,20 +55,18 @@ class Request:
         return next(iter(self.command), "")
 
 
-def _split_bson_sequence(data: memoryview) -> list[bytes]:
+def _split_bson_sequence(data: bytes, pos: int, end: int) -> list[bytes]:
     docs: list[bytes] = []
-    pos = 0
-    end = len(data)
     while pos < end:
         (size,) = _INT32.unpack_from(data, pos)
         if size < 5 or pos + size > end:
             raise ProtocolError("bad BSON document size in document sequence")
-        docs.append(bytes(data[pos : pos + size]))
+        docs.append(data[pos : pos + size])
         pos += size
     return docs
 
 
-def parse_op_msg(request_id: int, body: memoryview) -> Request:
+def parse_op_msg(request_id: int, body: bytes) -> Request:
     """Parse the part of an OP_MSG that follows the 16-byte header."""
     (flags,) = _UINT32.unpack_from(body, 0)
     end = len(body)
@@ -87,9 +85,9 @@ def parse_op_msg(request_id: int, body: memoryview) -> Request:
         elif kind == 1:
             (size,) = _INT32.unpack_from(body, pos)
             section_end = pos + size
-            name_end = bytes(body[pos + 4 : section_end]).index(b"\x00") + pos + 4
-            ident = bytes(body[pos + 4 : name_end]).decode()
-            sequences[ident] = _split_bson_sequence(body[name_end + 1 : section_end])
+            name_end = body.index(b"\x00", pos + 4, section_end)
+            ident = body[pos + 4 : name_end].decode()
+            sequences[ident] = _split_bson_sequence(body, name_end + 1, section_end)
             pos = section_end
         else:
             raise ProtocolError(f"unknown OP_MSG section kind {kind}")
@@ -109,11 +107,11 @@ def parse_op_msg(request_id: int, body: memoryview) -> Request:
     )
 
 
-def parse_op_query(request_id: int, body: memoryview) -> Request:
+def parse_op_query(request_id: int, body: bytes) -> Request:
     """Parse a legacy OP_QUERY (only ``<db>.$cmd`` commands, as used by the handshake)."""
     pos = 4  # flags
-    name_end = bytes(body[pos:]).index(b"\x00") + pos
-    full_name = bytes(body[pos:name_end]).decode()
+    name_end = body.index(b"\x00", pos)
+    full_name = body[pos:name_end].decode()
     pos = name_end + 1 + 8  # skip numberToSkip, numberToReturn
     (size,) = _INT32.unpack_from(body, pos)
     query = bson.decode(body[pos : pos + size], DECODE_OPTIONS)
@@ -128,11 +126,10 @@ def parse_op_query(request_id: int, body: memoryview) -> Request:
 def parse_message(header: tuple[int, int, int, int], body: bytes) -> Request:
     """Decode one message; ``header`` is (length, requestID, responseTo, opCode)."""
     _length, request_id, _response_to, op_code = header
-    view = memoryview(body)
     if op_code == OP_MSG:
-        return parse_op_msg(request_id, view)
+        return parse_op_msg(request_id, body)
     if op_code == OP_QUERY:
-        return parse_op_query(request_id, view)
+        return parse_op_query(request_id, body)
     raise ProtocolError(f"unsupported opCode {op_code}")
 
 
