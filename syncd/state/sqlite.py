@@ -12,7 +12,9 @@ It holds everything syncd must remember across restarts:
   uses idempotent calls for those);
 - ``blobs``: which blob CIDs each account's records already reference;
 - ``dead_letters``: documents that could not be published, with the reason;
-- ``sessions``: refresh tokens, so a restart refreshes instead of logging in.
+- ``sessions``: refresh tokens, so a restart refreshes instead of logging in;
+- ``wiped_keys``: the record key each document had when ``syncd wipe`` deleted
+  its record, so ``syncd restore`` republishes it under the same key.
 
 Calls are synchronous and short (WAL, ``synchronous=NORMAL``: a commit is a
 write to the OS, not an fsync); writes that belong together share a transaction.
@@ -85,6 +87,15 @@ CREATE TABLE IF NOT EXISTS skipped (
     reason TEXT NOT NULL,
     seen_at REAL NOT NULL,
     PRIMARY KEY (collection, doc_key)
+);
+CREATE TABLE IF NOT EXISTS wiped_keys (
+    collection TEXT NOT NULL,
+    doc_key TEXT NOT NULL,
+    did TEXT NOT NULL,
+    nsid TEXT NOT NULL,
+    rkey TEXT NOT NULL,
+    wiped_at REAL NOT NULL,
+    PRIMARY KEY (collection, doc_key, did)
 );
 CREATE TABLE IF NOT EXISTS sessions (
     did TEXT PRIMARY KEY,
@@ -498,6 +509,31 @@ class StateStore:
                 "SELECT collection, reason, COUNT(*) FROM skipped GROUP BY 1, 2 ORDER BY 1, 2"
             )
         ]
+
+    # -- keys of wiped records (syncd wipe → syncd restore) ---------------------
+    def wiped_key_put(self, collection: str, doc_key: str, did: str, nsid: str, rkey: str) -> None:
+        self._db.execute(
+            "INSERT INTO wiped_keys (collection, doc_key, did, nsid, rkey, wiped_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(collection, doc_key, did) DO UPDATE SET "
+            "nsid=excluded.nsid, rkey=excluded.rkey, wiped_at=excluded.wiped_at",
+            (collection, doc_key, did, nsid, rkey, time.time()),
+        )
+
+    def wiped_keys(self, collection: str, did: str) -> dict[str, tuple[str, str]]:
+        """doc_key → (nsid, rkey) of the records ``syncd wipe`` removed from ``did``."""
+        return {
+            str(r[0]): (str(r[1]), str(r[2]))
+            for r in self._db.execute(
+                "SELECT doc_key, nsid, rkey FROM wiped_keys WHERE collection=? AND did=?",
+                (collection, did),
+            )
+        }
+
+    def wiped_key_clear(self, collection: str, doc_key: str, did: str) -> None:
+        self._db.execute(
+            "DELETE FROM wiped_keys WHERE collection=? AND doc_key=? AND did=?",
+            (collection, doc_key, did),
+        )
 
     # -- sessions ------------------------------------------------------------
     def save_session(self, did: str, access_jwt: str, refresh_jwt: str) -> None:
