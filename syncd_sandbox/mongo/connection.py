@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .wire import HEADER, MAX_MESSAGE_SIZE, ProtocolError, Request, parse_message
+from .wire import HEADER, MAX_MESSAGE_SIZE, ProtocolError, Request, bad_request, parse_message
 
 log = logging.getLogger("syncd_sandbox.mongo")
 
@@ -74,10 +74,12 @@ class Connection(asyncio.Protocol):
             del buf[:length]
             try:
                 self._queue.append(parse_message(header, body))
-            except (ProtocolError, ValueError, IndexError) as exc:
+            except ProtocolError as exc:
                 log.warning("sandbox: closing connection %s: %s", self.id, exc)
                 self.abort()
                 return
+            except Exception as exc:  # undecodable BSON: answer with an error, keep going
+                self._queue.append(bad_request(header, exc))
         if self._running is None:
             self._next()
 

@@ -14,6 +14,7 @@ CODE_NAMES: dict[int, str] = {
     13: "Unauthorized",
     14: "TypeMismatch",
     20: "IllegalOperation",
+    22: "InvalidBSON",
     26: "NamespaceNotFound",
     27: "IndexNotFound",
     43: "CursorNotFound",

@@ -510,6 +510,8 @@ class MongoSandbox:
                 raise CommandError(10107, "not primary (sandboxFault notWritablePrimary)")
             handler = self.commands.table.get(name)
             if handler is None:
+                if name == "$sandboxInvalidMessage":
+                    raise CommandError(22, f"invalid BSON in message: {request.command[name]}")
                 raise CommandError(59, f"no such command: '{name}'")
             reply = await handler(request, conn)
             reply["ok"] = 1.0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -28,7 +28,10 @@ _INT32 = struct.Struct("<i")
 _UINT32 = struct.Struct("<I")
 
 #: Documents are decoded as plain dicts with naive UTC datetimes (what mongomock stores).
-DECODE_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(document_class=dict, tz_aware=False)
+#: Dates outside Python's range decode as ``DatetimeMS`` instead of failing.
+DECODE_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
+    document_class=dict, tz_aware=False, datetime_conversion=DatetimeConversion.DATETIME_AUTO
+)
 
 MAX_MESSAGE_SIZE = 48_000_000
 
@@ -131,6 +134,17 @@ def parse_message(header: tuple[int, int, int, int], body: bytes) -> Request:
     if op_code == OP_QUERY:
         return parse_op_query(request_id, body)
     raise ProtocolError(f"unsupported opCode {op_code}")
+
+
+def bad_request(header: tuple[int, int, int, int], exc: Exception) -> Request:
+    """A stand-in request whose command fails: the message could not be decoded."""
+    _length, request_id, _response_to, op_code = header
+    return Request(
+        request_id=request_id,
+        op_code=op_code,
+        command={"$sandboxInvalidMessage": f"{type(exc).__name__}: {exc}"},
+        db="admin",
+    )
 
 
 def encode_op_msg(request_id: int, response_to: int, doc: Any, more_to_come: bool = False) -> bytes:
