@@ -1,0 +1,50 @@
+"""A few live changes for the demo (dev/test only): insert, edit, soft delete.
+
+``python -m syncd_sandbox.demo_live --dir DIR`` acts on a running sandbox world
+so a newcomer watching ``syncd run`` sees the change stream being mirrored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+
+from pymongo import MongoClient
+
+from syncd_sandbox.world import World
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", required=True)
+    args = parser.parse_args(argv)
+    world = World.load(args.dir)
+    client: MongoClient[dict[str, object]] = MongoClient(world.mongo_uri, tz_aware=True)
+    db = client[world.database]
+    owner = db.moods.find_one({"deleted": {"$ne": True}})
+    if owner is None:
+        print("demo_live: no moods seeded")
+        return 0
+    new = db.moods.insert_one(
+        {"user": owner["user"], "mood": "feeling live", "when": datetime.now(UTC)}
+    ).inserted_id
+    print(f"\n== live: inserted mood {new}")
+    time.sleep(1)
+    db.moods.update_one({"_id": new}, {"$set": {"mood": "feeling live (edited)"}})
+    print(f"== live: edited mood {new}")
+    victim = db.moods.find_one(
+        {"_id": {"$ne": new}, "deleted": {"$ne": True}, "atproto.rkey": {"$exists": True}}
+    )
+    if victim is not None:
+        db.moods.update_one({"_id": victim["_id"]}, {"$set": {"deleted": True}})
+        print(f"== live: soft-deleted mood {victim['_id']} (its record goes away)")
+    time.sleep(1)
+    doc = db.moods.find_one({"_id": new}) or {}
+    print(f"== live: back-reference written by syncd: {doc.get('atproto', {}).get('uri')}")
+    client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
