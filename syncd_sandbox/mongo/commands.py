@@ -92,6 +92,27 @@ def _int(value: Any, default: int = 0) -> int:
         raise CommandError(14, f"expected a number, got {value!r}") from exc
 
 
+def _count_documents_shape(pipeline: list[Any]) -> tuple[dict[str, Any], int, int] | None:
+    """(filter, skip, limit) if ``pipeline`` is what pymongo's ``count_documents`` sends."""
+    match: dict[str, Any] = {}
+    skip = limit = 0
+    stages = list(pipeline)
+    if not stages or stages[-1] != {"$group": {"_id": 1, "n": {"$sum": 1}}}:
+        return None
+    stages.pop()
+    if stages and isinstance(stages[0], dict) and set(stages[0]) == {"$match"}:
+        if not isinstance(stages[0]["$match"], dict):
+            return None
+        match = stages.pop(0)["$match"]
+    if stages and isinstance(stages[0], dict) and set(stages[0]) == {"$skip"}:
+        skip = _int(stages.pop(0)["$skip"])
+    if stages and isinstance(stages[0], dict) and set(stages[0]) == {"$limit"}:
+        limit = _int(stages.pop(0)["$limit"])
+    if stages:
+        return None
+    return match, skip, limit
+
+
 class Commands:
     """The command table of one sandbox."""
 
@@ -650,8 +671,18 @@ class Commands:
                 )
             if isinstance(stage, dict) and ("$out" in stage or "$merge" in stage):
                 raise CommandError(115, "$out/$merge are not supported by the sandbox")
+        counted = _count_documents_shape(pipeline)
         try:
-            results = list(self.sb.storage.coll(req.db, name).aggregate(pipeline))
+            if counted is not None:
+                match, skip, limit = counted
+                n = max(0, self.sb.storage.count(req.db, name, match) - skip)
+                if limit:
+                    n = min(n, limit)
+                results = [{"_id": 1, "n": n}] if n else []
+            else:
+                results = list(self.sb.storage.coll(req.db, name).aggregate(pipeline))
+        except CommandError:
+            raise
         except Exception as exc:
             raise CommandError(2, f"aggregation failed in the sandbox (mongomock): {exc}") from exc
         docs = [RawBSONDocument(bson.encode(d)) for d in results]
