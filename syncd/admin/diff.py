@@ -430,9 +430,7 @@ def compare(
                     record_cid=rec.cid,
                     blob_cid=link if blob is None else None,
                     forget_blobs=tuple(
-                        sorted({c for c in (link, entry and entry.blob_cid) if c})
-                        if blob
-                        else ()
+                        sorted({c for c in (link, entry and entry.blob_cid) if c}) if blob else ()
                     ),
                 )
             )
