@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 
@@ -52,6 +53,7 @@ class Checkpointer:
         self._space.set()
         self._drained = asyncio.Event()
         self._drained.set()
+        self.on_wait: Callable[[], None] | None = None
 
     @property
     def outstanding(self) -> int:
@@ -69,7 +71,12 @@ class Checkpointer:
         """Register the next item in source order (waits for capacity if ``weight``)."""
         while weight and self._outstanding >= self._capacity:
             self._space.clear()
-            await self._space.wait()
+            try:
+                await asyncio.wait_for(self._space.wait(), 1.0)
+            except TimeoutError:
+                pass
+            if self.on_wait is not None:
+                self.on_wait()  # waiting on the PDS is backpressure, not a stuck loop
         ticket = Ticket(self, payload, started)
         self._items.append(ticket)
         self._outstanding += 1

@@ -69,6 +69,9 @@ class MetricsConfig:
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
     ready_max_lag_seconds: float = 60.0
+    # /healthz fails (and the systemd watchdog is withheld) when a loop has not
+    # turned for this long.
+    liveness_stale_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ class Daemon:
     def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
-        self.health = HealthState()
+        self.health = HealthState(config.metrics.liveness_stale_seconds)
         self.should_exit = asyncio.Event()
         self.engine: Engine | None = None
         self.server: HealthServer | None = None
@@ -67,6 +67,7 @@ class Daemon:
         self.engine = Engine(self.config, health=self.health)
         self.server = await start_health_server(self.config.metrics, self.health)
         self.health.register("main")
+        self.health.register("source")
         log.info(
             "syncd_starting",
             database=self.config.mongo.database,
@@ -177,5 +178,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload_failed", error=str(exc))
             return
+        self.notifier.reloading()
         logs.configure(fresh.logging.level, fresh.logging.format)
         log.info("reloaded", level=fresh.logging.level, format=fresh.logging.format)
+        self.notifier.ready()

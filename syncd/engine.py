@@ -49,6 +49,8 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
         unicode_decode_error_handler="replace",
         appname="syncd",
         retryWrites=True,
+        serverSelectionTimeoutMS=10_000,
+        socketTimeoutMS=20_000,
         **kwargs,
     )
 
@@ -87,6 +89,7 @@ class Engine:
         self.image_fetcher = ImageFetcher(self.image_http, config.images)
         self.thumbnails = ThumbnailPool.from_settings(config.images)
         self.checkpointer = Checkpointer(config.pipeline.queue_size)
+        self.checkpointer.on_wait = lambda: self.health.beat("source")
         self.router = Router(self)
         self.stopping = asyncio.Event()
         self.pds_slots = asyncio.Semaphore(config.pds.account_concurrency)

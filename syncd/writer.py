@@ -117,7 +117,6 @@ class AccountWriter:
             for op in batch:
                 self.engine.router.finished(op, self.account.did)
                 op.change.ticket.complete()
-            self.engine.health.beat("writer")
 
     # -- one batch -----------------------------------------------------------
     async def process(self, ops: list[Op]) -> None:

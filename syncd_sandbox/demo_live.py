@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== live: soft-deleted mood {victim['_id']} (its record goes away)")
     time.sleep(1)
     doc = db.moods.find_one({"_id": new}) or {}
-    print(f"== live: back-reference written by syncd: {doc.get('atproto', {}).get('uri')}")
+    backref = doc.get("atproto")
+    uri = backref.get("uri") if isinstance(backref, dict) else None
+    print(f"== live: back-reference written by syncd: {uri}")
     client.close()
     return 0
 

@@ -115,8 +115,7 @@ class Backfill:
                     engine.checkpointer.mark(
                         ("backfill", collection, last_id, OBJECTID, scanned, False)
                     )
-                engine.health.beat("backfill")
-                engine.health.beat("stream")
+                engine.health.beat("source")
             phase = OTHER
             if persist:
                 engine.checkpointer.mark(("backfill", collection, None, OTHER, scanned, False))
@@ -158,6 +157,7 @@ class Backfill:
         for collection in collections:
             keys: list[str] = []
             for entry in engine.store.ledger_iter(collection=collection):
+                engine.health.beat("source")
                 keys.append(entry.doc_key)
                 if len(keys) >= 500:
                     removed += await self._sweep_keys(collection, keys)

@@ -80,7 +80,7 @@ class StreamSource:
                         self.on_open()
                     while not engine.stopping.is_set():
                         change = await stream.try_next()
-                        engine.health.beat("stream")
+                        engine.health.beat("source")
                         if change is None:
                             idle = stream.resume_token
                             if idle is not None and idle != token:
@@ -96,23 +96,30 @@ class StreamSource:
                     engine.health.set_stream_connected(False, "history lost")
                     raise HistoryLost(str(exc)) from None
                 engine.health.set_stream_connected(False, f"error {exc.code}")
-                delay = backoff_delay(attempt, cap=30.0)
+                delay = backoff_delay(attempt, cap=10.0)
                 attempt += 1
                 log.warning(
                     "stream_failed", code=exc.code, error=str(exc)[:200], retry_in=round(delay, 2)
                 )
-                await sleep_or_stop(delay, engine.stopping)
+                await self._pause(delay)
             except PyMongoError as exc:
                 engine.health.set_stream_connected(False, type(exc).__name__)
-                delay = backoff_delay(attempt, cap=30.0)
+                delay = backoff_delay(attempt, cap=10.0)
                 attempt += 1
                 log.warning(
                     "stream_disconnected", error=type(exc).__name__, retry_in=round(delay, 2)
                 )
-                await sleep_or_stop(delay, engine.stopping)
+                await self._pause(delay)
             else:
                 engine.health.set_stream_connected(False, "reopening")
         engine.health.set_stream_connected(False, "stopped")
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off, still beating: waiting for MongoDB to come back is not being stuck."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.engine.health.beat("source")
+            await sleep_or_stop(min(1.0, left), self.engine.stopping)
 
     async def _emit(self, event: dict[str, Any]) -> bool:
         """Route one event; True when the stream was invalidated and must be reopened."""

@@ -365,3 +365,18 @@ def test_old_script_keys_are_adopted_not_duplicated(
     assert [r["uri"].rsplit("/", 1)[1] for r in recs] == [rkey]
     assert recs[0]["value"]["mood"] == "made by the old scripts"
     assert_mirrored(world, ("moods",))
+
+
+def test_an_idle_daemon_stays_live(world: SandboxWorld, syncd: SyncdProcess) -> None:
+    """Regression: idle writers and a finished backfill once counted as stuck loops."""
+    alice = world.sub("alice")
+    assert alice
+    world.insert("moods", make_mood(alice, "one"))
+    world.write_config({"mongo": {"max_await_ms": 100}, "metrics": {"liveness_stale_seconds": 1.5}})
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    time.sleep(4)  # well past the stale threshold with nothing to do
+    reply = syncd.get("/healthz")
+    assert reply.status_code == 200, reply.text
+    assert syncd.get("/readyz").status_code == 200
