@@ -62,6 +62,9 @@ class PipelineConfig:
     queue_size: int = 2000
     batch_linger_ms: int = 20
     shutdown_grace_seconds: float = 8.0
+    # Retryable dead letters (image fetch failed, account could not log in) are
+    # retried this often; 0 disables.
+    dead_letter_retry_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

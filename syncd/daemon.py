@@ -26,6 +26,7 @@ from syncd.engine import Engine
 from syncd.health import HealthServer, HealthState, start_health_server
 from syncd.notify import Notifier, WatchdogPinger
 from syncd.source.backfill import Backfill
+from syncd.source.redrive import redrive_loop
 from syncd.source.stream import HistoryLost, StreamSource
 
 log = structlog.get_logger("syncd.daemon")
@@ -81,6 +82,7 @@ class Daemon:
         engine = self.engine
         pinger = WatchdogPinger(self.notifier, self.health)
         work = asyncio.create_task(self.work(), name="work")
+        redrive = asyncio.create_task(redrive_loop(engine), name="redrive")
         last_status = 0.0
         while not self.should_exit.is_set():
             if work.done():
@@ -105,9 +107,10 @@ class Daemon:
                 pass
         self.health.set_phase("stopping")
         self.notifier.stopping("stopping")
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+        for task in (redrive, work):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(work, redrive, return_exceptions=True)
 
     async def work(self) -> None:
         """Backfill when needed, then stream; rescan when the history was lost."""

@@ -200,3 +200,25 @@ def json_status(world: SandboxWorld) -> dict[str, Any]:
     import json
 
     return dict(json.loads(run_cli(world.config_path, "status", "--json").stdout))
+
+
+def test_transient_image_failures_are_retried_by_themselves(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    world.write_config(
+        {
+            "mongo": {"max_await_ms": 100},
+            "images": {"retries": 0},
+            "pipeline": {"dead_letter_retry_seconds": 1.0},
+        }
+    )
+    doc = make_painting(world.sub("alice"), slug="flaky")
+    world.write_image("alice", "flaky")
+    world.images.fail_next(503, count=3)
+    world.insert("paintings", doc)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_until(lambda: str(doc["_id"]) in world.records_by_ref("alice", PAINTING), 30)
+    syncd.wait_idle()
+    assert json_status(world)["dead_letters"]["counts"] == {}
+    assert syncd.events("dead_letters_redriven")
