@@ -49,7 +49,7 @@ class AccountResolver:
         return account, reason
 
     async def by_handle_or_did(self, ident: str) -> Account | None:
-        """Admin commands: find an account by ATProto handle or DID (or guest alias 'art')."""
+        """Admin commands: find an account by ATProto handle or DID."""
         query: dict[str, Any]
         if ident.startswith("did:"):
             query = {"atproto.did": ident}

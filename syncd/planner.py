@@ -110,7 +110,10 @@ def plan(op: Op, did: str, entry: LedgerEntry | None) -> Plan:
             previous_blob_cid=prev_blob,
             writeback="set",
             problem=op.problem,
-            extra={"existed": mine is not None and not mine.pending},
+            extra={
+                "existed": mine is not None and not mine.pending,
+                "adopted": mine is None and adopted_rkey(doc) is not None,
+            },
         )
 
     # The record must not live in this repository.

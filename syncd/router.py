@@ -136,6 +136,7 @@ class Router:
                 store.clear_dead_letter(change.collection, change.key)
                 store.unskip(change.collection, change.key)
             elif problem.kind == "skip":
+                store.clear_dead_letter(change.collection, change.key)
                 store.skip(change.collection, change.key, problem.reason)
             else:
                 store.dead_letter(

@@ -28,6 +28,7 @@ from syncd import lexicon, metrics
 from syncd.changes import Op, Problem
 from syncd.images.errors import ImageError
 from syncd.images.pipeline import prepare_painting_blob
+from syncd.images.thumbnail import Thumbnail
 from syncd.lexicon import LexiconError
 from syncd.mappings.base import when_of
 from syncd.mappings.paintings import Paintings
@@ -53,6 +54,13 @@ if TYPE_CHECKING:
     from syncd.engine import Engine
 
 log = structlog.get_logger("syncd.writer")
+
+
+def _blob_missing(exc: XrpcError) -> bool:
+    return exc.status == 400 and (
+        exc.error == "BlobNotFound"
+        or ("blob" in exc.message.lower() and "not found" in exc.message.lower())
+    )
 
 
 def _count_error(collection: str) -> Any:
@@ -142,10 +150,19 @@ class AccountWriter:
         taken: set[tuple[str, str]] = set()
         store = self.engine.store
         for p in plans:
-            if p.action != CREATE:
+            adopted = p.action == UPSERT and p.extra.get("adopted")
+            if p.action != CREATE and not adopted:
                 continue
             doc = p.op.change.doc
             assert doc is not None
+            if adopted and (
+                (p.nsid, p.rkey) in taken
+                or store.rkey_owner(self.account.did, p.nsid, p.rkey) not in (None, p.key)
+            ):
+                # Two documents carry the same old-script key: the second gets its own.
+                log.warning("adopted_key_taken", collection=p.collection, doc=p.key, rkey=p.rkey)
+                p.action = CREATE
+                p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id)
             salt = 0
             while (p.nsid, p.rkey) in taken or store.rkey_owner(
                 self.account.did, p.nsid, p.rkey
@@ -206,15 +223,29 @@ class AccountWriter:
                 permanent=exc.permanent,
             )
             return
-        thumb = prepared.thumbnail
+        p.extra["thumbnail"] = prepared.thumbnail
+        blob = await self._ensure_blob(p, prepared.thumbnail, prepared.cid)
+        if blob is None:
+            return
+        extra: dict[str, Any] = {"thumbnail": blob}
+        if prepared.recording_exists:
+            assert p.op.draft is not None
+            extra["recordingUrl"] = Paintings.recording_url(p.op.draft.fields, engine.mapping_ctx)
+        p.extra["record_extra"] = extra
+
+    async def _ensure_blob(
+        self, p: Plan, thumb: Thumbnail, cid: str, *, force: bool = False
+    ) -> dict[str, Any] | None:
+        """The blob ref for ``thumb``, uploading it unless this account already has it."""
+        engine = self.engine
         blob: dict[str, Any] = {
             "$type": "blob",
-            "ref": {"$link": prepared.cid},
+            "ref": {"$link": cid},
             "mimeType": thumb.mime_type,
             "size": len(thumb.data),
         }
-        if prepared.cid not in self._uploaded and not engine.store.blob_known(
-            self.account.did, prepared.cid
+        if force or (
+            cid not in self._uploaded and not engine.store.blob_known(self.account.did, cid)
         ):
             try:
                 uploaded = await with_retries(
@@ -224,21 +255,17 @@ class AccountWriter:
                 )
             except AuthError as exc:
                 p.failed = Problem("dead", "account_unavailable", exc.error, retryable=True)
-                return
+                return None
             except XrpcError as exc:
                 p.failed = Problem("dead", "blob_rejected", exc.reason, retryable=exc.status == 413)
-                return
+                return None
             link = uploaded.get("ref", {}).get("$link")
-            if link and link != prepared.cid:
-                log.warning("blob_cid_mismatch", computed=prepared.cid, pds=link)
+            if link and link != cid:
+                log.warning("blob_cid_mismatch", computed=cid, pds=link)
                 blob["ref"] = {"$link": link}
             self._uploaded.add(str(blob["ref"]["$link"]))
         p.blob_cid = str(blob["ref"]["$link"])
-        extra: dict[str, Any] = {"thumbnail": blob}
-        if prepared.recording_exists:
-            assert p.op.draft is not None
-            extra["recordingUrl"] = Paintings.recording_url(p.op.draft.fields, engine.mapping_ctx)
-        p.extra["record_extra"] = extra
+        return blob
 
     def _mark_pending(self, p: Plan) -> None:
         store = self.engine.store
@@ -350,14 +377,22 @@ class AccountWriter:
         engine = self.engine
         try:
             if p.action in WRITES:
-                assert p.record is not None
-                record = p.record
-                p.uri, p.cid = await with_retries(
-                    lambda: engine.repo.put_record(self.account, p.nsid, p.rkey, record),
-                    stop=engine.stopping,
-                    cap=engine.config.pds.retry_max_seconds,
-                    on_error=_count_error(p.collection),
-                )
+                try:
+                    await self._put(p)
+                except XrpcError as exc:
+                    thumb = p.extra.get("thumbnail")
+                    if not _blob_missing(exc) or thumb is None or p.blob_cid is None:
+                        raise
+                    # The PDS dropped a blob the state store thought it had (its
+                    # records were deleted elsewhere): upload it again, once.
+                    log.warning("blob_gone_reuploading", did=self.account.did, cid=p.blob_cid)
+                    self._maybe_forget_blob(p.blob_cid)
+                    blob = await self._ensure_blob(p, thumb, p.blob_cid, force=True)
+                    if blob is None:
+                        return
+                    assert p.record is not None
+                    p.record["thumbnail"] = blob
+                    await self._put(p)
             else:
                 await with_retries(
                     lambda: engine.repo.delete_record(self.account, p.nsid, p.rkey),
@@ -372,6 +407,17 @@ class AccountWriter:
             metrics.WRITE_ERRORS.labels(collection=p.collection, reason=exc.reason).inc()
             p.failed = Problem("dead", "pds_rejected", f"{exc.error}: {exc.message}"[:500])
             log.warning("record_rejected", collection=p.collection, doc=p.key, error=exc.error)
+
+    async def _put(self, p: Plan) -> None:
+        engine = self.engine
+        assert p.record is not None
+        record = p.record
+        p.uri, p.cid = await with_retries(
+            lambda: engine.repo.put_record(self.account, p.nsid, p.rkey, record),
+            stop=engine.stopping,
+            cap=engine.config.pds.retry_max_seconds,
+            on_error=_count_error(p.collection),
+        )
 
     def _count(self, chunk: list[Plan], exc: XrpcError) -> None:
         for coll in {p.collection for p in chunk}:
@@ -418,7 +464,8 @@ class AccountWriter:
                     metrics.RECORDS_WRITTEN.labels(collection=p.collection, action=action).inc()
                 elif p.action in (DELETE, DELETE_UNCERTAIN):
                     if p.owns_ledger:
-                        store.ledger_delete(p.collection, p.key)
+                        # Only our row: it may have moved to the new owner's repo meanwhile.
+                        store.ledger_delete(p.collection, p.key, did=did, rkey=p.rkey)
                     if p.previous_blob_cid:
                         self._maybe_forget_blob(p.previous_blob_cid)
                     metrics.RECORDS_WRITTEN.labels(collection=p.collection, action="delete").inc()
@@ -427,6 +474,7 @@ class AccountWriter:
                     store.clear_dead_letter(p.collection, p.key)
                     store.unskip(p.collection, p.key)
                 elif problem.kind == "skip":
+                    store.clear_dead_letter(p.collection, p.key)
                     store.skip(p.collection, p.key, problem.reason)
                 else:
                     store.dead_letter(

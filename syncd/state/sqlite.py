@@ -387,10 +387,19 @@ class StateStore:
             "UPDATE ledger SET pending=1 WHERE collection=? AND doc_key=?", (collection, doc_key)
         )
 
-    def ledger_delete(self, collection: str, doc_key: str) -> None:
-        self._db.execute(
-            "DELETE FROM ledger WHERE collection=? AND doc_key=?", (collection, doc_key)
-        )
+    def ledger_delete(
+        self, collection: str, doc_key: str, *, did: str | None = None, rkey: str | None = None
+    ) -> None:
+        """Delete the row; with ``did``/``rkey``, only if it still names that record."""
+        if did is None:
+            self._db.execute(
+                "DELETE FROM ledger WHERE collection=? AND doc_key=?", (collection, doc_key)
+            )
+        else:
+            self._db.execute(
+                "DELETE FROM ledger WHERE collection=? AND doc_key=? AND did=? AND rkey=?",
+                (collection, doc_key, did, rkey),
+            )
 
     def ledger_iter(
         self, collection: str | None = None, did: str | None = None, batch: int = 1000

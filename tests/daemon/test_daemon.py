@@ -380,3 +380,51 @@ def test_an_idle_daemon_stays_live(world: SandboxWorld, syncd: SyncdProcess) -> 
     reply = syncd.get("/healthz")
     assert reply.status_code == 200, reply.text
     assert syncd.get("/readyz").status_code == 200
+
+
+def test_documents_sharing_an_old_script_key_each_get_a_record(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """Regression: an adopted atproto.rkey was used without checking it was free."""
+    alice = world.sub("alice")
+    assert alice
+    a = make_mood(alice, "first holder", atproto={"rkey": "3k2abcdefgh22"})
+    b = make_mood(alice, "second holder", atproto={"rkey": "3k2abcdefgh22"})
+    world.insert("moods", a)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    world.insert("moods", b)
+    syncd.wait_until(lambda: len(world.list_records("alice", MOOD)) == 2, 20)
+    syncd.wait_idle()
+    recs = world.records_by_ref("alice", MOOD)
+    assert recs[str(a["_id"])]["uri"].endswith("3k2abcdefgh22")
+    assert not recs[str(b["_id"])]["uri"].endswith("3k2abcdefgh22")
+    assert_mirrored(world, ("moods",))
+
+
+def test_a_skip_clears_an_old_dead_letter(world: SandboxWorld, syncd: SyncdProcess) -> None:
+    """Regression: a fixed document whose owner has no account stayed dead-lettered."""
+    alice = world.sub("alice")
+    assert alice
+    doc = {"_id": ObjectId(), "user": alice, "when": make_mood(alice, "x")["when"]}
+    world.insert("moods", doc)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_until(
+        lambda: json.loads(run_cli(world.config_path, "status", "--json").stdout)["dead_letters"][
+            "counts"
+        ],
+        20,
+    )
+    world.db.moods.update_one(
+        {"_id": doc["_id"]}, {"$set": {"mood": "fixed", "user": "auth0|no-account"}}
+    )
+    syncd.wait_until(
+        lambda: (
+            not json.loads(run_cli(world.config_path, "status", "--json").stdout)["dead_letters"][
+                "counts"
+            ]
+        ),
+        20,
+    )

@@ -222,3 +222,31 @@ def test_transient_image_failures_are_retried_by_themselves(
     syncd.wait_idle()
     assert json_status(world)["dead_letters"]["counts"] == {}
     assert syncd.events("dead_letters_redriven")
+
+
+def test_a_blob_the_pds_dropped_is_uploaded_again(world: SandboxWorld, syncd: SyncdProcess) -> None:
+    """Regression: the state store trusted a blob the PDS had garbage-collected."""
+    doc = world.add_painting("alice", width=200, height=200)
+    syncd.start()
+    syncd.wait_ready()
+    rec = syncd.wait_until(lambda: world.records_by_ref("alice", PAINTING).get(str(doc["_id"])), 20)
+    syncd.wait_idle()
+    # Someone deletes the record behind syncd's back: the PDS drops its blob.
+    rkey = rec["uri"].rsplit("/", 1)[1]
+    world.api.procedure(
+        "com.atproto.repo.deleteRecord",
+        {"repo": world.did("alice"), "collection": PAINTING, "rkey": rkey},
+        token=world.access_token("alice"),
+    )
+    world.db.paintings.update_one({"_id": doc["_id"]}, {"$set": {"code": "again"}})
+    rec = syncd.wait_until(
+        lambda: (
+            (r := world.records_by_ref("alice", PAINTING).get(str(doc["_id"])))
+            and r["value"]["code"] == "again"
+            and r
+        ),
+        30,
+    )
+    assert blob_image(world, "alice", rec).size == (200, 200)
+    assert syncd.events("blob_gone_reuploading")
+    assert json_status(world)["dead_letters"]["counts"] == {}
