@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from syncd import metrics
-from syncd.changes import Change, Op, Problem
+from syncd.changes import Change, Op, Problem, record_outcome
 from syncd.mappings import MAPPINGS, MappingError, not_public_reason
 from syncd.planner import adopted_rkey
 from syncd.writer import AccountWriter
@@ -132,26 +132,11 @@ class Router:
         """Nothing to write anywhere: record why, and finish the change."""
         store = self.engine.store
         with store.transaction():
-            if problem is None or problem.kind == "hidden":
-                store.clear_dead_letter(change.collection, change.key)
-                store.unskip(change.collection, change.key)
-            elif problem.kind == "skip":
-                store.clear_dead_letter(change.collection, change.key)
-                store.skip(change.collection, change.key, problem.reason)
-            else:
-                store.dead_letter(
-                    change.collection,
-                    change.key,
-                    problem.reason,
-                    problem.detail,
-                    retryable=problem.retryable,
-                )
-                log.warning(
-                    "dead_letter",
-                    collection=change.collection,
-                    doc=change.key,
-                    reason=problem.reason,
-                )
+            record_outcome(store, change.collection, change.key, problem)
+        if problem is not None and problem.kind == "dead":
+            log.warning(
+                "dead_letter", collection=change.collection, doc=change.key, reason=problem.reason
+            )
         if problem is not None and problem.kind == "dead":
             self.engine.refresh_dead_letter_gauge()
         change.ticket.complete()

@@ -25,7 +25,7 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from syncd import lexicon, metrics
-from syncd.changes import Op, Problem
+from syncd.changes import Op, Problem, record_outcome
 from syncd.images.errors import ImageError
 from syncd.images.pipeline import prepare_painting_blob
 from syncd.images.thumbnail import Thumbnail
@@ -469,21 +469,7 @@ class AccountWriter:
                     if p.previous_blob_cid:
                         self._maybe_forget_blob(p.previous_blob_cid)
                     metrics.RECORDS_WRITTEN.labels(collection=p.collection, action="delete").inc()
-                problem = p.problem
-                if problem is None or problem.kind == "hidden":
-                    store.clear_dead_letter(p.collection, p.key)
-                    store.unskip(p.collection, p.key)
-                elif problem.kind == "skip":
-                    store.clear_dead_letter(p.collection, p.key)
-                    store.skip(p.collection, p.key, problem.reason)
-                else:
-                    store.dead_letter(
-                        p.collection,
-                        p.key,
-                        problem.reason,
-                        problem.detail,
-                        retryable=problem.retryable,
-                    )
+                record_outcome(store, p.collection, p.key, p.problem)
         self.engine.refresh_dead_letter_gauge()
 
     def _maybe_forget_blob(self, cid: str) -> None:
