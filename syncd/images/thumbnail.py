@@ -128,9 +128,11 @@ def _flatten(im: Image.Image) -> Image.Image:
     return background.convert("L" if im.mode == "LA" else "RGB")
 
 
-def _encode_png(im: Image.Image) -> bytes:
+def _encode_png(im: Image.Image, *, optimize: bool = False) -> bytes:
+    # zlib's default level first: ``optimize`` (level 9 plus filter search) costs about
+    # three times as long for ~2% fewer bytes, so it is only tried when the size matters.
     buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
+    im.save(buf, format="PNG", optimize=optimize)
     return buf.getvalue()
 
 
@@ -196,6 +198,8 @@ def make_thumbnail(
         raise ThumbnailError(f"cannot convert image: {exc}", reason="image_corrupt") from None
 
     png = _encode_png(im)
+    if len(png) > max_bytes:
+        png = _encode_png(im, optimize=True)
     if len(png) <= max_bytes:
         return Thumbnail(png, "image/png", im.width, im.height)
 
