@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from syncd import lexicon, metrics
 from syncd.changes import Op, Problem, record_outcome
@@ -494,7 +494,13 @@ class AccountWriter:
                     current.get(k.split(".")[1]) == v for k, v in update.items()
                 ):
                     continue
-                req = UpdateOne({"_id": doc_id}, {"$set": update})
+                if "atproto" in p.op.change.doc and not isinstance(current, dict):
+                    # `atproto: 5` (or null, a list...): "atproto.rkey" cannot be set inside
+                    # it, so the whole field becomes the back-reference.
+                    whole = {k.split(".")[1]: v for k, v in update.items()}
+                    req = UpdateOne({"_id": doc_id}, {"$set": {"atproto": whole}})
+                else:
+                    req = UpdateOne({"_id": doc_id}, {"$set": update})
             elif p.writeback == "unset":
                 req = UpdateOne(
                     {"_id": doc_id},
@@ -509,6 +515,24 @@ class AccountWriter:
                 try:
                     await self.engine.db[coll].bulk_write(requests, ordered=False)
                     break
+                except BulkWriteError as exc:
+                    # Per-document write errors are permanent (the document changed shape
+                    # since it was read): retrying would stall this account forever. The
+                    # records are written; the next change to the document retries.
+                    errors = exc.details.get("writeErrors") or []
+                    if errors and not exc.details.get("writeConcernErrors"):
+                        for err in errors:
+                            log.warning(
+                                "writeback_rejected",
+                                collection=coll,
+                                code=err.get("code"),
+                                error=str(err.get("errmsg", ""))[:200],
+                            )
+                        break
+                    delay = backoff_delay(attempt, cap=10.0)
+                    attempt += 1
+                    log.warning("writeback_failed", collection=coll, error="BulkWriteError")
+                    await sleep_or_stop(delay, self.engine.stopping)
                 except PyMongoError as exc:
                     delay = backoff_delay(attempt, cap=10.0)
                     attempt += 1
