@@ -1,0 +1,66 @@
+"""Owners syncd cannot write for: no ATProto account, unknown user, wrong password,
+deactivated PDS account, taken-down PDS account. Each is skipped or dead-lettered with a
+clear reason; every other account is unaffected."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from syncd_sandbox import tally
+from syncd_sandbox.accounts import WorldAccount, store_user
+from syncd_sandbox.rig import Rig
+from syncd_sandbox.seed import make_kidlisp, make_mood
+
+
+def test_bad_accounts_are_isolated(rig: Rig) -> None:
+    w = rig.world
+    carol = w.add_user("carol", with_atproto=False)
+    dave = w.add_user("dave")
+    erin = w.add_user("erin")
+    frank = w.add_user("frank")
+    assert dave.did and erin.did and frank.did
+    # dave's stored password is wrong; erin deactivated her account; frank was taken down.
+    store_user(w.db, WorldAccount("dave", dave.sub, dave.did, dave.handle, "not-the-password"))
+    w.api.deactivate_account(w.access_token("erin"))
+    w.api.takedown(frank.did)
+    rig.exempt_dids.update({dave.did, erin.did, frank.did})
+
+    docs = {
+        name: make_mood(sub, f"mood of {name}")
+        for name, sub in [
+            ("alice", w.sub("alice")),
+            ("carol", carol.sub),
+            ("unknown", "auth0|unknown-user"),
+            ("dave", dave.sub),
+            ("erin", erin.sub),
+            ("frank", frank.sub),
+        ]
+    }
+    w.insert("moods", *docs.values())
+    w.insert("kidlisp", make_kidlisp(w.sub("bob")), make_kidlisp(None))
+    rig.syncd.start()
+    rig.wait_quiet(40)
+    # Nothing reached the unwritable repositories.
+    for acc in (dave, erin, frank):
+        assert acc.did
+        try:
+            assert w.list_records(acc.did, "computer.aesthetic.mood") == []
+        except Exception as exc:  # a taken-down repo is not readable at all
+            assert "Could not find repo" in str(exc) or "Repo" in str(exc), exc
+    db = sqlite3.connect(w.state_dir / "syncd.sqlite3")
+    try:
+        dead = dict(db.execute("SELECT doc_key, reason || ': ' || detail FROM dead_letters"))
+        skipped = dict(db.execute("SELECT doc_key, reason FROM skipped"))
+    finally:
+        db.close()
+    key = {name: str(doc["_id"]) for name, doc in docs.items()}
+    assert skipped[key["carol"]] == "no_atproto_account"
+    assert skipped[key["unknown"]] == "unknown_user"
+    for name in ("dave", "erin", "frank"):
+        reason = dead.get(key[name], "")
+        clear = ("account_unavailable", "AccountDeactivated", "AccountTakedown", "RepoTakendown")
+        assert any(word in reason for word in clear), (name, reason)
+    print(f"\nbad-account reasons: { {n: dead.get(key[n]) for n in ('dave', 'erin', 'frank')} }")
+    tally.count("bad_documents", 5)
+    assert rig.syncd.exited_unexpectedly() is None
+    assert rig.syncd.stop() == 0
