@@ -10,7 +10,8 @@ Once the system is quiet and syncd has caught up:
 * no record exists for any other document (not public, invalid, owned by a
   user without an ATProto account, or gone);
 * every ``atproto.rkey`` back-reference in MongoDB names that record, and a
-  document without a record carries none.
+  document without a record carries none (a non-TID value there is garbage
+  from the source, not a reference, and is left alone).
 
 How "the content it would produce now" is computed -- and why partly with
 syncd's own code: the record's *fields* are built with ``syncd.mappings``
@@ -40,7 +41,6 @@ from typing import Any
 
 import httpx
 from bson import CodecOptions, DatetimeConversion, ObjectId
-from bson.binary import UuidRepresentation
 from PIL import Image
 from pymongo.database import Database
 
@@ -48,6 +48,7 @@ from syncd import lexicon
 from syncd.config import Config
 from syncd.images.urls import painting_source_from_doc
 from syncd.mappings import MAPPINGS, MappingContext, MappingError
+from syncd.rkey import is_tid
 
 KINDS = (
     "missing",
@@ -158,14 +159,15 @@ def expected_when(value: Any) -> str | None:
 
 
 def checker_db(db: Database[Any]) -> Database[Any]:
-    """``db`` with codec options that can read any document (hostile dates, bad UTF-8, UUIDs)."""
+    """``db`` with codec options that can read any document (hostile dates, bad UTF-8).
+
+    UUIDs stay ``Binary`` (the default representation), as syncd reads them."""
     return db.with_options(
         codec_options=CodecOptions(
             tz_aware=True,
             tzinfo=UTC,
             datetime_conversion=DatetimeConversion.DATETIME_AUTO,
             unicode_decode_error_handler="replace",
-            uuid_representation=UuidRepresentation.STANDARD,
         )
     )
 
@@ -382,7 +384,7 @@ def check_invariant(
                         report.violations.append(
                             Violation(kind, coll, key, did, f"record {rkey} ({e.reason})")
                         )
-                    if e.backref is not None:
+                    if isinstance(e.backref, str) and is_tid(e.backref):
                         report.violations.append(
                             Violation(
                                 "bad_backref",
