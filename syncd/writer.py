@@ -32,7 +32,7 @@ from syncd.images.thumbnail import Thumbnail
 from syncd.lexicon import LexiconError
 from syncd.mappings.base import when_of
 from syncd.mappings.paintings import Paintings
-from syncd.pds.errors import AuthError, RateLimitedError, XrpcError
+from syncd.pds.errors import AccountUnavailableError, AuthError, RateLimitedError, XrpcError
 from syncd.pds.repo import create_write, delete_write, update_write
 from syncd.pds.sessions import Account
 from syncd.planner import (
@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from syncd.engine import Engine
 
 log = structlog.get_logger("syncd.writer")
+# The account cannot write right now (bad credentials, deactivated, taken down):
+# its documents are dead-lettered as retryable, other accounts carry on.
+ACCOUNT_ERRORS = (AuthError, AccountUnavailableError)
 
 
 def _blob_missing(exc: XrpcError) -> bool:
@@ -94,17 +97,19 @@ class AccountWriter:
                 await self._wake.wait()
                 continue
             batch: list[Op] = []
-            seen: set[tuple[str, str]] = set()
-            while self.queue and len(batch) < limit:
-                op = self.queue[0]
-                ident = (op.change.collection, op.change.key)
-                if ident in seen:
-                    break
-                seen.add(ident)
-                batch.append(self.queue.popleft())
-            self.engine.queued_ops -= len(batch)
             try:
                 async with self.engine.pds_slots:
+                    # Take the batch once a slot is ours: what queued up while waiting
+                    # rides in this call instead of the next (fewer, fuller applyWrites).
+                    seen: set[tuple[str, str]] = set()
+                    while self.queue and len(batch) < limit:
+                        op = self.queue[0]
+                        ident = (op.change.collection, op.change.key)
+                        if ident in seen:
+                            break
+                        seen.add(ident)
+                        batch.append(self.queue.popleft())
+                    self.engine.queued_ops -= len(batch)
                     await self.process(batch)
             except Abandoned:
                 # Shutdown: the batch is not applied, so its changes stay incomplete and
@@ -253,7 +258,7 @@ class AccountWriter:
                     stop=engine.stopping,
                     on_error=_count_error(p.collection),
                 )
-            except AuthError as exc:
+            except ACCOUNT_ERRORS as exc:
                 p.failed = Problem("dead", "account_unavailable", exc.error, retryable=True)
                 return None
             except XrpcError as exc:
@@ -330,7 +335,7 @@ class AccountWriter:
                     return head + await self._apply(chunk[fit:])
                 await sleep_or_stop(min(max(exc.retry_after, 0.5), 3600.0), engine.stopping)
                 continue
-            except AuthError as exc:
+            except ACCOUNT_ERRORS as exc:
                 self._count(chunk, exc)
                 self._account_failed(chunk, exc)
                 return []
@@ -400,7 +405,7 @@ class AccountWriter:
                     cap=engine.config.pds.retry_max_seconds,
                     on_error=_count_error(p.collection),
                 )
-        except AuthError as exc:
+        except ACCOUNT_ERRORS as exc:
             metrics.WRITE_ERRORS.labels(collection=p.collection, reason=exc.reason).inc()
             self._account_failed([p], exc)
         except XrpcError as exc:
