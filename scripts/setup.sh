@@ -27,7 +27,15 @@ fi
 # 2. The PDS (Node)
 if [ ! -f sandbox/pds/node_modules/.syncd-installed ] || [ sandbox/pds/package-lock.json -nt sandbox/pds/node_modules/.syncd-installed ]; then
   log "npm ci in sandbox/pds (about 2 minutes)"
-  (cd sandbox/pds && npm ci --no-audit --no-fund --loglevel=error && npm rebuild better-sqlite3 --loglevel=error)
+  (
+    cd sandbox/pds
+    npm ci --no-audit --no-fund --loglevel=error
+    # package.json allows better-sqlite3's install script; an npm that ignores
+    # that still needs the native module built.
+    if [ ! -f node_modules/better-sqlite3/build/Release/better_sqlite3.node ]; then
+      npm rebuild better-sqlite3 --loglevel=error
+    fi
+  )
   touch sandbox/pds/node_modules/.syncd-installed
 fi
 
@@ -38,7 +46,7 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     # The Debian package starts a system service; syncd's tests run their own on loopback.
-    (systemctl stop prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true)
+    (systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true)
   else
     log "promtool/prometheus missing and not root: install Debian's 'prometheus' package"
   fi
