@@ -59,7 +59,9 @@ class RecordsConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    queue_size: int = 2000
+    # Split across the accounts being written: 2000 left ~40 ops per account at 50
+    # accounts, so backfill sent small applyWrites (bench/, docs/performance.md).
+    queue_size: int = 10000
     batch_linger_ms: int = 20
     shutdown_grace_seconds: float = 8.0
     # Retryable dead letters (image fetch failed, account could not log in) are
