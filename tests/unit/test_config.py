@@ -65,3 +65,18 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli.main(["status", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pds.max_writes_per_call" in err[0]
+
+
+def test_example_config_documents_every_key_with_its_default() -> None:
+    import dataclasses
+    import tomllib
+
+    raw = tomllib.loads((ROOT / "config.example.toml").read_text())
+    defaults = config.Config()
+    for section, cls in config._SECTIONS.items():
+        documented = raw.get(section, {})
+        for f in dataclasses.fields(cls):
+            assert f.name in documented, f"config.example.toml lacks {section}.{f.name}"
+            value = documented[f.name]
+            default = getattr(getattr(defaults, section), f.name)
+            assert (tuple(value) if isinstance(value, list) else value) == default, f"{section}.{f.name}"
