@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pymongo.database import Database
 from syncd_sandbox import tokens
 from syncd_sandbox.accounts import WorldAccount, store_user
 from syncd_sandbox.pds import PdsApi
-from syncd_sandbox.procs import free_port
+from syncd_sandbox.procs import ProcessRecord, free_port, spawn, stop_record, wait_ready_file
 from syncd_sandbox.seed import (
     GUEST_USER_ID,
     make_kidlisp,
@@ -56,7 +57,22 @@ def up_world(directory: Path, *, rate_limits: bool = False) -> World:
         except Exception:
             pass
         shutil.rmtree(directory)
-    return World.up(directory, "empty", rate_limits)
+    world = World.up(directory, "empty", rate_limits)
+    # Swap the image server for the same one with a deep listen backlog (bench/images.py).
+    stop_record(world.processes()["images"])
+    log_path = directory / "images.log"
+    ready = directory / "images.ready.json"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "bench.images", "--root", world.info["images"]["root"]]
+    proc = spawn([*argv, "--ready-file", str(ready)], log_path=log_path)
+    info = wait_ready_file(proc, ready, name="image server", timeout=15.0, log_path=log_path)
+    world.info["images"]["base_url"] = str(info["url"])
+    world.info["images"]["url_template"] = f"{info['url']}/{{bucket}}/{{key}}"
+    world.info["processes"]["images"] = ProcessRecord.capture(
+        "images", proc.pid, log_path
+    ).to_json()
+    world.save()
+    return world
 
 
 @dataclass

@@ -40,14 +40,18 @@ async def apply_writes_ceiling(
         base_url=pds_url, timeout=120.0, limits=httpx.Limits(max_connections=concurrency * 2)
     ) as http:
         tokens: dict[str, str] = {}
-        for did, password in accounts:
-            r = await http.post(
-                "/xrpc/com.atproto.server.createSession",
-                json={"identifier": did, "password": password},
-            )
+        slots = asyncio.Semaphore(concurrency)
+
+        async def login(did: str, password: str) -> None:
+            async with slots:
+                r = await http.post(
+                    "/xrpc/com.atproto.server.createSession",
+                    json={"identifier": did, "password": password},
+                )
             r.raise_for_status()
             tokens[did] = r.json()["accessJwt"]
-        slots = asyncio.Semaphore(concurrency)
+
+        await asyncio.gather(*(login(d, p) for d, p in accounts))
         calls = 0
 
         async def account(did: str) -> None:
@@ -72,6 +76,7 @@ async def apply_writes_ceiling(
         "seconds": round(seconds, 3),
         "records_per_s": round(total / seconds, 1),
         "calls": calls,
+        "writes_per_call": round(total / max(calls, 1), 1),
     }
 
 

@@ -82,6 +82,17 @@ def table(res: dict[str, Any]) -> str:
         rows.append(
             ("", "peak RSS MB", r["syncd"]["peak_rss_mb"], r["baseline"]["peak_rss_mb"], "", "")
         )
+        sc, bc = r["syncd"]["cpu_s"], r["baseline"]["cpu_s"]
+        rows.append(
+            (
+                "",
+                "CPU s: PDS / client",
+                f"{sc.get('pds')} / {sc.get('syncd')}",
+                f"{bc.get('pds')} / {bc.get('baseline')}",
+                "",
+                "",
+            )
+        )
     if "backfill_scale" in s:
         r = s["backfill_scale"]
         for v in r.values():
@@ -99,6 +110,16 @@ def table(res: dict[str, Any]) -> str:
                 )
             )
             rows.append(("", "wall s", v["syncd"]["wall_s"], v["ceiling"]["seconds"], "", ""))
+            rows.append(
+                (
+                    "",
+                    "writes per applyWrites call",
+                    v["syncd"].get("writes_per_call"),
+                    v["ceiling"].get("writes_per_call"),
+                    "",
+                    "",
+                )
+            )
             rows.append(("", "syncd peak RSS MB", v["syncd"]["peak_rss_mb"], "", "", "< 150, flat"))
             cores = v["syncd"].get("cores", {})
             rows.append(
@@ -132,6 +153,16 @@ def table(res: dict[str, Any]) -> str:
                     "",
                     "keeps up (drain s after producer)",
                     f"{'yes' if v['keeps_up'] else 'NO'} ({_fmt(v['drain_after_producer_s'])})",
+                    "",
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "",
+                    "records/s on PDS while producing",
+                    v.get("records_per_s_while_producing"),
                     "",
                     "",
                     "",
@@ -219,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if root.exists():
         for sub in ("state", "config", "logs"):
             shutil.rmtree(root / sub, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
     wanted = [x.strip() for x in args.only.split(",") if x.strip()]
     started = datetime.now(UTC)
     res: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,12 @@ def pids_of(world: World) -> dict[str, int]:
 
 def expected_key(space: Space, coll: str, doc: dict[str, Any]) -> tuple[str, str]:
     return space.did_of(doc.get("user")), f"{NSID[coll]}/{derive_rkey(doc['when'], doc['_id'])}"
+
+
+def apply_calls(summary: str) -> int | None:
+    """applyWrites calls from ``syncd backfill``'s summary line."""
+    m = re.search(r"applyWrites (\d+)", summary)
+    return int(m.group(1)) if m else None
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -184,10 +191,14 @@ def backfill_scale(world: World, root: Path, scale: Scale) -> dict[str, Any]:
         )
         meter.stop({"syncd": m.cpu_s})
         on_pds = count_records(world.pds_url, space.all_dids(), list(NSID.values()))
+        summary = m.output.strip().splitlines()[-1] if m.output.strip() else ""
+        calls = apply_calls(summary)
         syncd_res = {
             "returncode": m.returncode,
             "wall_s": round(m.wall_s, 2),
             "records_per_s": round(size / m.wall_s, 1),
+            "apply_writes_calls": calls,
+            "writes_per_call": round(size / calls, 1) if calls else None,
             "peak_rss_mb": round(m.peak_rss_mb, 1),
             "records_on_pds": on_pds,
             "summary": m.output.strip().splitlines()[-1] if m.output.strip() else "",
@@ -311,8 +322,10 @@ def live_latency(world: World, root: Path, scale: Scale) -> dict[str, Any]:
                     inserted.append((t_ins, coll, expected_key(space, coll, doc)))
                 next_t += tick
             produced_s = time.time() - t_start
+            t_end = t_start + produced_s
             keys = {k for _, _, k in inserted}
             drain = fh.wait_for(keys, timeout=120)
+            in_window = sum(1 for k in keys if fh.seen.get(k, float("inf")) <= t_end)
             meter.stop()
             lat = [fh.seen[k] - t for t, _, k in inserted if k in fh.seen]
             lat_text = [fh.seen[k] - t for t, c, k in inserted if k in fh.seen and c != "paintings"]
@@ -329,6 +342,7 @@ def live_latency(world: World, root: Path, scale: Scale) -> dict[str, Any]:
                 "producer_rate": round(len(inserted) / produced_s, 1),
                 "producer_max_behind_ms": ms(behind),
                 "seen": sum(1 for _, _, k in inserted if k in fh.seen),
+                "records_per_s_while_producing": round(in_window / produced_s, 1),
                 "drain_after_producer_s": None if drain is None else round(drain, 2),
                 "p50_ms": ms(percentile(lat, 50)),
                 "p95_ms": ms(percentile(lat, 95)),
