@@ -79,4 +79,6 @@ def test_example_config_documents_every_key_with_its_default() -> None:
             assert f.name in documented, f"config.example.toml lacks {section}.{f.name}"
             value = documented[f.name]
             default = getattr(getattr(defaults, section), f.name)
-            assert (tuple(value) if isinstance(value, list) else value) == default, f"{section}.{f.name}"
+            assert (tuple(value) if isinstance(value, list) else value) == default, (
+                f"{section}.{f.name}"
+            )
