@@ -72,8 +72,8 @@ def build_record(coll: str, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def thumbnail_png(data: bytes, side: int = 512) -> bytes:
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGBA") if im.mode not in ("RGB", "RGBA") else im
+    with Image.open(io.BytesIO(data)) as src:
+        im: Image.Image = src.convert("RGBA") if src.mode not in ("RGB", "RGBA") else src
         im.thumbnail((side, side))
         buf = io.BytesIO()
         im.save(buf, format="PNG")

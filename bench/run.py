@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.scale_set:
         field, _, value = item.partition("=")
         v = json.loads(value)
-        scale = dataclasses.replace(scale, **{field: tuple(v) if isinstance(v, list) else v})
+        changes: dict[str, Any] = {field: tuple(v) if isinstance(v, list) else v}
+        scale = dataclasses.replace(scale, **changes)
     for item in args.syncd_set:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
