@@ -62,7 +62,7 @@ def table(res: dict[str, Any]) -> str:
                 "wall s (syncd / baseline)",
                 r["syncd"]["wall_s"],
                 r["baseline"]["wall_s"],
-                f"{r['speedup']}× faster",
+                f"{r['speedup']}× faster" if r["speedup"] else "FAILED (see JSON)",
                 "≥ 20×",
             )
         )
@@ -105,7 +105,9 @@ def table(res: dict[str, Any]) -> str:
                     "records/s (syncd / bare applyWrites)",
                     v["syncd"]["records_per_s"],
                     v["ceiling"]["records_per_s"],
-                    f"{v['efficiency'] * 100:.0f}% of ceiling",
+                    f"{v['efficiency'] * 100:.0f}% of ceiling"
+                    if v["efficiency"]
+                    else "FAILED (see JSON)",
                     "≥ 80%",
                 )
             )

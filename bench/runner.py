@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procstat import status_kb
+
 
 @dataclass
 class Measured:
@@ -20,7 +22,7 @@ class Measured:
 
 
 def run_measured(args: list[str], log_path: Path, timeout: float = 3600.0) -> Measured:
-    """Run ``python -m ...args`` to completion; peak RSS and CPU from ``wait4``'s rusage."""
+    """Run ``python -m ...args`` to completion: wall time, CPU (``wait4``), peak RSS (VmHWM)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", *args]
     profile_dir = os.environ.get("BENCH_PYSPY")
@@ -34,7 +36,13 @@ def run_measured(args: list[str], log_path: Path, timeout: float = 3600.0) -> Me
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env())
         deadline = t0 + timeout
+        hwm_kb = 0
         while True:
+            # Peak RSS from the child's own VmHWM, sampled while it runs: wait4's
+            # ru_maxrss is not usable, because a child created by fork/vfork inherits
+            # the parent's high-water mark (a 300 MB parent makes `python -c pass`
+            # report 311 MB), and this harness holds the data sets in memory.
+            hwm_kb = max(hwm_kb, status_kb(proc.pid, "VmHWM") or 0)
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -48,7 +56,7 @@ def run_measured(args: list[str], log_path: Path, timeout: float = 3600.0) -> Me
         returncode=proc.returncode,
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024.0,
+        peak_rss_mb=hwm_kb / 1024.0,
         output=log_path.read_text(errors="replace"),
     )
 

@@ -157,7 +157,13 @@ def backfill_seed(world: World, root: Path, scale: Scale) -> dict[str, Any]:
         documents=total,
         syncd=syncd_res,
         baseline=base_res,
-        speedup=round(base_res["wall_s"] / syncd_res["wall_s"], 1),
+        # A ratio only when both sides finished and wrote every record.
+        speedup=round(base_res["wall_s"] / syncd_res["wall_s"], 1)
+        if m.returncode == 0
+        and b.returncode == 0
+        and syncd_res["records_on_pds"] == total
+        and base_res["records_on_pds"] == total
+        else None,
     )
     for s in sides.values():
         s.close()
@@ -231,7 +237,9 @@ def backfill_scale(world: World, root: Path, scale: Scale) -> dict[str, Any]:
             "insert_s": round(insert_s, 1),
             "syncd": syncd_res,
             "ceiling": ceiling,
-            "efficiency": round(syncd_res["records_per_s"] / ceiling["records_per_s"], 3),
+            "efficiency": round(syncd_res["records_per_s"] / ceiling["records_per_s"], 3)
+            if m.returncode == 0 and on_pds == size
+            else None,
         }
     return out
 
