@@ -19,10 +19,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pymongo.errors import PyMongoError
 
 from syncd import metrics
 from syncd.changes import Change
 from syncd.ids import doc_key, parse_doc_key
+from syncd.retry import backoff_delay, sleep_or_stop
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -98,24 +100,42 @@ class Backfill:
                 remaining=remaining,
                 resumed_after=str(last_id) if last_id else None,
             )
+            # One sorted cursor per collection, re-opened from the last _id only to
+            # resume (after an error or a restart): a fresh `$gt ... limit` query per
+            # page costs a full scan on servers (and the sandbox) without an index plan.
+            attempt = 0
             while True:
                 query = dict(
                     base, _id={"$type": "objectId"} if last_id is None else {"$gt": last_id}
                 )
-                docs = await coll.find(query).sort("_id", 1).limit(page).to_list()
-                if not docs:
+                cursor = coll.find(query).sort("_id", 1).batch_size(page)
+                in_page = 0
+                try:
+                    async for doc in cursor:
+                        await self._emit(collection, doc)
+                        last_id = doc["_id"]
+                        scanned += 1
+                        in_page += 1
+                        if in_page >= page:
+                            remaining = max(0, remaining - in_page)
+                            in_page = 0
+                            self._page_done(collection, last_id, scanned, remaining, persist)
                     break
-                for doc in docs:
-                    await self._emit(collection, doc)
-                last_id = docs[-1]["_id"]
-                scanned += len(docs)
-                remaining = max(0, remaining - len(docs))
-                metrics.BACKFILL_REMAINING.labels(collection=collection).set(remaining)
-                if persist:
-                    engine.checkpointer.mark(
-                        ("backfill", collection, last_id, OBJECTID, scanned, False)
+                except PyMongoError as exc:
+                    delay = backoff_delay(attempt, cap=10.0)
+                    attempt += 1
+                    log.warning(
+                        "backfill_scan_interrupted",
+                        collection=collection,
+                        error=type(exc).__name__,
+                        resume_after=str(last_id),
+                        retry_in=round(delay, 2),
                     )
-                engine.health.beat("source")
+                    await sleep_or_stop(delay, engine.stopping)
+                finally:
+                    await cursor.close()
+            if in_page:
+                self._page_done(collection, last_id, scanned, 0, persist)
             phase = OTHER
             if persist:
                 engine.checkpointer.mark(("backfill", collection, None, OTHER, scanned, False))
@@ -134,6 +154,15 @@ class Backfill:
             seconds=round(time.monotonic() - started, 2),
         )
         return scanned
+
+    def _page_done(
+        self, collection: str, last_id: Any, scanned: int, remaining: int, persist: bool
+    ) -> None:
+        engine = self.engine
+        metrics.BACKFILL_REMAINING.labels(collection=collection).set(remaining)
+        if persist:
+            engine.checkpointer.mark(("backfill", collection, last_id, OBJECTID, scanned, False))
+        engine.health.beat("source")
 
     async def _emit(
         self, collection: str, doc: dict[str, Any], *, operation: str = "backfill"
