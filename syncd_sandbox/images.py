@@ -195,6 +195,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 dropped SYNs when syncd fetched a batch
+    # of paintings at once; kernel SYN retries then stalled fetches by seconds.
+    request_queue_size = 1024
 
     def __init__(self, addr: tuple[str, int], root: Path, log_file: Any = None) -> None:
         super().__init__(addr, _Handler)
