@@ -18,7 +18,6 @@ listing):
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,14 +26,13 @@ import structlog
 from pymongo import UpdateOne
 
 from syncd.admin.diff import CollectionReport
-from syncd.admin.inventory import fetch_documents
 from syncd.admin.progress import Reporter
-from syncd.changes import Change
-from syncd.ids import doc_key, parse_doc_key
+from syncd.ids import parse_doc_key
 from syncd.pds.errors import AuthError, RateLimitedError, XrpcError
 from syncd.pds.repo import delete_write
 from syncd.pds.sessions import Account
 from syncd.retry import backoff_delay, with_retries
+from syncd.source.publish import emit, fetch_documents
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -128,21 +126,6 @@ async def delete_records(
     return deleted, failed
 
 
-async def emit(engine: Engine, collection: str, doc_id: Any, doc: dict[str, Any] | None) -> None:
-    """Hand one document (its current state; None: gone) to the router: the publish path."""
-    ticket = await engine.checkpointer.open(None, started=time.time())
-    await engine.router.route(
-        Change(
-            collection=collection,
-            doc_id=doc_id,
-            key=doc_key(doc_id),
-            doc=doc,
-            operation="admin",
-            ticket=ticket,
-        )
-    )
-
-
 async def publish_documents(
     engine: Engine,
     collection: str,
@@ -158,7 +141,7 @@ async def publish_documents(
         ids = [parse_doc_key(k) for k in chunk]
         fresh = await fetch_documents(engine, collection, ids)
         for key, doc_id in zip(chunk, ids, strict=True):
-            await emit(engine, collection, doc_id, fresh.get(key))
+            await emit(engine, collection, doc_id, fresh.get(key), operation="admin")
         while engine.checkpointer.outstanding > 0:
             if on_progress is not None:
                 finished = done_before + len(chunk) - engine.checkpointer.outstanding

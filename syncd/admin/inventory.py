@@ -182,15 +182,3 @@ async def _states(
 ) -> AsyncIterator[DocState]:
     async for doc in docs:
         yield doc_state(collection, doc, engine.mapping_ctx)
-
-
-async def fetch_documents(
-    engine: Engine, collection: str, ids: list[Any], *, page: int = 500
-) -> dict[str, dict[str, Any]]:
-    """Current documents by ``_id`` (fresh reads, for the publish path)."""
-    out: dict[str, dict[str, Any]] = {}
-    for i in range(0, len(ids), page):
-        chunk = ids[i : i + page]
-        async for doc in engine.db[collection].find({"_id": {"$in": chunk}}):
-            out[doc_key(doc["_id"])] = doc
-    return out

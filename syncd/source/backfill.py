@@ -22,9 +22,9 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from syncd import metrics
-from syncd.changes import Change
 from syncd.ids import doc_key, parse_doc_key
 from syncd.retry import backoff_delay, sleep_or_stop
+from syncd.source.publish import emit
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -112,7 +112,7 @@ class Backfill:
                 in_page = 0
                 try:
                     async for doc in cursor:
-                        await self._emit(collection, doc)
+                        await emit(engine, collection, doc["_id"], doc, operation="backfill")
                         last_id = doc["_id"]
                         scanned += 1
                         in_page += 1
@@ -142,7 +142,7 @@ class Backfill:
         if phase == OTHER:
             query = dict(base, _id={"$not": {"$type": "objectId"}})
             async for doc in coll.find(query).batch_size(page):
-                await self._emit(collection, doc)
+                await emit(engine, collection, doc["_id"], doc, operation="backfill")
                 scanned += 1
             if persist:
                 engine.checkpointer.mark(("backfill", collection, None, DONE, scanned, True))
@@ -163,21 +163,6 @@ class Backfill:
         if persist:
             engine.checkpointer.mark(("backfill", collection, last_id, OBJECTID, scanned, False))
         engine.health.beat("source")
-
-    async def _emit(
-        self, collection: str, doc: dict[str, Any], *, operation: str = "backfill"
-    ) -> None:
-        engine = self.engine
-        ticket = await engine.checkpointer.open(None, started=time.time())
-        change = Change(
-            collection=collection,
-            doc_id=doc["_id"],
-            key=doc_key(doc["_id"]),
-            doc=doc,
-            operation=operation,
-            ticket=ticket,
-        )
-        await engine.router.route(change)
 
     async def sweep(self, collections: Iterable[str]) -> int:
         """Remove records whose documents no longer exist (ledger rows without a document)."""
@@ -203,17 +188,7 @@ class Backfill:
             doc_key(d["_id"])
             async for d in engine.db[collection].find({"_id": {"$in": ids}}, {"_id": 1})
         }
-        missing = [(k, i) for k, i in zip(keys, ids, strict=True) if k not in found]
-        for key, doc_id in missing:
-            ticket = await engine.checkpointer.open(None, started=time.time())
-            await engine.router.route(
-                Change(
-                    collection=collection,
-                    doc_id=doc_id,
-                    key=key,
-                    doc=None,
-                    operation="sweep",
-                    ticket=ticket,
-                )
-            )
+        missing = [i for k, i in zip(keys, ids, strict=True) if k not in found]
+        for doc_id in missing:
+            await emit(engine, collection, doc_id, None, operation="sweep")
         return len(missing)

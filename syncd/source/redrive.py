@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from syncd.admin.fixes import emit
-from syncd.admin.inventory import fetch_documents
 from syncd.ids import parse_doc_key
+from syncd.source.publish import emit, fetch_documents
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -39,7 +38,7 @@ async def redrive_once(engine: Engine, *, older_than: float) -> int:
         ids = [parse_doc_key(k) for k in keys]
         docs = await fetch_documents(engine, collection, ids)
         for key, doc_id in zip(keys, ids, strict=True):
-            await emit(engine, collection, doc_id, docs.get(key))
+            await emit(engine, collection, doc_id, docs.get(key), operation="redrive")
             total += 1
     if total:
         log.info("dead_letters_redriven", count=total)
