@@ -8,7 +8,7 @@ from typing import Any
 from syncd.checkpoint import Ticket
 from syncd.mappings import Draft
 from syncd.pds.sessions import Account
-from syncd.state import LedgerEntry, StateStore
+from syncd.state import LedgerEntry, Store
 
 
 @dataclass(slots=True)
@@ -51,7 +51,7 @@ class Op:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. owner_did for adopted keys
 
 
-def record_outcome(store: StateStore, collection: str, key: str, problem: Problem | None) -> None:
+def record_outcome(store: Store, collection: str, key: str, problem: Problem | None) -> None:
     """What the state store remembers about a document once its change is settled."""
     if problem is None or problem.kind == "hidden":
         store.clear_dead_letter(collection, key)

@@ -48,8 +48,20 @@ class PdsConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    backend: str = "sqlite"
+    backend: str = "sqlite"  # sqlite | mongodb
     directory: str = "/var/lib/syncd"
+    mongodb_uri: str = ""  # empty: mongo.uri
+    mongodb_database: str = "syncd"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Leader lease and partitions (needs ``state.backend = "mongodb"``)."""
+
+    cluster_name: str = "syncd"
+    partitions: int = 1
+    lease_seconds: float = 15.0
+    instance_id: str = ""  # empty: hostname:pid
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,7 @@ class Config:
     mongo: MongoConfig = field(default_factory=MongoConfig)
     pds: PdsConfig = field(default_factory=PdsConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     images: ImageSettings = field(default_factory=ImageSettings)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -106,6 +119,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "mongo": MongoConfig,
     "pds": PdsConfig,
     "state": StateConfig,
+    "cluster": ClusterConfig,
     "images": ImageSettings,
     "records": RecordsConfig,
     "pipeline": PipelineConfig,
@@ -117,12 +131,15 @@ _ENV_OVERRIDES = {
     "SYNCD_MONGO_URI": ("mongo", "uri"),
     "SYNCD_PDS_URL": ("pds", "url"),
     "SYNCD_STATE_DIR": ("state", "directory"),
+    "SYNCD_STATE_MONGODB_URI": ("state", "mongodb_uri"),
+    "SYNCD_INSTANCE_ID": ("cluster", "instance_id"),
 }
 
 # systemd LoadCredential= names, read from $CREDENTIALS_DIRECTORY.
 _CREDENTIAL_FILES = {
     "mongo_uri": ("mongo", "uri"),
     "pds_url": ("pds", "url"),
+    "state_mongodb_uri": ("state", "mongodb_uri"),
 }
 
 
@@ -188,8 +205,22 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("pds.max_writes_per_call: must be between 1 and 200 (the PDS maximum)")
     if cfg.pds.account_concurrency < 1:
         raise ConfigError("pds.account_concurrency: must be at least 1")
-    if cfg.state.backend != "sqlite":
-        raise ConfigError(f"state.backend: unsupported backend {cfg.state.backend!r} (sqlite)")
+    if cfg.state.backend not in ("sqlite", "mongodb"):
+        raise ConfigError(
+            f"state.backend: unsupported backend {cfg.state.backend!r} (sqlite or mongodb)"
+        )
+    if cfg.state.mongodb_uri and not cfg.state.mongodb_uri.startswith(
+        ("mongodb://", "mongodb+srv://")
+    ):
+        raise ConfigError("state.mongodb_uri: must start with mongodb:// or mongodb+srv://")
+    if cfg.cluster.partitions < 1:
+        raise ConfigError("cluster.partitions: must be at least 1")
+    if cfg.cluster.partitions > 1 and cfg.state.backend != "mongodb":
+        raise ConfigError('cluster.partitions: more than 1 needs state.backend = "mongodb"')
+    if cfg.cluster.lease_seconds < 1:
+        raise ConfigError("cluster.lease_seconds: must be at least 1")
+    if not cfg.cluster.cluster_name or "/" in cfg.cluster.cluster_name:
+        raise ConfigError("cluster.cluster_name: must be non-empty and contain no '/'")
     if cfg.logging.format not in ("auto", "json", "console"):
         raise ConfigError("logging.format: one of auto, json, console")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error"):

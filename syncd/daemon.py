@@ -9,6 +9,13 @@
   period, abandon the rest (they are replayed on the next start), save the
   position, ``STOPPING=1``, exit 0. SIGHUP re-reads the log level and format
   from the config file.
+
+With ``state.backend = "mongodb"`` the work runs only while this instance holds
+a partition's lease (:mod:`syncd.lease`, :mod:`syncd.cluster`): it stands by
+(metrics and health up, ``syncd_leader`` 0) until a lease is free, leads while
+it renews it, and on losing it steps down at once, abandoning in-flight work
+without writing anything, and stands by again. A clean shutdown releases the
+lease so a standby takes over without waiting for it to lapse.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import structlog
 
 from syncd import config as config_mod
 from syncd import logs, metrics
+from syncd.cluster import Candidate
 from syncd.config import Config, ConfigError
-from syncd.engine import Engine
+from syncd.engine import Engine, mongo_client
 from syncd.health import HealthServer, HealthState, start_health_server
+from syncd.lease import Lease, LeaseLost
 from syncd.notify import Notifier, WatchdogPinger
 from syncd.source.backfill import Backfill
 from syncd.source.redrive import redrive_loop
@@ -44,6 +53,7 @@ class Daemon:
         self.server: HealthServer | None = None
         self._ready_sent = False
         self.exit_code = 0
+        self.lease: Lease | None = None
 
     # -- public entry points -------------------------------------------------
     def run(self) -> int:
@@ -56,7 +66,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             await self.startup()
-            await self.main_loop()
+            if self.config.state.backend == "mongodb":
+                await self.lead_or_stand_by()
+            else:
+                metrics.LEADER.set(1)
+                self.engine = Engine(self.config, health=self.health)
+                await self.main_loop()
         finally:
             await self.shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -65,33 +80,106 @@ class Daemon:
 
     # -- phases --------------------------------------------------------------
     async def startup(self) -> None:
-        self.engine = Engine(self.config, health=self.health)
+        metrics.PARTITIONS.set(self.config.cluster.partitions)
         self.server = await start_health_server(self.config.metrics, self.health)
         self.health.register("main")
-        self.health.register("source")
         log.info(
             "syncd_starting",
             database=self.config.mongo.database,
             collections=list(self.config.mongo.collections),
             pds=self.config.pds.url,
+            state=self.config.state.backend,
             metrics=self.server.url if self.server.listening else None,
         )
 
-    async def main_loop(self) -> None:
+    async def lead_or_stand_by(self) -> None:
+        """Cluster mode: wait for a lease, lead while it holds, stand by again when lost."""
+        client = mongo_client(self.config.state.mongodb_uri or self.config.mongo.uri)
+        candidate = Candidate(self.config, client)
+        try:
+            while not self.should_exit.is_set():
+                self.health.set_phase("standby")
+                if not self._ready_sent:
+                    self._ready_sent = True
+                    self.notifier.ready("standing by")
+                self.notifier.status("standby: waiting for a lease")
+                lease = await candidate.acquire(self.should_exit, self._standby_turn)
+                if lease is None:
+                    return
+                self.lease = lease
+                if not await self._lead(lease):
+                    return
+        finally:
+            metrics.LEADER.set(0)
+            await client.close()
+
+    def _standby_turn(self) -> None:
+        self.health.beat("main")
+        WatchdogPinger(self.notifier, self.health).tick()
+
+    async def _lead(self, lease: Lease) -> bool:
+        """Run the engine under ``lease``; False when the daemon is exiting, True after a step-down."""
+        try:
+            self.engine = Engine(
+                self.config, health=self.health, fence=lease, partition=lease.partition
+            )
+            claim = getattr(self.engine.store, "claim", None)
+            if claim is not None:
+                claim()
+        except LeaseLost:
+            await self._step_down()
+            return True
+        keeper = asyncio.create_task(lease.keep(), name="lease")
+        try:
+            await self.main_loop(lease)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        if self.should_exit.is_set() and not lease.lost.is_set():
+            await self._close_engine()  # drain, save, release the lease (client still open)
+            return False
+        await self._step_down()
+        return not self.should_exit.is_set()
+
+    async def _step_down(self) -> None:
+        """The lease is gone: abandon everything in flight and write nothing."""
+        engine, self.engine = self.engine, None
+        metrics.LEADER.set(0)
+        metrics.PARTITION.set(-1)
+        self.health.unregister("source")
+        self.health.set_stream_connected(False, "standby")
+        if engine is not None:
+            await engine.aclose(save=False)
+        log.warning(
+            "stepped_down",
+            lease=self.lease.id if self.lease else None,
+            reason=self.lease.lost_reason if self.lease else None,
+        )
+        self.lease = None
+
+    async def main_loop(self, lease: Lease | None = None) -> None:
         assert self.engine is not None
         engine = self.engine
+        self.health.register("source")
         pinger = WatchdogPinger(self.notifier, self.health)
         work = asyncio.create_task(self.work(), name="work")
         redrive = asyncio.create_task(redrive_loop(engine), name="redrive")
         last_status = 0.0
         while not self.should_exit.is_set():
+            if lease is not None and lease.lost.is_set():
+                break
             if work.done():
                 exc = work.exception()
+                if isinstance(exc, LeaseLost):
+                    break
                 if exc is not None:
                     log.error("work_failed", error=f"{type(exc).__name__}: {exc}")
                     self.exit_code = 1
                 break
-            engine.save_checkpoints()
+            try:
+                engine.save_checkpoints()
+            except LeaseLost:
+                break
             if not self._ready_sent and (self.health.stream_connected or self._first_batch_safe()):
                 self._ready_sent = True
                 self.notifier.ready("syncing")
@@ -105,8 +193,9 @@ class Daemon:
                 await asyncio.wait_for(self.should_exit.wait(), CHECKPOINT_INTERVAL)
             except TimeoutError:
                 pass
-        self.health.set_phase("stopping")
-        self.notifier.stopping("stopping")
+        if lease is None or not lease.lost.is_set():
+            self.health.set_phase("stopping")
+            self.notifier.stopping("stopping")
         for task in (redrive, work):
             if not task.done():
                 task.cancel()
@@ -138,16 +227,25 @@ class Daemon:
                 store.clear_position()
                 await Backfill(engine).ensure_started("history_lost")
 
+    async def _close_engine(self) -> None:
+        """Graceful end of work: drain within the grace period, save, release the lease."""
+        engine, self.engine = self.engine, None
+        if engine is None:
+            return
+        drained = await engine.drain(self.config.pipeline.shutdown_grace_seconds)
+        if not drained:
+            log.warning(
+                "shutdown_abandoning_in_flight", outstanding=engine.checkpointer.outstanding
+            )
+        await engine.aclose()
+        if self.lease is not None:
+            await self.lease.release()
+            self.lease = None
+        log.info("syncd_stopped", drained=drained)
+
     async def shutdown(self) -> None:
-        engine = self.engine
-        if engine is not None:
-            drained = await engine.drain(self.config.pipeline.shutdown_grace_seconds)
-            if not drained:
-                log.warning(
-                    "shutdown_abandoning_in_flight", outstanding=engine.checkpointer.outstanding
-                )
-            await engine.aclose()
-            log.info("syncd_stopped", drained=drained)
+        self.health.set_phase("stopping")
+        await self._close_engine()
         if self.server is not None:
             await self.server.close()
         self.notifier.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from bson import Timestamp
@@ -18,17 +18,22 @@ from pymongo import AsyncMongoClient
 from syncd import metrics
 from syncd.accounts import AccountResolver
 from syncd.checkpoint import Checkpointer
+from syncd.cluster import partition_of
 from syncd.config import Config
 from syncd.health import HealthState
 from syncd.images.fetch import ImageFetcher, make_client
 from syncd.images.thumbnail import ThumbnailPool
+from syncd.lease import LeaseLost
 from syncd.logs import register_secret
 from syncd.mappings import MappingContext
 from syncd.pds.repo import Repo
 from syncd.pds.sessions import SessionManager
 from syncd.pds.xrpc import XrpcClient
 from syncd.router import Router
-from syncd.state import StateStore
+from syncd.state import open_store
+
+if TYPE_CHECKING:
+    from syncd.lease import Fence
 
 log = structlog.get_logger("syncd.engine")
 
@@ -68,15 +73,31 @@ def register_secret_from_uri(uri: str) -> None:
 
 
 class Engine:
-    def __init__(self, config: Config, *, health: HealthState | None = None) -> None:
+    """Everything one running syncd (or one cluster partition's leader) needs.
+
+    ``fence``: the lease this engine writes under (``None`` without a cluster);
+    ``partition``: which of ``cluster.partitions`` this engine serves.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        health: HealthState | None = None,
+        fence: Fence | None = None,
+        partition: int = 0,
+    ) -> None:
         self.config = config
         self.health = health or HealthState()
-        self.store = StateStore(config.state.directory)
+        self.fence = fence
+        self.partition = partition
+        self.partitions = config.cluster.partitions
+        self.store = open_store(config, fence=fence, partition=partition)
         self.client = mongo_client(config.mongo.uri)
         self.db = self.client[config.mongo.database]
         self.xrpc = XrpcClient(config.pds.url, timeout=config.pds.timeout_seconds)
         self.sessions = SessionManager(self.xrpc, self.store)
-        self.repo = Repo(self.xrpc, self.sessions)
+        self.repo = Repo(self.xrpc, self.sessions, fence=fence)
         self.accounts = AccountResolver(
             self.db,
             users_collection=config.mongo.users_collection,
@@ -97,6 +118,12 @@ class Engine:
         self._last_position: Any = None
         metrics.initialise(tuple(config.mongo.collections))
         self.refresh_dead_letter_gauge()
+
+    def owns(self, did: str | None) -> bool:
+        """Whether this engine's partition serves the account ``did`` (always, unpartitioned)."""
+        if self.partitions <= 1:
+            return True
+        return partition_of(did or "", self.partitions) == self.partition
 
     # -- bookkeeping shared by router and writers ------------------------------
     def refresh_dead_letter_gauge(self) -> None:
@@ -161,9 +188,14 @@ class Engine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, save: bool = True) -> None:
+        """Stop and close everything; ``save=False`` after losing the lease (write nothing)."""
         await self.stop_writers()
-        self.save_checkpoints()
+        if save:
+            try:
+                self.save_checkpoints()
+            except LeaseLost:
+                log.warning("final_checkpoint_fenced_out")
         await self.xrpc.aclose()
         await self.image_http.aclose()
         self.thumbnails.close(wait=False)

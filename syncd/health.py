@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-PHASES = ("starting", "backfill", "streaming", "stopping")
+PHASES = ("starting", "standby", "backfill", "streaming", "stopping")
 DEFAULT_STALE_AFTER_SECONDS = 30.0
 
 # Limits for the request head; anything bigger is not a probe or a scraper.
@@ -107,7 +107,7 @@ class HealthState:
         metrics.LAG.set(self._lag)
 
     def set_phase(self, phase: str) -> None:
-        """One of ``starting``, ``backfill``, ``streaming``, ``stopping``."""
+        """One of ``starting``, ``standby``, ``backfill``, ``streaming``, ``stopping``."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r} (one of {', '.join(PHASES)})")
         self._phase = phase
@@ -153,6 +153,8 @@ class HealthState:
             return False, "starting"
         if self._phase == "stopping":
             return False, "stopping"
+        if self._phase == "standby":
+            return False, "standby: another instance holds the lease"
         if self._phase == "backfill":
             return False, "backfill in progress"
         if not self._stream_connected:

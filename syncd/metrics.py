@@ -113,7 +113,32 @@ SESSIONS_CREATED = Counter(
 )
 LEADER = Gauge(
     "syncd_leader",
-    "1 when this instance is the active writer.",
+    "1 when this instance is the active writer (of its partition); 0 while it stands by.",
+    registry=REGISTRY,
+)
+PARTITION = Gauge(
+    "syncd_partition",
+    "The cluster partition this instance leads; -1 while it stands by.",
+    registry=REGISTRY,
+)
+PARTITIONS = Gauge(
+    "syncd_partitions",
+    "cluster.partitions of this instance's config (alert when sum(syncd_leader) is below it).",
+    registry=REGISTRY,
+)
+LEASE_ACQUIRED = Counter(
+    "syncd_lease_acquired_total",
+    "Times this instance took a partition's lease (became its leader).",
+    registry=REGISTRY,
+)
+SWAP_CONFLICTS = Counter(
+    "syncd_swap_conflicts_total",
+    "Fenced PDS writes refused with InvalidSwap (the repo moved since this instance last wrote).",
+    registry=REGISTRY,
+)
+LEASE_LOST = Counter(
+    "syncd_lease_lost_total",
+    "Times this instance lost a lease it held (expired while paused, or fenced out).",
     registry=REGISTRY,
 )
 BUILD_INFO = Gauge(

@@ -4,7 +4,8 @@ The record belongs in the owner's repository when the document is public and
 valid; it must be removed from wherever it lives now (the ledger says where, and
 so do changes still in flight to a writer). A change with nowhere to go (a
 private document never published, a user without an ATProto account) is
-settled here, without a writer.
+settled here, without a writer. With ``cluster.partitions`` > 1 a change that
+another partition serves is dropped here (see :meth:`Engine.owns`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,13 @@ class Router:
                     except MappingError as exc:
                         problem = Problem("dead", exc.reason, exc.detail)
         entry = engine.store.ledger_get(change.collection, change.key)
+        if engine.partitions > 1:
+            # Exactly one partition acts on each change: the one serving the account the
+            # record belongs in, else the one holding it now, else the document's owner.
+            responsible = desired.did if desired else (entry.did if entry else owner_did)
+            if not engine.owns(responsible):
+                change.ticket.complete()
+                return
         targets: dict[str, Any] = {}
         if desired is not None:
             targets[desired.did] = desired

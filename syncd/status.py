@@ -7,11 +7,11 @@ from typing import Any
 
 from syncd.config import Config
 from syncd.logs import redact
-from syncd.state import StateStore
+from syncd.state import open_store
 
 
 def collect(config: Config) -> dict[str, Any]:
-    store = StateStore(config.state.directory)
+    store = open_store(config)
     try:
         now = time.time()
         pos = store.load_position()
@@ -46,7 +46,7 @@ def collect(config: Config) -> dict[str, Any]:
             for d in store.dead_letters(limit=50)
         ]
         return {
-            "state_file": str(store.path),
+            "state_file": store.describe(),
             "position": position,
             "backfill": {
                 "in_progress": store.backfill_start_time() is not None,

@@ -299,13 +299,13 @@ def _check_collection(cfg: Config, args: argparse.Namespace) -> list[str] | None
 
 def run_dead_letters_list(cfg: Config, args: argparse.Namespace) -> int:
     from syncd.admin.deadletters import letter_json, render_list, select
-    from syncd.state import StateStore
+    from syncd.state import open_store
 
     try:
         collections = _check_collection(cfg, args)
     except ValueError as exc:
         return _usage(str(exc))
-    store = StateStore(cfg.state.directory)
+    store = open_store(cfg)
     try:
         letters = select(store, collections=collections)
     finally:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from syncd.admin.fixes import publish_documents
 from syncd.admin.progress import Reporter
 from syncd.logs import redact
-from syncd.state import DeadLetter, StateStore
+from syncd.state import DeadLetter, Store
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -41,7 +41,7 @@ def letter_json(d: DeadLetter) -> dict[str, Any]:
 
 
 def select(
-    store: StateStore,
+    store: Store,
     *,
     collections: Sequence[str] | None,
     ids: Sequence[str] | None = None,

@@ -3,19 +3,35 @@
 Every call refreshes an expired session once and retries; retrying transient
 failures is the caller's decision (see :mod:`syncd.retry`), because only the
 caller knows about ordering and shutdown.
+
+**Fenced writes** (a cluster leader, see :mod:`syncd.lease`): with a ``fence``,
+every repository write first checks the lease, then carries ``swapCommit``: the
+repo's commit CID as this instance last saw it. The PDS applies the write only
+if the repo is still at that commit, so a write from a former leader that was
+already on the wire when its lease ran out fails with ``InvalidSwap`` as soon as
+the new leader has written to that repo, instead of overwriting newer records.
+On ``InvalidSwap`` the head is read again and, if the lease still holds (an
+admin command or another partition wrote), the write is retried. Writes to one
+repo are serialised while fenced (a swap needs a known head).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncd import metrics
 from syncd.pds.errors import AuthError, XrpcError
 from syncd.pds.sessions import Account, SessionManager
 from syncd.pds.xrpc import XrpcClient
 
+if TYPE_CHECKING:
+    from syncd.lease import Fence
+
 T = TypeVar("T")
+SWAP_ATTEMPTS = 5
 
 APPLY_WRITES = "com.atproto.repo.applyWrites"
 
@@ -33,9 +49,58 @@ def delete_write(nsid: str, rkey: str) -> dict[str, Any]:
 
 
 class Repo:
-    def __init__(self, xrpc: XrpcClient, sessions: SessionManager) -> None:
+    def __init__(
+        self, xrpc: XrpcClient, sessions: SessionManager, *, fence: Fence | None = None
+    ) -> None:
         self.xrpc = xrpc
         self.sessions = sessions
+        self.fence = fence
+        self._heads: dict[str, str | None] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _write(
+        self, account: Account, nsid_call: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One repository write; fenced (lease check + ``swapCommit``) when leading a cluster."""
+        if self.fence is None:
+            return await self._authed(
+                account, lambda token: self.xrpc.procedure(nsid_call, body, token=token)
+            )
+        did = account.did
+        lock = self._locks.setdefault(did, asyncio.Lock())
+        async with lock:
+            for attempt in range(SWAP_ATTEMPTS):
+                self.fence.check()
+                if did not in self._heads:
+                    self._heads[did] = await self.latest_commit(did)
+                head = self._heads[did]
+                sent = dict(body, swapCommit=head) if head else body
+                try:
+                    data = await self._authed(
+                        account,
+                        partial(self._procedure, nsid_call, sent),
+                    )
+                except XrpcError as exc:
+                    if exc.error != "InvalidSwap" or attempt == SWAP_ATTEMPTS - 1:
+                        self._heads.pop(did, None)
+                        raise
+                    metrics.SWAP_CONFLICTS.inc()
+                    self._heads.pop(did, None)
+                    continue
+                commit = data.get("commit")
+                if isinstance(commit, dict) and isinstance(commit.get("cid"), str):
+                    self._heads[did] = commit["cid"]
+                return data
+        raise AssertionError("unreachable")
+
+    async def _procedure(self, method: str, body: dict[str, Any], token: str) -> dict[str, Any]:
+        return await self.xrpc.procedure(method, body, token=token)
+
+    async def latest_commit(self, did: str) -> str | None:
+        """The repo's current commit CID (public ``com.atproto.sync.getLatestCommit``)."""
+        data = await self.xrpc.query("com.atproto.sync.getLatestCommit", {"did": did})
+        cid = data.get("cid")
+        return cid if isinstance(cid, str) else None
 
     async def _authed(self, account: Account, call: Callable[[str], Awaitable[T]]) -> T:
         token = await self.sessions.token(account)
@@ -52,45 +117,39 @@ class Repo:
     ) -> list[dict[str, Any]]:
         """All-or-nothing batch; returns one result per write, in order."""
 
-        async def call(token: str) -> list[dict[str, Any]]:
-            data = await self.xrpc.procedure(
-                APPLY_WRITES, {"repo": account.did, "writes": list(writes)}, token=token
-            )
-            results = data.get("results")
-            if not isinstance(results, list) or len(results) != len(writes):
-                raise XrpcError(APPLY_WRITES, 200, "BadResponse", "results do not match writes")
-            return results
-
-        return await self._authed(account, call)
+        data = await self._write(
+            account, APPLY_WRITES, {"repo": account.did, "writes": list(writes)}
+        )
+        results = data.get("results")
+        if not isinstance(results, list) or len(results) != len(writes):
+            raise XrpcError(APPLY_WRITES, 200, "BadResponse", "results do not match writes")
+        return results
 
     async def put_record(
         self, account: Account, nsid: str, rkey: str, record: dict[str, Any]
     ) -> tuple[str, str]:
         """Create-or-replace (idempotent). Returns (uri, cid)."""
 
-        async def call(token: str) -> tuple[str, str]:
-            data = await self.xrpc.procedure(
-                "com.atproto.repo.putRecord",
-                {"repo": account.did, "collection": nsid, "rkey": rkey, "record": record},
-                token=token,
-            )
-            return str(data["uri"]), str(data["cid"])
-
-        return await self._authed(account, call)
+        data = await self._write(
+            account,
+            "com.atproto.repo.putRecord",
+            {"repo": account.did, "collection": nsid, "rkey": rkey, "record": record},
+        )
+        return str(data["uri"]), str(data["cid"])
 
     async def delete_record(self, account: Account, nsid: str, rkey: str) -> None:
         """Idempotent: deleting a missing record succeeds."""
 
-        async def call(token: str) -> None:
-            await self.xrpc.procedure(
-                "com.atproto.repo.deleteRecord",
-                {"repo": account.did, "collection": nsid, "rkey": rkey},
-                token=token,
-            )
-
-        await self._authed(account, call)
+        await self._write(
+            account,
+            "com.atproto.repo.deleteRecord",
+            {"repo": account.did, "collection": nsid, "rkey": rkey},
+        )
 
     async def upload_blob(self, account: Account, data: bytes, mime_type: str) -> dict[str, Any]:
+        if self.fence is not None:
+            self.fence.check()
+
         async def call(token: str) -> dict[str, Any]:
             reply = await self.xrpc.procedure(
                 "com.atproto.repo.uploadBlob", token=token, content=data, content_type=mime_type

@@ -18,7 +18,7 @@ from atproto_server.auth.jwt import get_jwt_payload
 from syncd import metrics
 from syncd.pds.errors import AuthError, XrpcError
 from syncd.pds.xrpc import XrpcClient
-from syncd.state import StateStore
+from syncd.state import Store
 
 log = structlog.get_logger("syncd.sessions")
 
@@ -60,7 +60,7 @@ def _expiry(jwt: str) -> float:
 
 
 class SessionManager:
-    def __init__(self, xrpc: XrpcClient, store: StateStore | None) -> None:
+    def __init__(self, xrpc: XrpcClient, store: Store | None) -> None:
         self._xrpc = xrpc
         self._store = store
         self._sessions: dict[str, Session] = {}

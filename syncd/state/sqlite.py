@@ -31,11 +31,12 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bson
+
+from syncd.state.model import BackfillProgress, DeadLetter, LedgerEntry, Position
 
 SCHEMA_VERSION = 1
 
@@ -106,48 +107,6 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    collection: str
-    doc_key: str
-    did: str
-    nsid: str
-    rkey: str
-    cid: str | None
-    fingerprint: str | None
-    blob_cid: str | None
-    pending: bool
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class Position:
-    token: dict[str, Any] | None
-    cluster_time: tuple[int, int] | None
-    saved_at: float
-
-
-@dataclass(frozen=True)
-class BackfillProgress:
-    collection: str
-    last_id: Any
-    phase: str
-    scanned: int
-    done: bool
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    collection: str
-    doc_key: str
-    reason: str
-    detail: str
-    retryable: bool
-    attempts: int
-    first_seen: float
-    last_seen: float
-
-
 def _encode_value(value: Any) -> bytes:
     return bson.encode({"v": value})
 
@@ -193,6 +152,9 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def describe(self) -> str:
+        return str(self.path)
 
     def _migrate(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()

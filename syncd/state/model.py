@@ -1,0 +1,139 @@
+"""What a state store holds, and the interface both backends implement.
+
+Two backends keep the same state: :mod:`syncd.state.sqlite` (one file on the
+host, the default) and :mod:`syncd.state.mongo` (collections in MongoDB, so a
+standby on another host continues exactly where the leader stopped). Every
+caller types against :class:`Store`, never against a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    collection: str
+    doc_key: str
+    did: str
+    nsid: str
+    rkey: str
+    cid: str | None
+    fingerprint: str | None
+    blob_cid: str | None
+    pending: bool
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Position:
+    token: dict[str, Any] | None
+    cluster_time: tuple[int, int] | None
+    saved_at: float
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    collection: str
+    last_id: Any
+    phase: str
+    scanned: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    collection: str
+    doc_key: str
+    reason: str
+    detail: str
+    retryable: bool
+    attempts: int
+    first_seen: float
+    last_seen: float
+
+
+class Store(Protocol):
+    """The state store's interface (see :mod:`syncd.state.sqlite` for what each part holds)."""
+
+    def close(self) -> None: ...
+    def describe(self) -> str: ...
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str | None) -> None: ...
+
+    def save_position(
+        self, token: dict[str, Any] | None, cluster_time: tuple[int, int] | None
+    ) -> None: ...
+    def load_position(self) -> Position | None: ...
+    def clear_position(self) -> None: ...
+
+    def backfill_start_time(self) -> tuple[int, int] | None: ...
+    def begin_backfill(
+        self, start: tuple[int, int], collections: Iterable[str], *, reason: str
+    ) -> None: ...
+    def backfill_progress(self) -> dict[str, BackfillProgress]: ...
+    def save_backfill_progress(
+        self, collection: str, last_id: Any, phase: str, scanned: int, done: bool
+    ) -> None: ...
+    def finish_backfill(self) -> None: ...
+    def backfill_reason(self) -> str | None: ...
+
+    def ledger_get(self, collection: str, doc_key: str) -> LedgerEntry | None: ...
+    def ledger_get_many(
+        self, collection: str, doc_keys: Iterable[str]
+    ) -> dict[str, LedgerEntry]: ...
+    def ledger_put(
+        self,
+        collection: str,
+        doc_key: str,
+        *,
+        did: str,
+        nsid: str,
+        rkey: str,
+        cid: str | None,
+        fingerprint: str | None,
+        blob_cid: str | None,
+        pending: bool,
+    ) -> None: ...
+    def rkey_owner(self, did: str, nsid: str, rkey: str) -> str | None: ...
+    def ledger_mark_pending(self, collection: str, doc_key: str) -> None: ...
+    def ledger_delete(
+        self, collection: str, doc_key: str, *, did: str | None = None, rkey: str | None = None
+    ) -> None: ...
+    def ledger_iter(
+        self, collection: str | None = None, did: str | None = None, batch: int = 1000
+    ) -> Iterator[LedgerEntry]: ...
+    def ledger_counts(self) -> list[tuple[str, str, int]]: ...
+    def pending_count(self) -> int: ...
+
+    def blob_known(self, did: str, cid: str) -> bool: ...
+    def blob_add(self, did: str, cid: str, size: int) -> None: ...
+    def blob_forget(self, did: str, cid: str | None = None) -> None: ...
+
+    def dead_letter(
+        self, collection: str, doc_key: str, reason: str, detail: str, *, retryable: bool = False
+    ) -> None: ...
+    def clear_dead_letter(self, collection: str, doc_key: str) -> None: ...
+    def dead_letters(
+        self, collection: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]: ...
+    def dead_letter_counts(self) -> dict[str, int]: ...
+
+    def skip(self, collection: str, doc_key: str, reason: str) -> None: ...
+    def unskip(self, collection: str, doc_key: str) -> None: ...
+    def skipped_counts(self) -> list[tuple[str, str, int]]: ...
+
+    def wiped_key_put(
+        self, collection: str, doc_key: str, did: str, nsid: str, rkey: str
+    ) -> None: ...
+    def wiped_keys(self, collection: str, did: str) -> dict[str, tuple[str, str]]: ...
+    def wiped_key_clear(self, collection: str, doc_key: str, did: str) -> None: ...
+
+    def save_session(self, did: str, access_jwt: str, refresh_jwt: str) -> None: ...
+    def load_session(self, did: str) -> tuple[str, str] | None: ...
+    def drop_session(self, did: str) -> None: ...

@@ -1,0 +1,497 @@
+"""The state store in MongoDB: what a standby on another host needs to continue.
+
+Opt-in with ``[state] backend = "mongodb"``; SQLite stays the default. The
+collections (prefix ``syncd_``) live in ``state.mongodb_database``:
+
+- ``syncd_progress``: one document per cluster partition (``<cluster>/<n>``)
+  with the resume position, the backfill progress and the small ``meta``
+  values, so each of them changes in one single-document (atomic) update;
+- ``syncd_ledger``, ``syncd_blobs``, ``syncd_dead_letters``, ``syncd_skipped``,
+  ``syncd_wiped_keys``, ``syncd_sessions``: one document per row of the SQLite
+  tables of the same names, shared by every partition of the cluster;
+- ``syncd_leases``: written by :mod:`syncd.lease`, never here.
+
+Writes use majority write concern and reads majority read concern, so what a
+leader saved survives the loss of the primary and is what the next leader reads.
+
+**Fencing.** A store opened with a :class:`~syncd.lease.Fence` (the daemon's,
+once it holds a lease) checks it before every write and stamps its fencing
+token on the progress document and on ledger documents; the write filters only
+match a document whose stamp is not newer than ours (for the ledger: not newer
+*from the same partition*). A former leader that lost its lease therefore fails
+on its first write (:class:`~syncd.lease.LeaseLost`) instead of moving the
+position back or overwriting what its successor recorded. Admin commands open
+the store without a fence.
+
+Calls are synchronous, one round trip each, like the SQLite backend's; inside
+``transaction()`` writes are buffered and sent as ordered bulk writes when the
+outermost block ends (a read inside the block sends them first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pymongo import ASCENDING, DeleteOne, MongoClient, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from syncd.lease import Fence, LeaseLost
+from syncd.state.model import BackfillProgress, DeadLetter, LedgerEntry, Position
+
+PREFIX = "syncd_"
+_Op = UpdateOne | DeleteOne
+
+
+def _ledger_id(collection: str, doc_key: str) -> str:
+    return f"{collection}/{doc_key}"
+
+
+def _ledger(doc: dict[str, Any]) -> LedgerEntry:
+    return LedgerEntry(
+        collection=doc["c"],
+        doc_key=doc["k"],
+        did=doc["did"],
+        nsid=doc["nsid"],
+        rkey=doc["rkey"],
+        cid=doc.get("cid"),
+        fingerprint=doc.get("fp"),
+        blob_cid=doc.get("blob"),
+        pending=bool(doc.get("pending")),
+        updated_at=float(doc.get("updated_at", 0.0)),
+    )
+
+
+class MongoStateStore:
+    """The :class:`~syncd.state.model.Store` of one cluster partition, in MongoDB."""
+
+    def __init__(
+        self,
+        client: MongoClient[dict[str, Any]],
+        database: str,
+        *,
+        cluster: str,
+        partition: int = 0,
+        fence: Fence | None = None,
+        own_client: bool = True,
+    ) -> None:
+        self._client = client
+        self._own_client = own_client
+        db = client.get_database(
+            database,
+            write_concern=WriteConcern("majority", wtimeout=10_000),
+            read_concern=ReadConcern("majority"),
+        )
+        self.database = database
+        self.scope = f"{cluster}/{partition}"
+        self.partition = partition
+        self.fence = fence
+        self._progress = db[PREFIX + "progress"]
+        self._ledger = db[PREFIX + "ledger"]
+        self._blobs = db[PREFIX + "blobs"]
+        self._dead = db[PREFIX + "dead_letters"]
+        self._skipped = db[PREFIX + "skipped"]
+        self._wiped = db[PREFIX + "wiped_keys"]
+        self._sessions = db[PREFIX + "sessions"]
+        self._depth = 0
+        self._buffer: list[tuple[Collection[dict[str, Any]], _Op]] = []
+        self._ledger.create_index([("did", ASCENDING), ("nsid", ASCENDING), ("rkey", ASCENDING)])
+        self._ledger.create_index([("c", ASCENDING), ("k", ASCENDING)])
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def describe(self) -> str:
+        return f"mongodb database {self.database!r}, partition {self.scope}"
+
+    # -- writing: fenced, buffered in transactions ------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into ordered bulk writes; nested uses join the outer block."""
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._buffer.clear()
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._flush()
+
+    def _write(self, coll: Collection[dict[str, Any]], op: _Op) -> None:
+        if self.fence is not None:
+            self.fence.check()
+        self._buffer.append((coll, op))
+        if self._depth == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._buffer:
+            coll = self._buffer[0][0]
+            ops: list[_Op] = []
+            while self._buffer and self._buffer[0][0] is coll:
+                ops.append(self._buffer.pop(0)[1])
+            try:
+                coll.bulk_write(ops, ordered=True)
+            except BulkWriteError as exc:
+                self._buffer.clear()
+                errors = exc.details.get("writeErrors", [])
+                if self.fence is not None and any(e.get("code") == 11000 for e in errors):
+                    self.fence.lose("a newer leader has written this partition's state")
+                    raise LeaseLost("fenced out by a newer leader") from None
+                raise
+            except BaseException:
+                self._buffer.clear()
+                raise
+
+    def _read(self) -> None:
+        if self._buffer:
+            self._flush()
+
+    def _stamp(self) -> dict[str, Any]:
+        return {} if self.fence is None else {"fence": self.fence.token, "part": self.partition}
+
+    def _progress_filter(self) -> dict[str, Any]:
+        if self.fence is None:
+            return {"_id": self.scope}
+        return {
+            "_id": self.scope,
+            "$or": [{"fence": {"$lte": self.fence.token}}, {"fence": {"$exists": False}}],
+        }
+
+    def _ledger_filter(self, _id: str) -> dict[str, Any]:
+        if self.fence is None:
+            return {"_id": _id}
+        return {
+            "_id": _id,
+            "$or": [{"part": {"$ne": self.partition}}, {"fence": {"$lte": self.fence.token}}],
+        }
+
+    def _progress_update(self, update: dict[str, Any]) -> None:
+        stamp = self._stamp()
+        if stamp:
+            update.setdefault("$set", {})["fence"] = stamp["fence"]
+        self._write(self._progress, UpdateOne(self._progress_filter(), update, upsert=True))
+
+    def claim(self) -> None:
+        """Stamp this leader's token on the progress document before anything else.
+
+        From then on every write of a former leader of this partition fails.
+        """
+        try:
+            self._progress_update({"$set": {"claimed_at": time.time()}})
+        except DuplicateKeyError:
+            if self.fence is not None:
+                self.fence.lose("a newer leader has claimed this partition")
+            raise LeaseLost("a newer leader has claimed this partition") from None
+
+    def _progress_doc(self) -> dict[str, Any]:
+        self._read()
+        return self._progress.find_one({"_id": self.scope}) or {}
+
+    # -- meta ----------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        value = self._progress_doc().get("meta", {}).get(key)
+        return None if value is None else str(value)
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._progress_update({"$unset": {f"meta.{key}": ""}})
+        else:
+            self._progress_update({"$set": {f"meta.{key}": value}})
+
+    # -- stream position -----------------------------------------------------
+    def save_position(
+        self, token: dict[str, Any] | None, cluster_time: tuple[int, int] | None
+    ) -> None:
+        position = {
+            "token": token,
+            "cluster_time": None if cluster_time is None else list(cluster_time),
+            "saved_at": time.time(),
+        }
+        self._progress_update({"$set": {"position": position}})
+
+    def load_position(self) -> Position | None:
+        data = self._progress_doc().get("position")
+        if data is None:
+            return None
+        ct = data.get("cluster_time")
+        return Position(
+            token=data.get("token"),
+            cluster_time=(int(ct[0]), int(ct[1])) if ct else None,
+            saved_at=float(data["saved_at"]),
+        )
+
+    def clear_position(self) -> None:
+        self._progress_update({"$unset": {"position": ""}})
+
+    # -- backfill ------------------------------------------------------------
+    def backfill_start_time(self) -> tuple[int, int] | None:
+        start = self._progress_doc().get("backfill_start")
+        return None if start is None else (int(start[0]), int(start[1]))
+
+    def begin_backfill(
+        self, start: tuple[int, int], collections: Iterable[str], *, reason: str
+    ) -> None:
+        now = time.time()
+        rows = {
+            c: {
+                "last_id": None,
+                "phase": "objectid",
+                "scanned": 0,
+                "done": False,
+                "updated_at": now,
+            }
+            for c in collections
+        }
+        self._progress_update(
+            {"$set": {"backfill_start": list(start), "backfill_reason": reason, "backfill": rows}}
+        )
+
+    def backfill_progress(self) -> dict[str, BackfillProgress]:
+        rows = self._progress_doc().get("backfill") or {}
+        return {
+            c: BackfillProgress(c, r.get("last_id"), r["phase"], int(r["scanned"]), bool(r["done"]))
+            for c, r in rows.items()
+        }
+
+    def save_backfill_progress(
+        self, collection: str, last_id: Any, phase: str, scanned: int, done: bool
+    ) -> None:
+        row = {
+            "last_id": last_id,
+            "phase": phase,
+            "scanned": scanned,
+            "done": done,
+            "updated_at": time.time(),
+        }
+        self._progress_update({"$set": {f"backfill.{collection}": row}})
+
+    def finish_backfill(self) -> None:
+        doc = self._progress_doc()
+        update: dict[str, Any] = {
+            "$set": {"meta.backfill_completed_at": str(time.time())},
+            "$unset": {"backfill_start": "", "backfill_reason": "", "backfill": ""},
+        }
+        start = doc.get("backfill_start")
+        if start is not None and doc.get("position") is None:
+            update["$set"]["position"] = {
+                "token": None,
+                "cluster_time": list(start),
+                "saved_at": time.time(),
+            }
+        self._progress_update(update)
+
+    def backfill_reason(self) -> str | None:
+        reason = self._progress_doc().get("backfill_reason")
+        return None if reason is None else str(reason)
+
+    # -- ledger --------------------------------------------------------------
+    def ledger_get(self, collection: str, doc_key: str) -> LedgerEntry | None:
+        self._read()
+        doc = self._ledger.find_one({"_id": _ledger_id(collection, doc_key)})
+        return None if doc is None else _ledger(doc)
+
+    def ledger_get_many(self, collection: str, doc_keys: Iterable[str]) -> dict[str, LedgerEntry]:
+        self._read()
+        ids = [_ledger_id(collection, k) for k in doc_keys]
+        out: dict[str, LedgerEntry] = {}
+        for i in range(0, len(ids), 500):
+            for doc in self._ledger.find({"_id": {"$in": ids[i : i + 500]}}):
+                out[doc["k"]] = _ledger(doc)
+        return out
+
+    def ledger_put(
+        self,
+        collection: str,
+        doc_key: str,
+        *,
+        did: str,
+        nsid: str,
+        rkey: str,
+        cid: str | None,
+        fingerprint: str | None,
+        blob_cid: str | None,
+        pending: bool,
+    ) -> None:
+        _id = _ledger_id(collection, doc_key)
+        fields = {
+            "c": collection,
+            "k": doc_key,
+            "did": did,
+            "nsid": nsid,
+            "rkey": rkey,
+            "cid": cid,
+            "fp": fingerprint,
+            "blob": blob_cid,
+            "pending": pending,
+            "updated_at": time.time(),
+            **self._stamp(),
+        }
+        self._write(
+            self._ledger, UpdateOne(self._ledger_filter(_id), {"$set": fields}, upsert=True)
+        )
+
+    def rkey_owner(self, did: str, nsid: str, rkey: str) -> str | None:
+        self._read()
+        doc = self._ledger.find_one({"did": did, "nsid": nsid, "rkey": rkey}, {"k": 1})
+        return None if doc is None else str(doc["k"])
+
+    def ledger_mark_pending(self, collection: str, doc_key: str) -> None:
+        _id = _ledger_id(collection, doc_key)
+        self._write(self._ledger, UpdateOne(self._ledger_filter(_id), {"$set": {"pending": True}}))
+
+    def ledger_delete(
+        self, collection: str, doc_key: str, *, did: str | None = None, rkey: str | None = None
+    ) -> None:
+        query = self._ledger_filter(_ledger_id(collection, doc_key))
+        if did is not None:
+            query.update(did=did, rkey=rkey)
+        self._write(self._ledger, DeleteOne(query))
+
+    def ledger_iter(
+        self, collection: str | None = None, did: str | None = None, batch: int = 1000
+    ) -> Iterator[LedgerEntry]:
+        self._read()
+        query: dict[str, Any] = {}
+        if collection is not None:
+            query["c"] = collection
+        if did is not None:
+            query["did"] = did
+        cursor = self._ledger.find(query).sort([("c", ASCENDING), ("k", ASCENDING)])
+        for doc in cursor.batch_size(batch):
+            yield _ledger(doc)
+
+    def ledger_counts(self) -> list[tuple[str, str, int]]:
+        self._read()
+        rows = self._ledger.aggregate(
+            [{"$group": {"_id": {"c": "$c", "did": "$did"}, "n": {"$sum": 1}}}]
+        )
+        return sorted((r["_id"]["c"], r["_id"]["did"], int(r["n"])) for r in rows)
+
+    def pending_count(self) -> int:
+        self._read()
+        return int(self._ledger.count_documents({"pending": True}))
+
+    # -- blobs ---------------------------------------------------------------
+    def blob_known(self, did: str, cid: str) -> bool:
+        self._read()
+        return self._blobs.find_one({"_id": f"{did}/{cid}"}, {"_id": 1}) is not None
+
+    def blob_add(self, did: str, cid: str, size: int) -> None:
+        doc = {"did": did, "cid": cid, "size": size, "created_at": time.time()}
+        self._write(
+            self._blobs, UpdateOne({"_id": f"{did}/{cid}"}, {"$setOnInsert": doc}, upsert=True)
+        )
+
+    def blob_forget(self, did: str, cid: str | None = None) -> None:
+        if cid is None:
+            self._read()
+            for doc in self._blobs.find({"did": did}, {"_id": 1}):
+                self._write(self._blobs, DeleteOne({"_id": doc["_id"]}))
+        else:
+            self._write(self._blobs, DeleteOne({"_id": f"{did}/{cid}"}))
+
+    # -- dead letters --------------------------------------------------------
+    def dead_letter(
+        self, collection: str, doc_key: str, reason: str, detail: str, *, retryable: bool = False
+    ) -> None:
+        now = time.time()
+        update = {
+            "$set": {
+                "c": collection,
+                "k": doc_key,
+                "reason": reason,
+                "detail": detail[:2000],
+                "retryable": retryable,
+                "last_seen": now,
+            },
+            "$setOnInsert": {"first_seen": now},
+            "$inc": {"attempts": 1},
+        }
+        _id = _ledger_id(collection, doc_key)
+        self._write(self._dead, UpdateOne({"_id": _id}, update, upsert=True))
+
+    def clear_dead_letter(self, collection: str, doc_key: str) -> None:
+        self._write(self._dead, DeleteOne({"_id": _ledger_id(collection, doc_key)}))
+
+    def dead_letters(
+        self, collection: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        self._read()
+        query = {} if collection is None else {"c": collection}
+        cursor = self._dead.find(query).sort("last_seen", -1)
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        return [
+            DeadLetter(
+                d["c"],
+                d["k"],
+                d["reason"],
+                d["detail"],
+                bool(d["retryable"]),
+                int(d["attempts"]),
+                float(d["first_seen"]),
+                float(d["last_seen"]),
+            )
+            for d in cursor
+        ]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        self._read()
+        rows = self._dead.aggregate([{"$group": {"_id": "$c", "n": {"$sum": 1}}}])
+        return {r["_id"]: int(r["n"]) for r in rows}
+
+    # -- skipped ---------------------------------------------------------------
+    def skip(self, collection: str, doc_key: str, reason: str) -> None:
+        doc = {"c": collection, "k": doc_key, "reason": reason, "seen_at": time.time()}
+        _id = _ledger_id(collection, doc_key)
+        self._write(self._skipped, UpdateOne({"_id": _id}, {"$set": doc}, upsert=True))
+
+    def unskip(self, collection: str, doc_key: str) -> None:
+        self._write(self._skipped, DeleteOne({"_id": _ledger_id(collection, doc_key)}))
+
+    def skipped_counts(self) -> list[tuple[str, str, int]]:
+        self._read()
+        rows = self._skipped.aggregate(
+            [{"$group": {"_id": {"c": "$c", "reason": "$reason"}, "n": {"$sum": 1}}}]
+        )
+        return sorted((r["_id"]["c"], r["_id"]["reason"], int(r["n"])) for r in rows)
+
+    # -- keys of wiped records ---------------------------------------------------
+    def wiped_key_put(self, collection: str, doc_key: str, did: str, nsid: str, rkey: str) -> None:
+        _id = f"{collection}/{doc_key}/{did}"
+        doc: dict[str, Any] = {"c": collection, "k": doc_key, "did": did, "nsid": nsid}
+        doc.update(rkey=rkey, wiped_at=time.time())
+        self._write(self._wiped, UpdateOne({"_id": _id}, {"$set": doc}, upsert=True))
+
+    def wiped_keys(self, collection: str, did: str) -> dict[str, tuple[str, str]]:
+        self._read()
+        return {
+            str(d["k"]): (str(d["nsid"]), str(d["rkey"]))
+            for d in self._wiped.find({"c": collection, "did": did})
+        }
+
+    def wiped_key_clear(self, collection: str, doc_key: str, did: str) -> None:
+        self._write(self._wiped, DeleteOne({"_id": f"{collection}/{doc_key}/{did}"}))
+
+    # -- sessions ------------------------------------------------------------
+    def save_session(self, did: str, access_jwt: str, refresh_jwt: str) -> None:
+        doc = {"access_jwt": access_jwt, "refresh_jwt": refresh_jwt, "saved_at": time.time()}
+        self._write(self._sessions, UpdateOne({"_id": did}, {"$set": doc}, upsert=True))
+
+    def load_session(self, did: str) -> tuple[str, str] | None:
+        self._read()
+        doc = self._sessions.find_one({"_id": did})
+        return None if doc is None else (str(doc["access_jwt"]), str(doc["refresh_jwt"]))
+
+    def drop_session(self, did: str) -> None:
+        self._write(self._sessions, DeleteOne({"_id": did}))

@@ -1,0 +1,283 @@
+"""Both state backends keep the same contract; the MongoDB one also fences stale leaders.
+
+Runs on SQLite, on the MongoDB sandbox and (with ``SYNCD_TEST_MONGODB_URI``) on a
+real replica set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import AsyncMongoClient, MongoClient
+
+from syncd.lease import COLLECTION, Lease, LeaseLost
+from syncd.state import StateStore, Store
+from syncd.state.mongo import MongoStateStore
+from tests.conformance.conftest import REAL_URI_ENV, Backend
+
+Factory = Callable[..., Store]
+
+
+class FakeFence:
+    """A lease stand-in: a token, and a switch for "the lease ran out"."""
+
+    def __init__(self, token: int) -> None:
+        self._token = token
+        self.valid = True
+        self.lost_reasons: list[str] = []
+
+    @property
+    def token(self) -> int:
+        return self._token
+
+    def check(self) -> None:
+        if not self.valid:
+            raise LeaseLost("expired")
+
+    def lose(self, why: str) -> None:
+        self.valid = False
+        self.lost_reasons.append(why)
+
+
+def _mongo_factory(backend: Backend) -> Iterator[Factory]:
+    client: MongoClient[dict[str, Any]] = backend.client(tz_aware=True)
+    dbname = f"state_{uuid.uuid4().hex[:10]}"
+
+    def mongo(**kw: Any) -> Store:
+        return MongoStateStore(client, dbname, cluster="c", own_client=False, **kw)
+
+    yield mongo
+    client.drop_database(dbname)
+    client.close()
+
+
+@pytest.fixture
+def mongo_store(backend: Backend) -> Iterator[Factory]:
+    """Stores in a fresh database of the sandbox (or real) MongoDB."""
+    yield from _mongo_factory(backend)
+
+
+@pytest.fixture(params=["sqlite", "mongodb-sandbox", "mongodb-real"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Factory]]:
+    if request.param == "sqlite":
+        opened: list[Store] = []
+
+        def sqlite(**_: Any) -> Store:
+            s = StateStore(tmp_path)
+            opened.append(s)
+            return s
+
+        yield "sqlite", sqlite
+        for s in opened:
+            s.close()
+    elif request.param == "mongodb-real":
+        uri = os.environ.get(REAL_URI_ENV)
+        if not uri:
+            pytest.skip(f"{REAL_URI_ENV} is not set: no real MongoDB replica set")
+        yield from ((request.param, f) for f in _mongo_factory(Backend("real", uri)))
+    else:
+        handle = request.getfixturevalue("sandbox_process")
+        backend = Backend("sandbox", handle.uri, handle)
+        yield from ((request.param, f) for f in _mongo_factory(backend))
+
+
+def _put(s: Store, key: str, **kw: Any) -> None:
+    fields: dict[str, Any] = dict(
+        did="did:plc:a", nsid="n", rkey=f"r{key}", cid="c", fingerprint="f", blob_cid=None
+    )
+    fields.update(kw)
+    fields.setdefault("pending", False)
+    s.ledger_put("moods", key, **fields)
+
+
+def test_position_and_backfill_round_trip(make_store: tuple[str, Factory]) -> None:
+    _, make = make_store
+    s = make()
+    assert s.load_position() is None
+    s.begin_backfill((10, 1), ["moods", "pieces"], reason="first_start")
+    oid = ObjectId()
+    s.save_backfill_progress("moods", oid, "objectid", 500, False)
+    p = make().backfill_progress()  # a second handle (another process, another host) sees it
+    assert p["moods"].last_id == oid and p["moods"].scanned == 500 and not p["pieces"].done
+    assert s.backfill_reason() == "first_start" and s.backfill_start_time() == (10, 1)
+    s.finish_backfill()
+    assert s.backfill_start_time() is None and s.backfill_progress() == {}
+    pos = s.load_position()
+    assert pos is not None and pos.token is None and pos.cluster_time == (10, 1)
+    s.save_position({"_data": "8263A1"}, (20, 2))
+    pos = make().load_position()
+    assert pos is not None and pos.token == {"_data": "8263A1"} and pos.cluster_time == (20, 2)
+    s.clear_position()
+    assert s.load_position() is None
+
+
+def test_ledger_contract(make_store: tuple[str, Factory]) -> None:
+    _, make = make_store
+    s = make()
+    with s.transaction():
+        for i in range(30):
+            _put(s, f"k{i:03d}", did="did:plc:a" if i % 3 else "did:plc:b", pending=i == 5)
+    assert s.ledger_get("moods", "k001") is not None
+    assert s.rkey_owner("did:plc:a", "n", "rk001") == "k001"
+    assert s.pending_count() == 1
+    many = s.ledger_get_many("moods", ["k001", "k002", "nope"])
+    assert set(many) == {"k001", "k002"}
+    assert [e.doc_key for e in s.ledger_iter("moods")] == [f"k{i:03d}" for i in range(30)]
+    assert len(list(s.ledger_iter(did="did:plc:b"))) == 10
+    assert s.ledger_counts() == [("moods", "did:plc:a", 20), ("moods", "did:plc:b", 10)]
+    s.ledger_mark_pending("moods", "k002")
+    entry = s.ledger_get("moods", "k002")
+    assert entry is not None and entry.pending
+    s.ledger_delete("moods", "k003", did="did:plc:other", rkey="rk003")  # names another record
+    assert s.ledger_get("moods", "k003") is not None
+    s.ledger_delete("moods", "k003", did="did:plc:b", rkey="rk003")
+    assert s.ledger_get("moods", "k003") is None
+
+
+def test_dead_letters_skips_blobs_sessions_wiped_keys(make_store: tuple[str, Factory]) -> None:
+    _, make = make_store
+    s = make()
+    s.dead_letter("moods", "a", "bad", "x" * 3000)
+    s.dead_letter("moods", "a", "worse", "y", retryable=True)
+    s.dead_letter("pieces", "b", "bad", "z")
+    letters = {d.doc_key: d for d in s.dead_letters()}
+    assert letters["a"].attempts == 2 and letters["a"].reason == "worse" and letters["a"].retryable
+    assert len(s.dead_letters(limit=1)) == 1 and s.dead_letter_counts() == {"moods": 1, "pieces": 1}
+    s.clear_dead_letter("moods", "a")
+    assert s.dead_letter_counts() == {"pieces": 1}
+    s.skip("moods", "c", "no_account")
+    s.skip("moods", "d", "no_account")
+    s.unskip("moods", "d")
+    assert s.skipped_counts() == [("moods", "no_account", 1)]
+    s.blob_add("did:plc:a", "bafy1", 10)
+    s.blob_add("did:plc:a", "bafy1", 10)
+    assert s.blob_known("did:plc:a", "bafy1") and not s.blob_known("did:plc:b", "bafy1")
+    s.blob_forget("did:plc:a")
+    assert not s.blob_known("did:plc:a", "bafy1")
+    s.save_session("did:plc:a", "acc", "ref")
+    assert make().load_session("did:plc:a") == ("acc", "ref")
+    s.drop_session("did:plc:a")
+    assert s.load_session("did:plc:a") is None
+    s.wiped_key_put("moods", "e", "did:plc:a", "n", "r1")
+    assert s.wiped_keys("moods", "did:plc:a") == {"e": ("n", "r1")}
+    s.wiped_key_clear("moods", "e", "did:plc:a")
+    assert s.wiped_keys("moods", "did:plc:a") == {}
+
+
+def test_read_inside_a_transaction_sees_its_writes(make_store: tuple[str, Factory]) -> None:
+    _, make = make_store
+    s = make()
+    with s.transaction():
+        _put(s, "k1")
+        assert s.ledger_get("moods", "k1") is not None
+
+
+# -- MongoDB only: partitions and fencing ------------------------------------------
+
+
+def test_partitions_have_their_own_position_and_share_the_ledger(
+    mongo_store: Factory,
+) -> None:
+    make = mongo_store
+    p0, p1 = make(partition=0), make(partition=1)
+    p0.save_position({"_data": "00"}, (1, 1))
+    assert p1.load_position() is None
+    _put(p0, "k1")
+    assert p1.ledger_get("moods", "k1") is not None
+
+
+def test_a_stale_leader_cannot_move_the_position_or_overwrite_the_ledger(
+    mongo_store: Factory,
+) -> None:
+    make = mongo_store
+    old_fence, new_fence = FakeFence(1), FakeFence(2)
+    old = make(fence=old_fence)
+    old.save_position({"_data": "01"}, (1, 1))
+    _put(old, "k1", cid="old")
+    new = make(fence=new_fence)
+    assert isinstance(new, MongoStateStore)
+    new.claim()  # the new leader stamps its token before doing anything
+    # The old leader's lease still looks valid to it (paused between check and write):
+    with pytest.raises(LeaseLost):
+        old.save_position({"_data": "00"}, (0, 9))
+    assert old_fence.lost_reasons  # and it now knows
+    pos = new.load_position()
+    assert pos is not None and pos.token == {"_data": "01"}
+    _put(new, "k1", cid="new")
+    old_fence.valid = True  # pretend again: only the document stamp can stop it now
+    with pytest.raises(LeaseLost):
+        _put(old, "k1", cid="stale")
+    entry = new.ledger_get("moods", "k1")
+    assert entry is not None and entry.cid == "new"
+    # Writes of another partition's leader to a shared document are not fenced by ours.
+    other = make(partition=1, fence=FakeFence(1))
+    _put(other, "k1", cid="moved")
+    entry = new.ledger_get("moods", "k1")
+    assert entry is not None and entry.cid == "moved"
+
+
+def test_a_store_whose_lease_ran_out_writes_nothing(mongo_store: Factory) -> None:
+    make = mongo_store
+    fence = FakeFence(1)
+    s = make(fence=fence)
+    fence.valid = False
+    with pytest.raises(LeaseLost):
+        s.save_position({"_data": "01"}, (1, 1))
+    with pytest.raises(LeaseLost), s.transaction():
+        s.dead_letter("moods", "a", "bad", "x")
+    assert make().load_position() is None and make().dead_letters() == []
+
+
+# -- the lease itself ------------------------------------------------------------------
+
+
+def test_lease_takeover_only_after_expiry_and_fencing_tokens_grow(backend: Backend) -> None:
+    dbname = f"lease_{uuid.uuid4().hex[:10]}"
+
+    async def scenario() -> None:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backend.uri)
+        coll = client[dbname][COLLECTION]
+        now = [1000.0]
+        mono = [50.0]
+
+        def lease(owner: str) -> Lease:
+            return Lease(
+                coll,
+                cluster="c",
+                partition=0,
+                owner=owner,
+                seconds=15.0,
+                clock=lambda: now[0],
+                monotonic=lambda: mono[0],
+            )
+
+        a, b = lease("a"), lease("b")
+        assert await a.try_acquire() and a.token == 1
+        assert not await b.try_acquire()
+        now[0] += 10
+        mono[0] += 10
+        assert await a.renew()
+        a.check()
+        now[0] += 14  # renewed at 1010 for 15 s: still held at 1024
+        assert not await b.try_acquire()
+        mono[0] += 12.5  # the holder's own view: past renewal + 15 - 3 (margin)
+        with pytest.raises(LeaseLost):
+            a.check()
+        now[0] += 2  # 1026: lapsed for everyone
+        assert await b.try_acquire() and b.token == 2
+        a.held = True  # even if a believed otherwise, renewing cannot succeed
+        assert not await a.renew() and a.lost.is_set()
+        await b.release()
+        c = lease("c")
+        assert await c.try_acquire() and c.token == 3  # released: no wait for expiry
+        await client.drop_database(dbname)
+        await client.close()
+
+    asyncio.run(scenario())
