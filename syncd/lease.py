@@ -35,7 +35,7 @@ from syncd import metrics
 
 log = structlog.get_logger("syncd.lease")
 
-COLLECTION = "syncd_leases"
+COLLECTION = "syncd_leases"  # the state database's; see syncd.state.mongo.LEASES
 
 
 class LeaseLost(BaseException):

@@ -58,9 +58,39 @@ def collect(config: Config) -> dict[str, Any]:
             "pending": store.pending_count(),
             "skipped": skipped,
             "dead_letters": {"counts": store.dead_letter_counts(), "recent": dead},
+            "cluster": cluster(config) if config.state.backend == "mongodb" else None,
         }
     finally:
         store.close()
+
+
+def cluster(config: Config) -> dict[str, Any]:
+    """Each partition's lease holder, fencing token, expiry and saved position."""
+    from syncd.state import open_store
+    from syncd.state.mongo import MongoStateStore
+
+    now = time.time()
+    name = config.cluster.cluster_name
+    partitions = []
+    for n in range(config.cluster.partitions):
+        store = open_store(config, partition=n)
+        try:
+            assert isinstance(store, MongoStateStore)
+            lease = store.lease_document(f"{name}/{n}") or {}
+            pos = store.load_position()
+        finally:
+            store.close()
+        expires = float(lease.get("expires_at") or 0.0)
+        partitions.append(
+            {
+                "partition": n,
+                "leader": lease.get("owner") if expires > now else None,
+                "fence": lease.get("fence"),
+                "lease_expires_in": round(expires - now, 1) if expires > now else None,
+                "position_age_seconds": None if pos is None else round(now - pos.saved_at, 1),
+            }
+        )
+    return {"cluster_name": name, "partitions": partitions}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -90,6 +120,16 @@ def render(report: dict[str, Any]) -> str:
         for coll, per in sorted(report["skipped"].items()):
             for reason, n in sorted(per.items()):
                 lines.append(f"  {coll:<10} {reason:<30} {n:>8}")
+    if report.get("cluster"):
+        lines.append(f"cluster {report['cluster']['cluster_name']}:")
+        for p in report["cluster"]["partitions"]:
+            who = p["leader"] or "NO LEADER"
+            age = p["position_age_seconds"]
+            lines.append(
+                f"  partition {p['partition']}: {who} (fence {p['fence']}, "
+                f"lease {p['lease_expires_in']}s), position "
+                f"{'none' if age is None else f'{age}s old'}"
+            )
     counts = report["dead_letters"]["counts"]
     lines.append(f"dead letters: {sum(counts.values())}")
     for d in report["dead_letters"]["recent"][:20]:

@@ -45,6 +45,7 @@ from syncd.lease import Fence, LeaseLost
 from syncd.state.model import BackfillProgress, DeadLetter, LedgerEntry, Position
 
 PREFIX = "syncd_"
+LEASES = PREFIX + "leases"
 _Op = UpdateOne | DeleteOne
 
 
@@ -192,6 +193,10 @@ class MongoStateStore:
             if self.fence is not None:
                 self.fence.lose("a newer leader has claimed this partition")
             raise LeaseLost("a newer leader has claimed this partition") from None
+
+    def lease_document(self, lease_id: str) -> dict[str, Any] | None:
+        """A lease as stored (read-only; :mod:`syncd.lease` writes them), for ``syncd status``."""
+        return self._progress.database[LEASES].find_one({"_id": lease_id})
 
     def _progress_doc(self) -> dict[str, Any]:
         self._read()

@@ -3,12 +3,14 @@ written by exactly one partition leader, and every document has exactly one reco
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
 from syncd.cluster import partition_of
 from syncd_sandbox.load import LoadGenerator
 from syncd_sandbox.seed import make_kidlisp, make_mood
+from syncd_sandbox.syncd_process import run_cli
 from tests.cluster.conftest import ClusterFactory
 
 PARTITIONS = 4
@@ -48,6 +50,13 @@ def test_four_partitions_split_the_accounts(make_cluster: ClusterFactory) -> Non
         assert metrics is not None
         held[int(metrics["syncd_partition"])] = m
     assert sorted(held) == list(range(PARTITIONS))
+    out = run_cli(rig.members[0].config_path, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)["cluster"]["partitions"]
+    assert {p["partition"]: p["leader"] for p in status} == {
+        p: f"i{m.index}" for p, m in held.items()
+    }
+    assert all(p["position_age_seconds"] is not None for p in status)
     # Each leader wrote to exactly the repos of its partition's accounts (and only those).
     dids_by_partition = Counter(
         partition_of(w.did(n), PARTITIONS) for n in ["alice", "bob", *names]
