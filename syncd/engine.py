@@ -76,7 +76,8 @@ class Engine:
     """Everything one running syncd (or one cluster partition's leader) needs.
 
     ``fence``: the lease this engine writes under (``None`` without a cluster);
-    ``partition``: which of ``cluster.partitions`` this engine serves.
+    ``partition``: which of ``cluster.partitions`` this engine serves (``None``: all
+    of them, as one-shot and admin commands do; their store is partition 0's).
     """
 
     def __init__(
@@ -85,14 +86,14 @@ class Engine:
         *,
         health: HealthState | None = None,
         fence: Fence | None = None,
-        partition: int = 0,
+        partition: int | None = None,
     ) -> None:
         self.config = config
         self.health = health or HealthState()
         self.fence = fence
         self.partition = partition
         self.partitions = config.cluster.partitions
-        self.store = open_store(config, fence=fence, partition=partition)
+        self.store = open_store(config, fence=fence, partition=partition or 0)
         self.client = mongo_client(config.mongo.uri)
         self.db = self.client[config.mongo.database]
         self.xrpc = XrpcClient(config.pds.url, timeout=config.pds.timeout_seconds)
@@ -121,7 +122,7 @@ class Engine:
 
     def owns(self, did: str | None) -> bool:
         """Whether this engine's partition serves the account ``did`` (always, unpartitioned)."""
-        if self.partitions <= 1:
+        if self.partitions <= 1 or self.partition is None:
             return True
         return partition_of(did or "", self.partitions) == self.partition
 

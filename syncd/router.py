@@ -90,7 +90,7 @@ class Router:
                     except MappingError as exc:
                         problem = Problem("dead", exc.reason, exc.detail)
         entry = engine.store.ledger_get(change.collection, change.key)
-        if engine.partitions > 1:
+        if engine.partitions > 1 and engine.partition is not None:
             # Exactly one partition acts on each change: the one serving the account the
             # record belongs in, else the one holding it now, else the document's owner.
             responsible = desired.did if desired else (entry.did if entry else owner_did)

@@ -17,6 +17,7 @@ import mongomock
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from mongomock import helpers as mm_helpers
+from mongomock.filtering import filter_applies
 from pymongo.errors import WriteError as PyMongoWriteError
 
 from .diff import update_description
@@ -66,6 +67,13 @@ def simple_id(filter_: Any) -> tuple[bool, Any]:
     return True, value
 
 
+def id_equality(filter_: Any) -> tuple[bool, Any]:
+    """If ``filter_`` pins ``_id`` to one plain value (other conditions allowed), return it."""
+    if not isinstance(filter_, dict) or "_id" not in filter_:
+        return False, None
+    return simple_id({"_id": filter_["_id"]})
+
+
 def is_replacement(update: Any) -> bool:
     return isinstance(update, dict) and not any(k.startswith("$") for k in update)
 
@@ -99,6 +107,7 @@ class Storage:
 
     def __init__(self) -> None:
         self.client: mongomock.MongoClient = mongomock.MongoClient()
+        self._scratch: Any = mongomock.MongoClient()["scratch"]["upsert"]  # see _upsert_new
         self._colls: dict[Namespace, Any] = {}
         self.options: dict[Namespace, dict[str, Any]] = {}
 
@@ -340,11 +349,22 @@ class Storage:
         images = self.images_enabled(db, name)
         store = self._store(db, name)
         is_id, doc_id = simple_id(query)
+        pinned, pinned_id = id_equality(query)
+        if pinned and not is_id and not isinstance(update, list):
+            # ``{_id: X, <more conditions>}`` (a fenced or conditional upsert): one
+            # lookup instead of mongomock's scan of the whole collection.
+            fast = self._update_pinned(db, name, query, update, pinned_id, upsert, replacement)
+            if fast is not None:
+                if fast.changes and not images:
+                    for ch in fast.changes:
+                        ch.pre = None
+                return fast
         if is_id and not isinstance(update, list):
             existing = self.get(db, name, doc_id)
             if existing is None:
                 if not upsert:
                     return UpdateOutcome(0, 0, None, [])
+                return self._upsert_new(db, name, query, update, replacement)
             else:
                 change = self._update_in_place(db, name, existing, query, update, replacement)
                 if change is None:
@@ -396,6 +416,63 @@ class Storage:
             if doc is not None:
                 changes.append(Change("insert", upserted_id, post=bson.encode(doc)))
         return UpdateOutcome(int(result.get("n", 0)), modified, upserted_id, changes)
+
+    def _update_pinned(
+        self,
+        db: str,
+        name: str,
+        query: dict[str, Any],
+        update: dict[str, Any],
+        doc_id: Any,
+        upsert: bool,
+        replacement: bool,
+    ) -> UpdateOutcome | None:
+        """An update whose filter pins ``_id``; None to fall back to the general path."""
+        existing = self.get(db, name, doc_id)
+        if existing is None:
+            if not upsert:
+                return UpdateOutcome(0, 0, None, [])
+            return self._upsert_new(db, name, query, update, replacement)
+        try:
+            matches = filter_applies(query, existing)
+        except Exception:
+            return None
+        if not matches:
+            if not upsert:
+                return UpdateOutcome(0, 0, None, [])
+            # MongoDB would insert, and collide with the existing ``_id``.
+            raise WriteFailure(
+                11000,
+                f"E11000 duplicate key error collection: {db}.{name} index: _id_ dup key: "
+                f"{{ _id: {doc_id!r} }}",
+                {"keyPattern": {"_id": 1}, "keyValue": {"_id": doc_id}},
+            )
+        change = self._update_in_place(db, name, existing, query, update, replacement)
+        if change is None:
+            return UpdateOutcome(1, 0, None, [])
+        return UpdateOutcome(1, 1, None, [change])
+
+    def _upsert_new(
+        self, db: str, name: str, query: dict[str, Any], update: Any, replacement: bool
+    ) -> UpdateOutcome:
+        """An upsert that matched nothing: build the document as MongoDB would, insert it.
+
+        The document is built by mongomock on an empty scratch collection (query
+        equality fields, then the update operators), so the real collection is not
+        scanned; the change is an ``insert``, as MongoDB reports an upsert that inserts.
+        """
+        scratch = self._scratch
+        scratch.delete_many({})
+        try:
+            scratch._update(query, update, upsert=True, multi=False)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        doc = scratch.find_one({})
+        scratch.delete_many({})
+        if doc is None:
+            raise WriteFailure(2, "upsert produced no document")
+        change = self.insert_one(db, name, doc, None)
+        return UpdateOutcome(0, 0, doc["_id"], [change])
 
     def _change_for(
         self,

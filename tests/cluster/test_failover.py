@@ -119,3 +119,20 @@ def test_three_instances_random_kills_and_pauses(make_cluster: ClusterFactory) -
     assert report.ok, f"seed {seed}: {report.summary()}"
     assert max(takeovers) < TAKEOVER_BOUND
     assert len(rig.leaders()) == 1
+
+
+def test_sigterm_releases_the_lease_for_an_immediate_takeover(make_cluster: ClusterFactory) -> None:
+    rig = make_cluster(2, lease_seconds=10.0)  # a long lease: a takeover must not wait for it
+    _seed(rig, 30)
+    rig.start()
+    old = rig.wait_leaders(timeout=30)[0]
+    rig.wait_quiet()
+    started = time.monotonic()
+    assert old.syncd.stop(timeout=20) == 0
+    new, _ = _takeover_after(rig, old)
+    print(f"\ntakeover after SIGTERM: {time.monotonic() - started:.2f}s")
+    assert time.monotonic() - started < 10.0  # well before the 10 s lease could lapse
+    assert '"lease_released"' in old.syncd.log_text()
+    rig.world.insert("moods", make_mood(rig.world.sub("alice"), "after the handover"))
+    assert rig.wait_quiet().ok
+    assert new is not old

@@ -62,6 +62,7 @@ async def test_prometheus_scrapes_the_listener() -> None:
         )
         assert expected is not None and expected >= 3
 
+        metrics.LEADER.set(1)  # as `syncd run` does without a cluster (a standby reports 0)
         async with PrometheusServer([f"127.0.0.1:{server.port}"], rule_files=[ALERTS]) as prom:
             assert await prom.wait_for_value('up{job="syncd"}', lambda v: v == 1) == 1
             value = await prom.wait_for_value(
