@@ -42,14 +42,15 @@ async def prepare_painting_blob(
     if source.recording_url is not None:
         probe = asyncio.create_task(fetcher.recording_exists(source.recording_url))
     try:
-        data = await fetcher.fetch_image(source.image_url)
-        thumbnail = await pool.make(
-            data,
-            max_side=settings.thumbnail_max_side,
-            max_bytes=settings.thumbnail_max_bytes,
-            max_pixels=settings.max_pixels,
-        )
-        del data
+        async with pool.admit():  # bounds the fetched bodies held before shrinking
+            data = await fetcher.fetch_image(source.image_url)
+            thumbnail = await pool.make(
+                data,
+                max_side=settings.thumbnail_max_side,
+                max_bytes=settings.thumbnail_max_bytes,
+                max_pixels=settings.max_pixels,
+            )
+            del data
         recording_exists = await probe if probe is not None else False
     except BaseException:
         if probe is not None and not probe.done():

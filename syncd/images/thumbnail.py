@@ -34,6 +34,14 @@ JPEG_QUALITIES = (90, 80, 70, 60, 50, 40)
 SHRINK_FACTOR = 0.8
 MIN_SIDE = 16
 _RESAMPLE = Image.Resampling.LANCZOS
+#: Shrinking by an integer factor ``k <= ratio / REDUCING_GAP`` is a box average
+#: (``Image.reduce``); only the remaining step (< 2x) is resampled with LANCZOS. A
+#: 1024 px painting becomes 512 px by averaging 2x2 blocks: ~2 ms instead of ~16 ms,
+#: 46-51 dB PSNR against a full LANCZOS resample (see docs/images.md).
+REDUCING_GAP = 1.0
+#: ``optimize=True`` (zlib level 9 + filter search) costs ~4x a default encode and saves
+#: a few percent at best: it is tried only when the default PNG is this close to the limit.
+OPTIMIZE_WITHIN = 1.10
 # Errors Pillow raises on malformed/truncated data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, zlib.error)
 
@@ -193,12 +201,12 @@ def make_thumbnail(
     try:
         im = _normalize_mode(im)
         if max(im.size) > max_side:
-            im.thumbnail((max_side, max_side), _RESAMPLE, reducing_gap=3.0)
+            im.thumbnail((max_side, max_side), _RESAMPLE, reducing_gap=REDUCING_GAP)
     except _DECODE_ERRORS as exc:
         raise ThumbnailError(f"cannot convert image: {exc}", reason="image_corrupt") from None
 
     png = _encode_png(im)
-    if len(png) > max_bytes:
+    if max_bytes < len(png) <= max_bytes * OPTIMIZE_WITHIN:
         png = _encode_png(im, optimize=True)
     if len(png) <= max_bytes:
         return Thumbnail(png, "image/png", im.width, im.height)
@@ -226,6 +234,34 @@ def make_thumbnail(
 PoolKind = Literal["thread", "process"]
 
 
+class LoopSemaphore:
+    """An ``asyncio.Semaphore`` per event loop, so one object can serve several loops
+    in turn (``asyncio.run`` twice, test fixtures) without "bound to a different loop"."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self._by_loop: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    def _get(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        sem = self._by_loop.get(loop)
+        if sem is None:
+            self._by_loop = {lp: s for lp, s in self._by_loop.items() if not lp.is_closed()}
+            sem = self._by_loop[loop] = asyncio.Semaphore(self.value)
+        return sem
+
+    async def __aenter__(self) -> None:
+        await self._get().acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._get().release()
+
+
 class ThumbnailPool:
     """Runs :func:`make_thumbnail` in an executor sized to the machine.
 
@@ -233,6 +269,10 @@ class ThumbnailPool:
     GIL while decoding, resampling and encoding, so threads scale across cores
     without copying images between processes (see ``docs/images.md``).
     ``kind="process"`` uses a *spawn* context (never fork a threaded daemon).
+
+    ``admit()`` bounds the images in preparation (fetched, not yet shrunk) to
+    ``max_jobs`` (default 4 per worker): enough to keep the workers busy while
+    others download, without holding every queued painting's bytes in memory.
     """
 
     def __init__(
@@ -243,8 +283,11 @@ class ThumbnailPool:
         max_side: int = 512,
         max_bytes: int = 102_400,
         max_pixels: int = 40_000_000,
+        max_jobs: int = 0,
     ) -> None:
         self.workers = workers or (os.cpu_count() or 1)
+        self.max_jobs = max_jobs or 4 * self.workers
+        self._jobs = LoopSemaphore(self.max_jobs)
         self.kind = kind
         self._limits = {"max_side": max_side, "max_bytes": max_bytes, "max_pixels": max_pixels}
         self._executor: Executor
@@ -265,6 +308,10 @@ class ThumbnailPool:
             max_bytes=settings.thumbnail_max_bytes,
             max_pixels=settings.max_pixels,
         )
+
+    def admit(self) -> LoopSemaphore:
+        """``async with pool.admit():`` around fetching and shrinking one image."""
+        return self._jobs
 
     async def make(
         self,
