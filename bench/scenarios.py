@@ -44,6 +44,9 @@ class Scale:
     rl_accounts: int  # scenario 5
     rl_docs_per_account: int
     rl_window_s: float
+    # scenario 1: also run the baseline (False only to iterate on syncd's side quickly;
+    # then there is no ratio)
+    seed_baseline: bool = True
 
 
 SCALES = {
@@ -132,27 +135,33 @@ def backfill_seed(world: World, root: Path, scale: Scale) -> dict[str, Any]:
         "summary": m.output.strip().splitlines()[-1] if m.output.strip() else "",
         **meter.report(),
     }
-    meter = CpuMeter(pids_of(world)).start()
-    b = run_measured(
-        ["bench.baseline", "--config", str(sides["baseline"].config_path)],
-        root / "logs" / "s1_baseline.log",
-    )
-    meter.stop({"baseline": b.cpu_s})
-    try:
-        bres = json.loads(b.output.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        bres = {"raw": b.output[-500:]}
-    base_res = {
-        "returncode": b.returncode,
-        "wall_s": round(b.wall_s, 2),
-        "records_per_s": round(bres.get("created", 0) / b.wall_s, 1),
-        "peak_rss_mb": round(b.peak_rss_mb, 1),
-        "detail": bres,
-        **meter.report(),
-    }
+    if scale.seed_baseline:
+        meter = CpuMeter(pids_of(world)).start()
+        b = run_measured(
+            ["bench.baseline", "--config", str(sides["baseline"].config_path)],
+            root / "logs" / "s1_baseline.log",
+        )
+        meter.stop({"baseline": b.cpu_s})
+        try:
+            bres = json.loads(b.output.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            bres = {"raw": b.output[-500:]}
+        base_res = {
+            "returncode": b.returncode,
+            "wall_s": round(b.wall_s, 2),
+            "records_per_s": round(bres.get("created", 0) / b.wall_s, 1),
+            "peak_rss_mb": round(b.peak_rss_mb, 1),
+            "detail": bres,
+            **meter.report(),
+        }
+    else:
+        base_res = {"skipped": True, "wall_s": None, "returncode": None, "detail": {}}
     nsids = list(NSID.values())
     syncd_res["records_on_pds"] = count_records(world.pds_url, sides["syncd"].all_dids(), nsids)
-    base_res["records_on_pds"] = count_records(world.pds_url, sides["baseline"].all_dids(), nsids)
+    if scale.seed_baseline:
+        base_res["records_on_pds"] = count_records(
+            world.pds_url, sides["baseline"].all_dids(), nsids
+        )
     out.update(
         documents=total,
         syncd=syncd_res,
@@ -160,7 +169,7 @@ def backfill_seed(world: World, root: Path, scale: Scale) -> dict[str, Any]:
         # A ratio only when both sides finished and wrote every record.
         speedup=round(base_res["wall_s"] / syncd_res["wall_s"], 1)
         if m.returncode == 0
-        and b.returncode == 0
+        and base_res["returncode"] == 0
         and syncd_res["records_on_pds"] == total
         and base_res["records_on_pds"] == total
         else None,
@@ -344,6 +353,14 @@ def live_latency(world: World, root: Path, scale: Scale) -> dict[str, Any]:
             first = [fh.seen[k] - t for t, _, k in inserted[:half] if k in fh.seen]
             last = [fh.seen[k] - t for t, _, k in inserted[half:] if k in fh.seen]
             ms = lambda v: round(v * 1000, 1)  # noqa: E731
+            dump = os.environ.get("BENCH_LATENCY_DUMP")
+            if dump:
+                # Every document's insert and commit time (investigating the tail).
+                with open(Path(dump) / f"s3_{rate}.jsonl", "w") as f:
+                    for t, c, k in inserted:
+                        row = {"t_insert": t, "collection": c, "repo": k[0], "path": k[1]}
+                        row["t_commit"] = fh.seen.get(k)
+                        f.write(json.dumps(row) + "\n")
             metrics = syncd.metrics()
             out[f"{rate}/s"] = {
                 "inserted": len(inserted),
