@@ -357,9 +357,9 @@ def live_latency(world: World, root: Path, scale: Scale) -> dict[str, Any]:
             if dump:
                 # Every document's insert and commit time (investigating the tail).
                 with open(Path(dump) / f"s3_{rate}.jsonl", "w") as f:
-                    for t, c, k in inserted:
-                        row = {"t_insert": t, "collection": c, "repo": k[0], "path": k[1]}
-                        row["t_commit"] = fh.seen.get(k)
+                    for t_ins, coll, key in inserted:
+                        row = {"t_insert": t_ins, "collection": coll, "repo": key[0]}
+                        row.update(path=key[1], t_commit=fh.seen.get(key))
                         f.write(json.dumps(row) + "\n")
             metrics = syncd.metrics()
             out[f"{rate}/s"] = {
