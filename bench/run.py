@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import fixtures, scenarios
+from bench import cluster, fixtures, scenarios
 from bench.fixtures import up_world
 from bench.procstat import loadavg
 from syncd_sandbox.world import World
@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[World, Path, scenarios.Scale], dict[st
     "3": ("live_latency", scenarios.live_latency),
     "4": ("catch_up", scenarios.catch_up),
     "5": ("rate_limited", scenarios.rate_limited),
+    "6": ("partitions", cluster.partitions),
 }
 
 
@@ -222,6 +223,25 @@ def table(res: dict[str, Any]) -> str:
                 "yes",
             )
         )
+    if "partitions" in s and "speedup_4_vs_1" in s["partitions"]:
+        v = s["partitions"]
+        for label in cluster.RUNS_LABELS:
+            r = v[label]
+            rows.append(
+                (
+                    f"6 {label}, {v['documents']:,} docs / {v['accounts']} accounts"
+                    if label == cluster.RUNS_LABELS[0]
+                    else f"6 {label}",
+                    "records/s (firehose) / wall s",
+                    r["records_per_s"],
+                    r["wall_s"],
+                    f"{v['speedup_4_vs_1']}× (4 vs 1 on MongoDB state)"
+                    if label == cluster.RUNS_LABELS[-1]
+                    else "",
+                    "",
+                )
+            )
+            rows.append(("", "cores used", _cores(r.get("cores", {})), "", "", ""))
     out = [
         "| scenario | figure | syncd | baseline / ceiling | ratio | aim |",
         "|---|---|---|---|---|---|",
@@ -237,7 +257,7 @@ def _cores(c: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--scale", choices=sorted(scenarios.SCALES), default="small")
-    ap.add_argument("--only", default="1,2,3,4,5", help="scenario numbers, comma-separated")
+    ap.add_argument("--only", default="1,2,3,4,5,6", help="scenario numbers, comma-separated")
     ap.add_argument("--dir", default="/tmp/syncd-bench", help="scratch directory for the worlds")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument(
