@@ -74,6 +74,15 @@ def id_equality(filter_: Any) -> tuple[bool, Any]:
     return simple_id({"_id": filter_["_id"]})
 
 
+def _duplicate_id(db: str, name: str, doc_id: Any) -> WriteFailure:
+    return WriteFailure(
+        11000,
+        f"E11000 duplicate key error collection: {db}.{name} index: _id_ dup key: "
+        f"{{ _id: {doc_id!r} }}",
+        {"keyPattern": {"_id": 1}, "keyValue": {"_id": doc_id}},
+    )
+
+
 def is_replacement(update: Any) -> bool:
     return isinstance(update, dict) and not any(k.startswith("$") for k in update)
 
@@ -306,12 +315,7 @@ class Storage:
         store = self._store(db, name)
         key = _doc_key(doc_id)
         if key in store._documents:
-            raise WriteFailure(
-                11000,
-                f"E11000 duplicate key error collection: {db}.{name} index: _id_ dup key: "
-                f"{{ _id: {doc_id!r} }}",
-                {"keyPattern": {"_id": 1}, "keyValue": {"_id": doc_id}},
-            )
+            raise _duplicate_id(db, name, doc_id)
         store._documents[key] = doc
         if not store._is_force_created:
             store.create()
@@ -441,12 +445,7 @@ class Storage:
             if not upsert:
                 return UpdateOutcome(0, 0, None, [])
             # MongoDB would insert, and collide with the existing ``_id``.
-            raise WriteFailure(
-                11000,
-                f"E11000 duplicate key error collection: {db}.{name} index: _id_ dup key: "
-                f"{{ _id: {doc_id!r} }}",
-                {"keyPattern": {"_id": 1}, "keyValue": {"_id": doc_id}},
-            )
+            raise _duplicate_id(db, name, doc_id)
         change = self._update_in_place(db, name, existing, query, update, replacement)
         if change is None:
             return UpdateOutcome(1, 0, None, [])
