@@ -4,20 +4,29 @@ A writer takes its queue in order, so changes to one document are applied in
 order. A batch never holds the same document twice. For each batch:
 
 1. plan every op against the ledger (:mod:`syncd.planner`);
-2. make painting thumbnails and upload the blobs the account lacks;
+2. attach painting thumbnails (uploading the blobs the account lacks);
 3. validate each record against its lexicon;
 4. mark the writes pending in the ledger (so a crash right after sending is
    recovered with idempotent calls), send them (``applyWrites``, falling back to
    single ``putRecord``/``deleteRecord`` calls when a batch is refused), and
 5. commit the results, write ``atproto.rkey`` back to MongoDB, and complete the
    changes' tickets so the resume position can advance.
+
+A painting's image work (fetch, thumbnail, blob upload) starts when its op is
+submitted, off the batch path: the op joins the queue only once its image is
+ready, so text documents never wait in a batch for another document's image,
+and batches go out while thumbnails are being made. Ops of one document still
+join the queue in order (a later op waits behind an earlier one still being
+prepared). At most ``IMAGE_BUDGET`` prepared images are held per engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,7 +36,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from syncd import lexicon, metrics
 from syncd.changes import Op, Problem, record_outcome
 from syncd.images.errors import ImageError
-from syncd.images.pipeline import prepare_painting_blob
+from syncd.images.pipeline import PreparedImage, prepare_painting_blob
 from syncd.images.thumbnail import Thumbnail
 from syncd.lexicon import LexiconError
 from syncd.mappings.base import when_of
@@ -57,6 +66,53 @@ log = structlog.get_logger("syncd.writer")
 # The account cannot write right now (bad credentials, deactivated, taken down):
 # its documents are dead-lettered as retryable, other accounts carry on.
 ACCOUNT_ERRORS = (AuthError, AccountUnavailableError)
+#: Painting images prepared ahead of their batch (thumbnail in memory, <= 100 KB
+#: each) or being prepared, per engine: bounds memory when the PDS is slow.
+IMAGE_BUDGET = 256
+#: Blob uploads ahead of batches in flight at once, per engine. Not the batches'
+#: PDS slots: an upload waiting on a busy PDS must not keep a batch from going out
+#: (holding a slot each, 25 paintings/s starved the writers of slots). When all are
+#: busy the upload is left to the painting's batch instead of waiting: a saturated
+#: PDS then shares itself between paintings and text as batches do, rather than
+#: letting paintings queue behind a few upload slots.
+UPLOAD_CONCURRENCY = 4
+#: Paintings of one batch whose blob is uploaded (or image made) at once: more only
+#: queue in the HTTP pool (the PDS does one at a time anyway).
+BATCH_UPLOAD_CONCURRENCY = 8
+_IMAGE = "image"  # Op.extra key: the op's image task
+
+
+@dataclass
+class _Limits:
+    budget: asyncio.Semaphore
+    uploads: asyncio.Semaphore
+
+
+_limits: weakref.WeakKeyDictionary[Any, _Limits] = weakref.WeakKeyDictionary()
+
+
+def _engine_limits(engine: Engine) -> _Limits:
+    limits = _limits.get(engine)
+    if limits is None:
+        limits = _limits[engine] = _Limits(
+            asyncio.Semaphore(IMAGE_BUDGET), asyncio.Semaphore(UPLOAD_CONCURRENCY)
+        )
+    return limits
+
+
+def _image_budget(engine: Engine) -> asyncio.Semaphore:
+    return _engine_limits(engine).budget
+
+
+@dataclass
+class _Image:
+    """A painting's image work: the thumbnail (or why there is none), and the blob
+    link when it was uploaded ahead of the batch."""
+
+    prepared: PreparedImage | None = None
+    error: ImageError | None = None
+    link: str | None = None
+    budgeted: bool = False
 
 
 def _blob_missing(exc: XrpcError) -> bool:
@@ -77,19 +133,67 @@ class AccountWriter:
     def __init__(self, engine: Engine, account: Account) -> None:
         self.engine = engine
         self.account = account
-        self.queue: deque[Op] = deque()
+        self.queue: deque[Op] = deque()  # ready to be sent, in order
         self._wake = asyncio.Event()
         self._uploaded: set[str] = set()  # blob CIDs uploaded by this process
+        # Ops waiting for their own image, or behind an earlier op of the same document
+        # that is: (collection, key) -> ops in order; the first one is being prepared.
+        self._gated: dict[tuple[str, str], deque[Op]] = {}
+        self._images: set[asyncio.Task[_Image]] = set()
         self.task: asyncio.Task[None] | None = None
 
     def submit(self, op: Op) -> None:
-        self.queue.append(op)
+        if self._wants_image(op):
+            task = asyncio.create_task(self._prepare_image(op), name="painting-image")
+            op.extra[_IMAGE] = task
+            self._images.add(task)
+            task.add_done_callback(self._images.discard)
+        ident = (op.change.collection, op.change.key)
+        if _IMAGE in op.extra:
+            op.extra[_IMAGE].add_done_callback(lambda _: self._image_done(ident))
+        gated = self._gated.get(ident)
+        if gated is not None:
+            gated.append(op)  # after the earlier op of this document
+        elif _IMAGE in op.extra:
+            self._gated[ident] = deque([op])
+        else:
+            self.queue.append(op)
+            self._wake.set()
+
+    def _wants_image(self, op: Op) -> bool:
+        """True when ``op`` is a painting this account will (most likely) write: its
+        image work can start now. The batch plans again; a wrong guess costs only
+        the work (a missed one is done in the batch)."""
+        draft = op.draft
+        if draft is None or draft.image is None or op.desired is None:
+            return False
+        if op.desired.did != self.account.did or op.change.doc is None:
+            return False
+        entry = self.engine.store.ledger_get(op.change.collection, op.change.key)
+        return plan(op, self.account.did, entry).action in WRITES
+
+    def _image_done(self, ident: tuple[str, str]) -> None:
+        """One of the document's images is ready: release its ops that now are, in order."""
+        ops = self._gated.get(ident)
+        if ops is None:
+            return
+        while ops and (_IMAGE not in ops[0].extra or ops[0].extra[_IMAGE].done()):
+            self.queue.append(ops.popleft())
+        if not ops:
+            del self._gated[ident]
         self._wake.set()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"writer:{self.account.did}")
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            for task in list(self._images):
+                task.cancel()
+
+    async def _loop(self) -> None:
         limit = self.engine.config.pds.max_writes_per_call
         while True:
             if not self.queue:
@@ -128,8 +232,15 @@ class AccountWriter:
                         )
                 self.engine.refresh_dead_letter_gauge()
             for op in batch:
+                self._release_image(op)
                 self.engine.router.finished(op, self.account.did)
                 op.change.ticket.complete()
+
+    def _release_image(self, op: Op) -> None:
+        task = op.extra.pop(_IMAGE, None)
+        if task is not None and task.done() and not task.cancelled():
+            if task.exception() is None and task.result().budgeted:
+                _image_budget(self.engine).release()
 
     # -- one batch -----------------------------------------------------------
     async def process(self, ops: list[Op]) -> None:
@@ -180,7 +291,15 @@ class AccountWriter:
         writes = [p for p in plans if p.action in WRITES]
         paintings = [p for p in writes if p.op.draft is not None and p.op.draft.image is not None]
         if paintings:
-            await asyncio.gather(*(self._attach_thumbnail(p) for p in paintings))
+            # Mostly ready already; what is left (uploads the PDS was too busy to take
+            # ahead, images the submit-time guess missed) goes a few at a time.
+            sem = asyncio.Semaphore(BATCH_UPLOAD_CONCURRENCY)
+
+            async def attach(p: Plan) -> None:
+                async with sem:
+                    await self._attach_thumbnail(p)
+
+            await asyncio.gather(*(attach(p) for p in paintings))
         for p in writes:
             if p.failed is not None:
                 continue
@@ -210,15 +329,50 @@ class AccountWriter:
             p.problem, p.failed = p.failed, None
             p.action, p.record, p.writeback = NONE, None, None
 
-    async def _attach_thumbnail(self, p: Plan) -> None:
+    async def _prepare_image(self, op: Op) -> _Image:
+        """Ahead of the batch: fetch and shrink the image, and upload the blob if the
+        account lacks it and one of the ``UPLOAD_CONCURRENCY`` upload slots is free.
+        Otherwise, and after a failed upload, the batch uploads (and records failures)."""
         engine = self.engine
-        doc = p.op.change.doc
+        await _image_budget(engine).acquire()
+        image = _Image(budgeted=True)
+        try:
+            image = await self._make_image(op)
+            image.budgeted = True
+            prepared = image.prepared
+            uploads = _engine_limits(engine).uploads
+            if prepared is not None and not self._has_blob(prepared.cid) and not uploads.locked():
+                async with uploads:
+                    try:
+                        image.link = await self._upload(
+                            op.change.collection, prepared.thumbnail, prepared.cid
+                        )
+                    except XrpcError:
+                        pass
+        except BaseException:
+            if image.budgeted:
+                _image_budget(engine).release()
+            raise
+        return image
+
+    async def _make_image(self, op: Op) -> _Image:
+        engine = self.engine
+        doc = op.change.doc
         assert doc is not None
         try:
             prepared = await prepare_painting_blob(
                 doc, engine.config.images, engine.image_fetcher, engine.thumbnails
             )
         except ImageError as exc:
+            return _Image(error=exc)
+        return _Image(prepared=prepared)
+
+    async def _attach_thumbnail(self, p: Plan) -> None:
+        engine = self.engine
+        task: asyncio.Task[_Image] | None = p.op.extra.get(_IMAGE)
+        image = task.result() if task is not None else await self._make_image(p.op)
+        if image.error is not None:
+            exc = image.error
             p.failed = Problem("dead", exc.reason, str(exc)[:500], retryable=not exc.permanent)
             log.warning(
                 "painting_image_failed",
@@ -228,49 +382,66 @@ class AccountWriter:
                 permanent=exc.permanent,
             )
             return
+        prepared = image.prepared
+        assert prepared is not None
         p.extra["thumbnail"] = prepared.thumbnail
-        blob = await self._ensure_blob(p, prepared.thumbnail, prepared.cid)
-        if blob is None:
-            return
+        if image.link is not None and image.link in self._uploaded:
+            p.blob_cid = image.link  # uploaded ahead of the batch, and not forgotten since
+            blob = self._blob_ref(prepared.thumbnail, image.link)
+        else:
+            maybe = await self._ensure_blob(p, prepared.thumbnail, prepared.cid)
+            if maybe is None:
+                return
+            blob = maybe
         extra: dict[str, Any] = {"thumbnail": blob}
         if prepared.recording_exists:
             assert p.op.draft is not None
             extra["recordingUrl"] = Paintings.recording_url(p.op.draft.fields, engine.mapping_ctx)
         p.extra["record_extra"] = extra
 
+    @staticmethod
+    def _blob_ref(thumb: Thumbnail, link: str) -> dict[str, Any]:
+        return {
+            "$type": "blob",
+            "ref": {"$link": link},
+            "mimeType": thumb.mime_type,
+            "size": len(thumb.data),
+        }
+
+    def _has_blob(self, cid: str) -> bool:
+        return cid in self._uploaded or self.engine.store.blob_known(self.account.did, cid)
+
+    async def _upload(self, collection: str, thumb: Thumbnail, cid: str) -> str:
+        """uploadBlob (with retries); returns the link the PDS answered."""
+        engine = self.engine
+        uploaded = await with_retries(
+            lambda: engine.repo.upload_blob(self.account, thumb.data, thumb.mime_type),
+            stop=engine.stopping,
+            on_error=_count_error(collection),
+        )
+        link = uploaded.get("ref", {}).get("$link")
+        if link and link != cid:
+            log.warning("blob_cid_mismatch", computed=cid, pds=link)
+        link = str(link or cid)
+        self._uploaded.add(link)
+        return link
+
     async def _ensure_blob(
         self, p: Plan, thumb: Thumbnail, cid: str, *, force: bool = False
     ) -> dict[str, Any] | None:
         """The blob ref for ``thumb``, uploading it unless this account already has it."""
-        engine = self.engine
-        blob: dict[str, Any] = {
-            "$type": "blob",
-            "ref": {"$link": cid},
-            "mimeType": thumb.mime_type,
-            "size": len(thumb.data),
-        }
-        if force or (
-            cid not in self._uploaded and not engine.store.blob_known(self.account.did, cid)
-        ):
+        link = cid
+        if force or not self._has_blob(cid):
             try:
-                uploaded = await with_retries(
-                    lambda: engine.repo.upload_blob(self.account, thumb.data, thumb.mime_type),
-                    stop=engine.stopping,
-                    on_error=_count_error(p.collection),
-                )
+                link = await self._upload(p.collection, thumb, cid)
             except ACCOUNT_ERRORS as exc:
                 p.failed = Problem("dead", "account_unavailable", exc.error, retryable=True)
                 return None
             except XrpcError as exc:
                 p.failed = Problem("dead", "blob_rejected", exc.reason, retryable=exc.status == 413)
                 return None
-            link = uploaded.get("ref", {}).get("$link")
-            if link and link != cid:
-                log.warning("blob_cid_mismatch", computed=cid, pds=link)
-                blob["ref"] = {"$link": link}
-            self._uploaded.add(str(blob["ref"]["$link"]))
-        p.blob_cid = str(blob["ref"]["$link"])
-        return blob
+        p.blob_cid = link
+        return self._blob_ref(thumb, link)
 
     def _mark_pending(self, p: Plan) -> None:
         store = self.engine.store
