@@ -15,7 +15,7 @@ import socket
 from typing import Any
 
 import structlog
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 
 from syncd import metrics
 from syncd.config import Config
@@ -39,10 +39,16 @@ def instance_id(config: Config) -> str:
 class Candidate:
     """Stand by until one partition's lease can be taken; one partition per instance."""
 
-    def __init__(self, config: Config, client: AsyncMongoClient[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: AsyncMongoClient[dict[str, Any]],
+        renewals: MongoClient[dict[str, Any]] | None = None,
+    ) -> None:
         self.config = config
         self.owner = instance_id(config)
         coll = client[config.state.mongodb_database][COLLECTION]
+        sync = None if renewals is None else renewals[config.state.mongodb_database][COLLECTION]
         n = config.cluster.partitions
         # Start at a different partition on each instance so a cold start spreads out.
         first = partition_of(self.owner, n)
@@ -53,6 +59,7 @@ class Candidate:
                 partition=(first + i) % n,
                 owner=self.owner,
                 seconds=config.cluster.lease_seconds,
+                renewals=sync,
             )
             for i in range(n)
         ]

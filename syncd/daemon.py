@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
 import structlog
+from pymongo import MongoClient
 
 from syncd import config as config_mod
 from syncd import logs, metrics
@@ -94,8 +96,13 @@ class Daemon:
 
     async def lead_or_stand_by(self) -> None:
         """Cluster mode: wait for a lease, lead while it holds, stand by again when lost."""
-        client = mongo_client(self.config.state.mongodb_uri or self.config.mongo.uri)
-        candidate = Candidate(self.config, client)
+        uri = self.config.state.mongodb_uri or self.config.mongo.uri
+        client = mongo_client(uri)
+        # Lease renewals get their own synchronous client and thread (syncd/lease.py).
+        renewals: MongoClient[dict[str, Any]] = MongoClient(
+            uri, appname="syncd-lease", serverSelectionTimeoutMS=5000, socketTimeoutMS=5000
+        )
+        candidate = Candidate(self.config, client, renewals)
         try:
             while not self.should_exit.is_set():
                 self.health.set_phase("standby")
@@ -112,6 +119,7 @@ class Daemon:
         finally:
             metrics.LEADER.set(0)
             await client.close()
+            renewals.close()
 
     def _standby_turn(self) -> None:
         self.health.beat("main")

@@ -21,6 +21,7 @@ Clock assumption: the hosts' wall clocks differ by less than the margin (NTP).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import structlog
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
@@ -73,8 +75,12 @@ class Lease:
         seconds: float,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        renewals: Collection[dict[str, Any]] | None = None,
     ) -> None:
-        self._coll = collection.with_options(write_concern=WriteConcern("majority", wtimeout=5000))
+        majority = WriteConcern("majority", wtimeout=5000)
+        self._coll = collection.with_options(write_concern=majority)
+        # Renewals run on their own thread with a synchronous client (see keep()).
+        self._renewals = None if renewals is None else renewals.with_options(write_concern=majority)
         self.cluster = cluster
         self.partition = partition
         self.id = f"{cluster}/{partition}"
@@ -86,6 +92,7 @@ class Lease:
         self._token = 0
         self._deadline = 0.0
         self.held = False
+        self._revoked = False
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None
 
@@ -102,7 +109,7 @@ class Lease:
         return max(0.0, self._deadline - self._monotonic()) if self.held else 0.0
 
     def check(self) -> None:
-        if not self.held:
+        if not self.held or self._revoked:
             raise LeaseLost(self.lost_reason or "the lease is not held")
         if self._monotonic() >= self._deadline:
             self.lose("the lease ran out before it was renewed")
@@ -141,6 +148,7 @@ class Lease:
         self._token = int(doc["fence"])
         self._deadline = started + self.seconds - self.margin
         self.held = True
+        self._revoked = False
         self.lost = asyncio.Event()
         self.lost_reason = None
         metrics.LEASE_ACQUIRED.inc()
@@ -165,7 +173,57 @@ class Lease:
         return self.held
 
     async def keep(self) -> None:
-        """Renew every ``seconds / 3`` until lost; a failed renewal is retried until the deadline."""
+        """Renew every ``seconds / 3`` until lost; a failed renewal is retried until the deadline.
+
+        With a synchronous ``renewals`` collection the renewals run on a thread of
+        their own, so an event loop busy for seconds (a slow state store, a burst of
+        CPU work) cannot starve them into a needless failover; a paused process
+        (SIGSTOP) still pauses the thread with it. Without one, they run on the loop.
+        """
+        if self._renewals is None:
+            await self._keep_on_loop()
+            return
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._keep_on_thread, args=(loop, stop), name="lease-renewal", daemon=True
+        )
+        thread.start()
+        try:
+            await self.lost.wait()
+        finally:
+            stop.set()
+
+    def _keep_on_thread(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        assert self._renewals is not None
+        while self.held and not stop.wait(self.renew_every):
+            started = self._monotonic()
+            now = self._clock()
+            try:
+                result = self._renewals.update_one(
+                    {"_id": self.id, "owner": self.owner, "fence": self._token},
+                    {"$set": {"expires_at": now + self.seconds, "renewed_at": now}},
+                )
+            except PyMongoError as exc:
+                log.warning("lease_renew_failed", lease=self.id, error=type(exc).__name__)
+                if self._monotonic() >= self._deadline:
+                    self._lose_from_thread(loop, "MongoDB unreachable until the lease ran out")
+                    return
+                continue
+            if result.matched_count == 0:
+                self._lose_from_thread(loop, "another instance holds the lease")
+                return
+            if self.held and not stop.is_set():
+                self._deadline = started + self.seconds - self.margin
+
+    def _lose_from_thread(self, loop: asyncio.AbstractEventLoop, why: str) -> None:
+        self._revoked = True  # check() fails from now on, whatever the loop is doing
+        try:
+            loop.call_soon_threadsafe(self.lose, why)  # log, count, set ``lost`` on the loop
+        except RuntimeError:  # the loop is closed: the process is exiting
+            self.held = False
+
+    async def _keep_on_loop(self) -> None:
         while self.held:
             try:
                 await asyncio.wait_for(self.lost.wait(), self.renew_every)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -281,3 +282,38 @@ def test_lease_takeover_only_after_expiry_and_fencing_tokens_grow(backend: Backe
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_renewals_survive_a_blocked_event_loop(backend: Backend) -> None:
+    """A loop busy for longer than the lease must not cost the lease (renewal thread)."""
+    dbname = f"lease_{uuid.uuid4().hex[:10]}"
+    sync: MongoClient[dict[str, Any]] = backend.client()
+
+    async def scenario() -> None:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backend.uri)
+        lease = Lease(
+            client[dbname][COLLECTION],
+            cluster="c",
+            partition=0,
+            owner="a",
+            seconds=1.5,
+            renewals=sync[dbname][COLLECTION],
+        )
+        assert await lease.try_acquire()
+        keeper = asyncio.create_task(lease.keep())
+        await asyncio.sleep(0)
+        time.sleep(3.0)  # noqa: ASYNC251 -- on purpose: the loop is stuck for twice the lease
+        lease.check()  # still ours: the thread renewed it meanwhile
+        doc = await lease.holder()
+        assert doc is not None and doc["owner"] == "a" and doc["expires_at"] > time.time()
+        other = Lease(client[dbname][COLLECTION], cluster="c", partition=0, owner="b", seconds=1.5)
+        assert not await other.try_acquire()
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        await client.drop_database(dbname)
+        await client.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sync.close()
