@@ -38,11 +38,13 @@ async def prepare_painting_blob(
     ``.permanent`` to decide between skipping the document and retrying later.
     """
     source = painting_source_from_doc(doc, settings)
-    probe: asyncio.Task[bool] | None = None
-    if source.recording_url is not None:
-        probe = asyncio.create_task(fetcher.recording_exists(source.recording_url))
-    try:
-        async with pool.admit():  # bounds the fetched bodies held before shrinking
+    # Admission covers the probe too: started outside it, hundreds of queued paintings'
+    # HEADs would take the fetcher's request slots ahead of the admitted ones' GETs.
+    async with pool.admit():  # also bounds the fetched bodies held before shrinking
+        probe: asyncio.Task[bool] | None = None
+        if source.recording_url is not None:
+            probe = asyncio.create_task(fetcher.recording_exists(source.recording_url))
+        try:
             data = await fetcher.fetch_image(source.image_url)
             thumbnail = await pool.make(
                 data,
@@ -51,13 +53,13 @@ async def prepare_painting_blob(
                 max_pixels=settings.max_pixels,
             )
             del data
-        recording_exists = await probe if probe is not None else False
-    except BaseException:
-        if probe is not None and not probe.done():
-            probe.cancel()
-            with contextlib.suppress(BaseException):
-                await probe
-        raise
+            recording_exists = await probe if probe is not None else False
+        except BaseException:
+            if probe is not None and not probe.done():
+                probe.cancel()
+                with contextlib.suppress(BaseException):
+                    await probe
+            raise
     return PreparedImage(
         thumbnail=thumbnail,
         cid=blob_cid(thumbnail.data),
