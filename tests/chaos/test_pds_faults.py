@@ -52,6 +52,9 @@ def test_http_faults_under_load(rig: Rig) -> None:
         )
         proxy.add("reset", probability=0.05)
         proxy.add("apply_then_drop", methods=writes, probability=0.1)
+        # One certain delay past the timeout (the random ones may not fire in 12 s when
+        # batches are full and write calls few), then random ones.
+        proxy.add("delay", methods=writes, n=1, delay=timeout + 1.0)
         proxy.add("delay", methods=writes, probability=0.03, delay=timeout + 1.0)
         time.sleep(12.0)
     finally:
