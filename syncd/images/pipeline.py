@@ -38,14 +38,16 @@ async def prepare_painting_blob(
     ``.permanent`` to decide between skipping the document and retrying later.
     """
     source = painting_source_from_doc(doc, settings)
-    # Admission covers the probe too: started outside it, hundreds of queued paintings'
-    # HEADs would take the fetcher's request slots ahead of the admitted ones' GETs.
-    async with pool.admit():  # also bounds the fetched bodies held before shrinking
-        probe: asyncio.Task[bool] | None = None
-        if source.recording_url is not None:
-            probe = asyncio.create_task(fetcher.recording_exists(source.recording_url))
-        try:
+    probe: asyncio.Task[bool] | None = None
+    try:
+        async with pool.admit():  # bounds the fetched bodies held before shrinking
             data = await fetcher.fetch_image(source.image_url)
+            # The probe runs while the thumbnail is made. Started before the admission,
+            # hundreds of queued paintings' HEADs took the fetcher's request slots
+            # ahead of the admitted paintings' GETs; inside it, a slow HEAD kept a
+            # worker's admission.
+            if source.recording_url is not None:
+                probe = asyncio.create_task(fetcher.recording_exists(source.recording_url))
             thumbnail = await pool.make(
                 data,
                 max_side=settings.thumbnail_max_side,
@@ -53,13 +55,13 @@ async def prepare_painting_blob(
                 max_pixels=settings.max_pixels,
             )
             del data
-            recording_exists = await probe if probe is not None else False
-        except BaseException:
-            if probe is not None and not probe.done():
-                probe.cancel()
-                with contextlib.suppress(BaseException):
-                    await probe
-            raise
+        recording_exists = await probe if probe is not None else False
+    except BaseException:
+        if probe is not None and not probe.done():
+            probe.cancel()
+            with contextlib.suppress(BaseException):
+                await probe
+        raise
     return PreparedImage(
         thumbnail=thumbnail,
         cid=blob_cid(thumbnail.data),
