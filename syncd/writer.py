@@ -10,7 +10,8 @@ order. A batch never holds the same document twice. For each batch:
    recovered with idempotent calls), send them (``applyWrites``, falling back to
    single ``putRecord``/``deleteRecord`` calls when a batch is refused), and
 5. commit the results, write ``atproto.rkey`` back to MongoDB, and complete the
-   changes' tickets so the resume position can advance.
+   changes' tickets so the resume position can advance. The write-back runs
+   while the next batch is sent (at most one behind), not before it.
 
 A painting's image work (fetch, thumbnail, blob upload) starts when its op is
 submitted, off the batch path: the op joins the queue only once its image is
@@ -140,6 +141,7 @@ class AccountWriter:
         # that is: (collection, key) -> ops in order; the first one is being prepared.
         self._gated: dict[tuple[str, str], deque[Op]] = {}
         self._images: set[asyncio.Task[_Image]] = set()
+        self._writeback: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
     def submit(self, op: Op) -> None:
@@ -192,6 +194,10 @@ class AccountWriter:
         finally:
             for task in list(self._images):
                 task.cancel()
+            if self._writeback is not None:
+                self._writeback.cancel()
+                if self._writeback.done() and not self._writeback.cancelled():
+                    self._writeback.exception()  # retrieved (Abandoned at shutdown)
 
     async def _loop(self) -> None:
         limit = self.engine.config.pds.max_writes_per_call
@@ -201,6 +207,7 @@ class AccountWriter:
                 await self._wake.wait()
                 continue
             batch: list[Op] = []
+            plans: list[Plan] | None = None
             try:
                 async with self.engine.pds_slots:
                     # Take the batch once a slot is ours: what queued up while waiting
@@ -214,7 +221,7 @@ class AccountWriter:
                         seen.add(ident)
                         batch.append(self.queue.popleft())
                     self.engine.queued_ops -= len(batch)
-                    await self.process(batch)
+                    plans = await self.process(batch)
             except Abandoned:
                 # Shutdown: the batch is not applied, so its changes stay incomplete and
                 # the saved position stays before them; the next start replays them.
@@ -231,10 +238,33 @@ class AccountWriter:
                             retryable=True,
                         )
                 self.engine.refresh_dead_letter_gauge()
-            for op in batch:
-                self._release_image(op)
-                self.engine.router.finished(op, self.account.did)
-                op.change.ticket.complete()
+            if plans is None:
+                self._finish(batch)
+                continue
+            previous = self._writeback
+            if previous is not None:
+                try:
+                    await previous  # at most one write-back behind the batches
+                except Abandoned:
+                    return
+            self._writeback = asyncio.create_task(self._write_back_then_finish(batch, plans))
+
+    async def _write_back_then_finish(self, batch: list[Op], plans: list[Plan]) -> None:
+        """The records are written: set ``atproto.rkey`` in MongoDB, then complete the
+        changes (so the saved position never passes a document not written back)."""
+        try:
+            await self._write_back(plans)
+        except Abandoned:
+            raise  # shutdown: the changes stay incomplete and are replayed
+        except Exception:  # a bug: the records are written, the next change retries
+            log.exception("writeback_failed_unexpectedly", did=self.account.did)
+        self._finish(batch)
+
+    def _finish(self, batch: list[Op]) -> None:
+        for op in batch:
+            self._release_image(op)
+            self.engine.router.finished(op, self.account.did)
+            op.change.ticket.complete()
 
     def _release_image(self, op: Op) -> None:
         task = op.extra.pop(_IMAGE, None)
@@ -243,7 +273,8 @@ class AccountWriter:
                 _image_budget(self.engine).release()
 
     # -- one batch -----------------------------------------------------------
-    async def process(self, ops: list[Op]) -> None:
+    async def process(self, ops: list[Op]) -> list[Plan]:
+        """Plan, prepare, send and commit one batch; returns the plans to write back."""
         engine = self.engine
         store = engine.store
         plans = [
@@ -259,7 +290,7 @@ class AccountWriter:
                     self._mark_pending(p)
             await self._send(to_send)
         self._commit(plans)
-        await self._write_back(plans)
+        return plans
 
     def _resolve_key_collisions(self, plans: list[Plan]) -> None:
         """Give a new record another derived key when its key is already taken here."""
