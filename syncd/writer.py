@@ -43,6 +43,7 @@ from syncd.lexicon import LexiconError
 from syncd.mappings.base import when_of
 from syncd.mappings.paintings import Paintings
 from syncd.pds.errors import AccountUnavailableError, AuthError, RateLimitedError, XrpcError
+from syncd.pds.ratelimit import writes_that_fit
 from syncd.pds.repo import create_write, delete_write, update_write
 from syncd.pds.sessions import Account
 from syncd.planner import (
@@ -526,11 +527,27 @@ class AccountWriter:
         while True:
             if engine.stopping.is_set():
                 raise Abandoned()
+            budget = engine.repo.write_budget(self.account.did)
+            if budget is not None:
+                # The last write said how many points are left: a batch costing more
+                # would be refused whole (and spend them). Send what they pay for; when
+                # nothing fits, send anyway and let the 429 say how long to wait.
+                fit = self._fits(budget.remaining, chunk)
+                if 0 < fit < len(chunk):
+                    log.info(
+                        "batch_sized_to_write_budget",
+                        did=self.account.did,
+                        points_left=budget.remaining,
+                        writes=len(chunk),
+                        sending=fit,
+                    )
+                    head = await self._apply(chunk[:fit])
+                    return head + await self._apply(chunk[fit:])
             try:
                 results = await engine.repo.apply_writes(self.account, writes)
             except RateLimitedError as exc:
                 self._count(chunk, exc)
-                fit = self._fits(exc, chunk)
+                fit = self._fits(exc.remaining, chunk)
                 if 0 < fit < len(chunk):
                     # The budget left still takes part of the batch: send that now.
                     head = await self._apply(chunk[:fit])
@@ -567,18 +584,12 @@ class AccountWriter:
             return []
 
     @staticmethod
-    def _fits(exc: RateLimitedError, chunk: list[Plan]) -> int:
-        """How many of ``chunk``'s writes the remaining points pay for (create 3, update 2, delete 1)."""
-        if exc.remaining is None or exc.remaining <= 0:
+    def _fits(points: int | None, chunk: list[Plan]) -> int:
+        """How many of ``chunk``'s writes ``points`` pay for (create 3, update 2, delete 1)."""
+        if points is None or points <= 0:
             return 0
-        cost = {CREATE: 3, UPDATE: 2, DELETE: 1}
-        left, n = exc.remaining, 0
-        for p in chunk:
-            left -= cost.get(p.action, 3)
-            if left < 0:
-                break
-            n += 1
-        return n
+        kinds = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
+        return writes_that_fit(points, (kinds.get(p.action, "create") for p in chunk))
 
     async def _single(self, p: Plan) -> None:
         engine = self.engine

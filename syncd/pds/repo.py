@@ -13,6 +13,11 @@ the new leader has written to that repo, instead of overwriting newer records.
 On ``InvalidSwap`` the head is read again and, if the lease still holds (an
 admin command or another partition wrote), the write is retried. Writes to one
 repo are serialised while fenced (a swap needs a known head).
+
+**Write budgets**: every successful write's rate-limit headers are read for the
+account's repository-write budget (:mod:`syncd.pds.ratelimit`);
+:meth:`Repo.write_budget` answers the newest one, so a writer can size a batch to
+the points left instead of having the whole batch refused.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
+
 from syncd import metrics
 from syncd.pds.errors import AuthError, XrpcError
+from syncd.pds.ratelimit import WriteBudget, write_budget
 from syncd.pds.sessions import Account, SessionManager
 from syncd.pds.xrpc import XrpcClient
 
@@ -57,16 +65,36 @@ class Repo:
         self.fence = fence
         self._heads: dict[str, str | None] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._budgets: dict[str, WriteBudget] = {}
+
+    def write_budget(self, did: str) -> WriteBudget | None:
+        """The account's write budget as the newest successful write reported it, while
+        its window lasts; None when unknown (rate limits off, or another limit tighter)."""
+        budget = self._budgets.get(did)
+        if budget is not None and not budget.current():
+            del self._budgets[did]
+            return None
+        return budget
+
+    def _budget_observer(self, did: str) -> Callable[[httpx.Headers], None]:
+        def observe(headers: httpx.Headers) -> None:
+            budget = write_budget(headers)
+            if budget is None:
+                self._budgets.pop(did, None)  # another limit is tighter: plenty left
+            else:
+                self._budgets[did] = budget
+
+        return observe
 
     async def _write(
         self, account: Account, nsid_call: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         """One repository write; fenced (lease check + ``swapCommit``) when leading a cluster."""
+        did = account.did
         if self.fence is None:
             return await self._authed(
-                account, lambda token: self.xrpc.procedure(nsid_call, body, token=token)
+                account, lambda token: self._procedure(nsid_call, body, did, token)
             )
-        did = account.did
         lock = self._locks.setdefault(did, asyncio.Lock())
         async with lock:
             for attempt in range(SWAP_ATTEMPTS):
@@ -78,7 +106,7 @@ class Repo:
                 try:
                     data = await self._authed(
                         account,
-                        partial(self._procedure, nsid_call, sent),
+                        partial(self._procedure, nsid_call, sent, did),
                     )
                 except XrpcError as exc:
                     if exc.error != "InvalidSwap" or attempt == SWAP_ATTEMPTS - 1:
@@ -93,8 +121,12 @@ class Repo:
                 return data
         raise AssertionError("unreachable")
 
-    async def _procedure(self, method: str, body: dict[str, Any], token: str) -> dict[str, Any]:
-        return await self.xrpc.procedure(method, body, token=token)
+    async def _procedure(
+        self, method: str, body: dict[str, Any], did: str, token: str
+    ) -> dict[str, Any]:
+        return await self.xrpc.procedure(
+            method, body, token=token, on_headers=self._budget_observer(did)
+        )
 
     async def latest_commit(self, did: str) -> str | None:
         """The repo's current commit CID (public ``com.atproto.sync.getLatestCommit``)."""

@@ -13,7 +13,7 @@ The ``transport`` argument is the seam tests use to put a fault proxy or a
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -93,9 +93,18 @@ class XrpcClient:
         token: str | None = None,
         content: bytes | None = None,
         content_type: str | None = None,
+        on_headers: Callable[[httpx.Headers], None] | None = None,
     ) -> dict[str, Any]:
+        """POST ``method``; ``on_headers`` sees a successful response's headers (the
+        rate-limit budget they carry, :mod:`syncd.pds.ratelimit`)."""
         return await self._call(
-            "POST", method, json_body=body, token=token, content=content, content_type=content_type
+            "POST",
+            method,
+            json_body=body,
+            token=token,
+            content=content,
+            content_type=content_type,
+            on_headers=on_headers,
         )
 
     async def _call(
@@ -108,6 +117,7 @@ class XrpcClient:
         token: str | None = None,
         content: bytes | None = None,
         content_type: str | None = None,
+        on_headers: Callable[[httpx.Headers], None] | None = None,
     ) -> dict[str, Any]:
         headers: dict[str, str] = {}
         if token:
@@ -132,6 +142,8 @@ class XrpcClient:
             raise TransportError(method, "transport_error", type(exc).__name__) from None
         self._observe(method, str(response.status_code), started)
         if response.status_code == 200:
+            if on_headers is not None:
+                on_headers(response.headers)
             if not response.content:
                 return {}
             try:
