@@ -124,7 +124,11 @@ class Lease:
         self.lost.set()
 
     async def try_acquire(self) -> bool:
-        """Take the lease if it is free or lapsed (or renew it if ours). True if held."""
+        """Take the lease if it is free or lapsed; True if now held (with a new fence).
+
+        A live lease is never re-taken, not even by its own ``owner`` name: a process
+        restarted with a fixed ``instance_id`` waits for its predecessor's lease to
+        lapse and then holds a newer fencing token than anything that one wrote."""
         started = self._monotonic()
         now = self._clock()
         expires = now + self.seconds
