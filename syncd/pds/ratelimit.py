@@ -20,6 +20,12 @@ from dataclasses import dataclass
 
 #: Points per write (``ratelimitPoints`` of the PDS's applyWrites).
 WRITE_POINTS = {"create": 3, "update": 2, "delete": 1}
+#: Points per call of the single-record methods.
+CALL_POINTS = {
+    "com.atproto.repo.putRecord": 2,
+    "com.atproto.repo.deleteRecord": 1,
+    "com.atproto.repo.createRecord": 3,
+}
 #: A limit with a window at least this long is a repository-write budget.
 MIN_BUDGET_WINDOW_SECONDS = 3600
 
@@ -61,6 +67,36 @@ def write_budget(headers: Mapping[str, str]) -> WriteBudget | None:
     except ValueError:
         return None
     return WriteBudget(remaining=max(0, remaining), reset_at=reset_at)
+
+
+def call_points(method: str, body: Mapping[str, object]) -> int:
+    """Points a repository write call costs (``applyWrites``: per write, by ``$type``)."""
+    if method in CALL_POINTS:
+        return CALL_POINTS[method]
+    writes = body.get("writes")
+    if not isinstance(writes, list):
+        return 0
+    total = 0
+    for w in writes:
+        kind = str(w.get("$type", "")).rpartition("#")[2] if isinstance(w, dict) else ""
+        total += WRITE_POINTS.get(kind, WRITE_POINTS["create"])
+    return total
+
+
+def after_call(
+    known: WriteBudget | None, headers: Mapping[str, str], points: int
+) -> WriteBudget | None:
+    """The budget after a successful call that cost ``points``: what its headers say,
+    or, when they describe another limit (the per-IP one is the tightest when many
+    accounts share an IP), the last known budget less this call's points. The
+    estimate is exact while this process is the account's only writer; when others
+    write too it is optimistic, and the 429 they cause is handled as before."""
+    budget = write_budget(headers)
+    if budget is not None:
+        return budget
+    if known is None or not known.current():
+        return None
+    return WriteBudget(remaining=max(0, known.remaining - points), reset_at=known.reset_at)
 
 
 def writes_that_fit(points: int, kinds: Iterable[str]) -> int:

@@ -15,8 +15,9 @@ admin command or another partition wrote), the write is retried. Writes to one
 repo are serialised while fenced (a swap needs a known head).
 
 **Write budgets**: every successful write's rate-limit headers are read for the
-account's repository-write budget (:mod:`syncd.pds.ratelimit`);
-:meth:`Repo.write_budget` answers the newest one, so a writer can size a batch to
+account's repository-write budget (:mod:`syncd.pds.ratelimit`); a reply about
+another limit counts the last known budget down by the call's points.
+:meth:`Repo.write_budget` answers the estimate, so a writer can size a batch to
 the points left instead of having the whole batch refused.
 """
 
@@ -31,7 +32,7 @@ import httpx
 
 from syncd import metrics
 from syncd.pds.errors import AuthError, XrpcError
-from syncd.pds.ratelimit import WriteBudget, write_budget
+from syncd.pds.ratelimit import WriteBudget, after_call, call_points
 from syncd.pds.sessions import Account, SessionManager
 from syncd.pds.xrpc import XrpcClient
 
@@ -76,11 +77,13 @@ class Repo:
             return None
         return budget
 
-    def _budget_observer(self, did: str) -> Callable[[httpx.Headers], None]:
+    def _budget_observer(
+        self, did: str, method: str, body: dict[str, Any]
+    ) -> Callable[[httpx.Headers], None]:
         def observe(headers: httpx.Headers) -> None:
-            budget = write_budget(headers)
+            budget = after_call(self._budgets.get(did), headers, call_points(method, body))
             if budget is None:
-                self._budgets.pop(did, None)  # another limit is tighter: plenty left
+                self._budgets.pop(did, None)
             else:
                 self._budgets[did] = budget
 
@@ -125,7 +128,7 @@ class Repo:
         self, method: str, body: dict[str, Any], did: str, token: str
     ) -> dict[str, Any]:
         return await self.xrpc.procedure(
-            method, body, token=token, on_headers=self._budget_observer(did)
+            method, body, token=token, on_headers=self._budget_observer(did, method, body)
         )
 
     async def latest_commit(self, did: str) -> str | None:
