@@ -69,8 +69,9 @@ class Repo:
         self._budgets: dict[str, WriteBudget] = {}
 
     def write_budget(self, did: str) -> WriteBudget | None:
-        """The account's write budget as the newest successful write reported it, while
-        its window lasts; None when unknown (rate limits off, or another limit tighter)."""
+        """The account's write budget while its window lasts: as the newest budget reply
+        said, less the points of the writes since; None when no reply has described it
+        (rate limits off, or another limit always tighter)."""
         budget = self._budgets.get(did)
         if budget is not None and not budget.current():
             del self._budgets[did]
