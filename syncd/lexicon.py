@@ -2,9 +2,13 @@
 
 The PDS accepts unknown NSIDs without validating them (``validationStatus:
 "unknown"``), so this is where a record that breaks its lexicon is caught. It
-implements the parts of the lexicon language the four record types use: objects
-with required properties, strings (length, graphemes, ``datetime``/``uri``
-formats), integers, booleans and blobs (``accept``, ``maxSize``).
+implements the parts of the lexicon language the record types use: objects with
+required properties (open: fields a lexicon does not list are allowed, as the
+lexicon language says), strings (length in UTF-8 bytes, graphemes,
+``datetime``/``uri`` formats), integers, booleans and blobs (``accept``,
+``maxSize``). The files are the lexicons the platform *publishes*
+(``platform-facts.md`` §3), not a stricter copy: a record syncd writes is
+valid exactly when the platform's clients would take it.
 """
 
 from __future__ import annotations
@@ -125,10 +129,10 @@ def _check(path: str, schema: Mapping[str, Any], value: Any) -> None:
             if value.get(name) is None:
                 raise LexiconError(f"{path}.{name}", "required")
         for name, item in value.items():
-            if name == "$type":
+            if name == "$type" or name not in props:
+                # Lexicon objects are open: a field the lexicon does not list is allowed
+                # (the platform itself writes `acUrl` on paintings and kidlisp records).
                 continue
-            if name not in props:
-                raise LexiconError(f"{path}.{name}", "not in the lexicon")
             if item is None and name in schema.get("nullable", []):
                 continue
             _check(f"{path}.{name}", props[name], item)

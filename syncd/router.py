@@ -16,7 +16,7 @@ import structlog
 
 from syncd import metrics
 from syncd.changes import Change, Op, Problem, record_outcome
-from syncd.mappings import MAPPINGS, MappingError, not_public_reason
+from syncd.mappings import MAPPINGS, SKIP_REASONS, MappingError
 from syncd.planner import adopted_rkey
 from syncd.writer import AccountWriter
 
@@ -66,7 +66,7 @@ class Router:
         owner_did: str | None = None
 
         if doc is not None:
-            hidden = not_public_reason(doc)
+            hidden = mapping.not_public_reason(doc)
             try:
                 owner = mapping.owner(doc)
             except MappingError as exc:
@@ -75,7 +75,12 @@ class Router:
                 account, why = await engine.accounts.resolve(owner)
                 if account is not None:
                     owner_did = account.did
-                if hidden is not None:
+                if hidden in SKIP_REASONS:
+                    # Not public *yet* (a WIP painting): a skip with its reason, and any
+                    # record it had goes, as for any document that is not public.
+                    problem = Problem("skip", hidden)
+                    metrics.SKIPPED.labels(collection=change.collection, reason=hidden).inc()
+                elif hidden is not None:
                     problem = Problem("hidden", hidden)
                     if account is not None and adopted_rkey(doc):
                         # An old-script record for a document that is not public.

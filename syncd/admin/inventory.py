@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from syncd.ids import doc_key, ref_for
-from syncd.mappings import MAPPINGS, MappingContext, MappingError, not_public_reason
+from syncd.mappings import MAPPINGS, MappingContext, MappingError
 from syncd.mappings.base import when_of
 from syncd.pds.sessions import Account
 from syncd.rkey import RkeyError, derive_rkey
@@ -75,7 +75,7 @@ class DocState:
 def doc_state(collection: str, doc: dict[str, Any], ctx: MappingContext) -> DocState:
     """Reduce a document to a :class:`DocState`, using the same mapping as the publish path."""
     mapping = MAPPINGS[collection]
-    hidden = not_public_reason(doc)
+    hidden = mapping.not_public_reason(doc)
     problem: str | None = None
     fields: dict[str, Any] | None = None
     fingerprint: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from syncd.mappings.base import (
+    SKIP_REASONS,
     CollectionMapping,
     Draft,
     MappingContext,
@@ -22,6 +23,7 @@ BY_NSID: dict[str, CollectionMapping] = {m.nsid: m for m in MAPPINGS.values()}
 __all__ = [
     "BY_NSID",
     "MAPPINGS",
+    "SKIP_REASONS",
     "CollectionMapping",
     "Draft",
     "MappingContext",

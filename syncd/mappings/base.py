@@ -27,6 +27,10 @@ GUEST = None  # owner value for documents without a `user` field
 # Fields whose truthy value means "not public", on every collection. Moods use
 # `deleted` as their soft delete; elsewhere it means the same thing.
 HIDDEN_FLAGS = ("nuked", "deleted", "private", "draft", "hidden")
+#: Not-public reasons that are a *skip* (recorded with the reason, counted) rather than
+#: plain privacy: content the platform will publish later (a painting still WIP).
+WIP = "wip"
+SKIP_REASONS = frozenset({WIP})
 
 
 class MappingError(ValueError):
@@ -145,6 +149,7 @@ class CollectionMapping:
         return owner_of(doc, guest_allowed=self.guest_allowed)
 
     def not_public_reason(self, doc: Mapping[str, Any]) -> str | None:
+        """Why this collection's document must not be published, or None (public)."""
         return not_public_reason(doc)
 
     def fields(self, doc: Mapping[str, Any], ctx: MappingContext) -> dict[str, Any]:

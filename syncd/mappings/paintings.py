@@ -8,15 +8,17 @@ exists. Everything decided from the document alone is decided here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from syncd.images.errors import ImageError
 from syncd.images.urls import PaintingSource, painting_source_from_doc
 from syncd.mappings.base import (
+    WIP,
     CollectionMapping,
     MappingContext,
     MappingError,
+    not_public_reason,
     ref_of,
     rfc3339,
     text,
@@ -27,6 +29,13 @@ from syncd.mappings.base import (
 class Paintings(CollectionMapping):
     collection = "paintings"
     nsid = "computer.aesthetic.painting"
+    #: 2: thumbnails are the platform's 512x512 ``contain`` on black (platform-facts §2).
+    version: ClassVar[int] = 2
+
+    def not_public_reason(self, doc: Mapping[str, Any]) -> str | None:
+        # A painting the platform has not finished (``status: "wip"``, slug ``wip/{id}``)
+        # is published once it is done (platform-facts §4).
+        return not_public_reason(doc) or (WIP if doc.get("status") == WIP else None)
 
     def fields(self, doc: Mapping[str, Any], ctx: MappingContext) -> dict[str, Any]:
         slug = text(doc, "slug")

@@ -1,38 +1,27 @@
-"""pieces → computer.aesthetic.piece: slug, when, ref, and code/extension when present."""
+"""pieces → computer.aesthetic.piece: exactly ``slug``, ``when``, ``ref``.
+
+The published piece lexicon has no ``code``, ``extension`` or ``acUrl``
+(platform-facts §3), and the platform writes none of them, so neither does syncd,
+whatever else the document carries.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from syncd.mappings.base import (
-    CollectionMapping,
-    MappingContext,
-    MappingError,
-    ref_of,
-    rfc3339,
-    text,
-    when_of,
-)
+from syncd.mappings.base import CollectionMapping, MappingContext, ref_of, rfc3339, text, when_of
 
 
 class Pieces(CollectionMapping):
     collection = "pieces"
     nsid = "computer.aesthetic.piece"
+    #: 2: the record lost ``code`` and ``extension`` (the published lexicon's shape).
+    version: ClassVar[int] = 2
 
     def fields(self, doc: Mapping[str, Any], ctx: MappingContext) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        return {
             "slug": text(doc, "slug"),
             "when": rfc3339(when_of(doc)),
             "ref": ref_of(doc),
         }
-        code = text(doc, "code", required=False)
-        if code:
-            out["code"] = code
-        ext = doc.get("extension", doc.get("ext"))
-        if ext is not None:
-            if not isinstance(ext, str):
-                raise MappingError("bad_extension", "`extension` must be a string")
-            if ext:
-                out["extension"] = ext
-        return out

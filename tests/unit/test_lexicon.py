@@ -39,7 +39,7 @@ def test_valid_records_pass() -> None:
 @pytest.mark.parametrize(
     ("over", "path"),
     [
-        ({"slug": "x" * 65}, "record.slug"),
+        ({"slug": "x" * 129}, "record.slug"),
         ({"code": "abcdefghijk"}, "record.code"),
         ({"when": "yesterday"}, "record.when"),
         ({"when": "2024-13-45T00:00:00Z"}, "record.when"),
@@ -50,7 +50,7 @@ def test_valid_records_pass() -> None:
                     "$type": "blob",
                     "ref": {"$link": "b"},
                     "mimeType": "image/png",
-                    "size": 102_401,
+                    "size": 1_048_577,
                 }
             },
             "record.thumbnail",
@@ -67,7 +67,6 @@ def test_valid_records_pass() -> None:
             "record.thumbnail",
         ),
         ({"thumbnail": None}, "record.thumbnail"),
-        ({"extra": 1}, "record.extra"),
         ({"slug": "bad \ufffd utf8"}, "record.slug"),
         ({"slug": "lone \udc80 surrogate"}, "record.slug"),
         ({"ref": 12}, "record.ref"),
@@ -86,10 +85,42 @@ def test_wrong_type_is_rejected() -> None:
         )
 
 
-def test_mood_length_limits() -> None:
-    rec = {"$type": "computer.aesthetic.mood", "mood": "é" * 2001, "when": WHEN, "ref": "x"}
-    with pytest.raises(LexiconError, match="graphemes"):
+def test_published_painting_lexicon_takes_what_the_platform_writes() -> None:
+    # `thumbnail` is optional (a painting whose image is missing), a 1 MB blob fits, and
+    # `acUrl` -- which the platform writes though the lexicon does not list it -- is allowed.
+    without = painting()
+    del without["thumbnail"]
+    lexicon.validate("computer.aesthetic.painting", without)
+    big = {"$type": "blob", "ref": {"$link": "b"}, "mimeType": "image/png", "size": 1_048_576}
+    lexicon.validate("computer.aesthetic.painting", painting(thumbnail=big, slug="s" * 128))
+
+
+def test_mood_limit_is_the_published_one() -> None:
+    # No grapheme limit: 3,000 characters (and 2,500 two-byte ones) are fine...
+    for text in ("m" * 3000, "é" * 2500):
+        rec = {"$type": "computer.aesthetic.mood", "mood": text, "when": WHEN, "ref": "x"}
         lexicon.validate("computer.aesthetic.mood", rec)
+    # ...and the reason for a longer one names the field and the limit.
+    rec = {"$type": "computer.aesthetic.mood", "mood": "m" * 5001, "when": WHEN, "ref": "x"}
+    with pytest.raises(LexiconError, match="5000") as info:
+        lexicon.validate("computer.aesthetic.mood", rec)
+    assert info.value.path == "record.mood"
+
+
+@pytest.mark.parametrize(
+    ("nsid", "field", "limit"),
+    [
+        ("computer.aesthetic.painting", "slug", 128),
+        ("computer.aesthetic.painting", "code", 10),
+        ("computer.aesthetic.piece", "slug", 100),
+        ("computer.aesthetic.kidlisp", "source", 50_000),
+        ("computer.aesthetic.kidlisp", "code", 10),
+        ("computer.aesthetic.mood", "mood", 5000),
+    ],
+)
+def test_published_limits(nsid: str, field: str, limit: int) -> None:
+    lex = lexicon.load(nsid)
+    assert lex.record["properties"][field]["maxLength"] == limit
 
 
 def test_every_lexicon_file_loads() -> None:

@@ -60,13 +60,24 @@ def test_painting_slug_with_dotdot_is_rejected() -> None:
 def test_kidlisp_and_piece() -> None:
     k = MAPPINGS["kidlisp"].draft(doc(code="cow", source="(wipe blue)"), CTX)
     assert k.fields["acUrl"] == "https://aesthetic.computer/$cow"
-    p = MAPPINGS["pieces"].draft(doc(user="u", slug="hello", ext="mjs"), CTX)
+    # The published piece lexicon: exactly slug, when, ref -- whatever else the document has.
+    p = MAPPINGS["pieces"].draft(
+        doc(user="u", slug="hello", ext="mjs", extension="lisp", code="hx", source="(x)"), CTX
+    )
     assert p.fields == {
         "slug": "hello",
         "when": "2023-08-21T19:42:03.043Z",
         "ref": "65a1b2c3d4e5f60718293a4b",
-        "extension": "mjs",
     }
+
+
+def test_wip_paintings_are_not_public_until_finished() -> None:
+    m = MAPPINGS["paintings"]
+    assert m.not_public_reason(doc(user="u", slug="wip/abc", status="wip")) == "wip"
+    assert m.not_public_reason(doc(user="u", slug="2025.1.1", status="done")) is None
+    # The generic rules still come first, and `status` means nothing elsewhere.
+    assert m.not_public_reason(doc(user="u", status="wip", nuked=True)) == "nuked"
+    assert MAPPINGS["moods"].not_public_reason(doc(user="u", mood="x", status="wip")) is None
 
 
 @pytest.mark.parametrize(
