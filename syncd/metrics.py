@@ -141,6 +141,12 @@ LEASE_LOST = Counter(
     "Times this instance lost a lease it held (expired while paused, or fenced out).",
     registry=REGISTRY,
 )
+REFUSED_KEYS = Counter(
+    "syncd_refused_keys_total",
+    "Record keys a document named (atproto.rkey) that belong to another document: ignored.",
+    ["collection"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "syncd_build_info",
     "Always 1; the version label says which syncd runs.",
@@ -159,6 +165,7 @@ def initialise(collections: tuple[str, ...] = ALL_COLLECTIONS) -> None:
     BUILD_INFO.labels(version=__version__).set(1)
     for coll in collections:
         DEAD_LETTERS.labels(collection=coll)
+        REFUSED_KEYS.labels(collection=coll)
         BACKFILL_REMAINING.labels(collection=coll).set(0)
         for action in ("create", "update", "delete"):
             RECORDS_WRITTEN.labels(collection=coll, action=action)

@@ -36,6 +36,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from syncd import lexicon, metrics
 from syncd.changes import Op, Problem, record_outcome
+from syncd.ids import ref_for
 from syncd.images.errors import ImageError
 from syncd.images.pipeline import PreparedImage, prepare_painting_blob
 from syncd.images.thumbnail import Thumbnail
@@ -48,18 +49,25 @@ from syncd.pds.repo import create_write, delete_write, update_write
 from syncd.pds.sessions import Account
 from syncd.planner import (
     BATCHABLE,
+    CHECK,
     CREATE,
     DELETE,
     DELETE_UNCERTAIN,
+    FOREIGN,
+    FREE,
     NONE,
+    OURS,
     UPDATE,
     UPSERT,
     WRITES,
+    KeyCheck,
     Plan,
+    adopted_rkey,
     plan,
 )
 from syncd.retry import Abandoned, backoff_delay, sleep_or_stop, with_retries
 from syncd.rkey import derive_rkey
+from syncd.state import LedgerEntry
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -173,7 +181,8 @@ class AccountWriter:
         if op.desired.did != self.account.did or op.change.doc is None:
             return False
         entry = self.engine.store.ledger_get(op.change.collection, op.change.key)
-        return plan(op, self.account.did, entry).action in WRITES
+        # CHECK: the document names a key to adopt; it will almost always be written.
+        return plan(op, self.account.did, entry).action in (*WRITES, CHECK)
 
     def _image_done(self, ident: tuple[str, str]) -> None:
         """One of the document's images is ready: release its ops that now are, in order."""
@@ -276,12 +285,12 @@ class AccountWriter:
     # -- one batch -----------------------------------------------------------
     async def process(self, ops: list[Op]) -> list[Plan]:
         """Plan, prepare, send and commit one batch; returns the plans to write back."""
-        engine = self.engine
-        store = engine.store
-        plans = [
-            plan(op, self.account.did, store.ledger_get(op.change.collection, op.change.key))
-            for op in ops
-        ]
+        store = self.engine.store
+        did = self.account.did
+        entries = [store.ledger_get(op.change.collection, op.change.key) for op in ops]
+        plans = [plan(op, did, entry) for op, entry in zip(ops, entries, strict=True)]
+        if any(p.action == CHECK for p in plans):
+            plans = await self._plan_checked(plans, entries)
         self._resolve_key_collisions(plans)
         await self._prepare_records(plans)
         to_send = [p for p in plans if p.action != NONE and p.failed is None]
@@ -293,30 +302,92 @@ class AccountWriter:
         self._commit(plans)
         return plans
 
+    async def _plan_checked(
+        self, plans: list[Plan], entries: list[LedgerEntry | None]
+    ) -> list[Plan]:
+        """Look at the keys documents name (a few at a time), then plan those again."""
+        sem = asyncio.Semaphore(BATCH_UPLOAD_CONCURRENCY)
+
+        async def one(p: Plan, entry: LedgerEntry | None) -> Plan:
+            if p.action != CHECK:
+                return p
+            async with sem:
+                try:
+                    check = await self._check_key(p)
+                except ACCOUNT_ERRORS as exc:
+                    self._account_failed([p], exc)
+                    return p
+                except XrpcError as exc:
+                    p.failed = Problem("dead", "key_check_failed", exc.reason, retryable=True)
+                    return p
+            again = plan(p.op, self.account.did, entry, {check.rkey: check})
+            if again.refused_key is not None:
+                self._refused(again, again.refused_key)
+            return again
+
+        return list(await asyncio.gather(*(one(p, e) for p, e in zip(plans, entries, strict=True))))
+
+    async def _check_key(self, p: Plan) -> KeyCheck:
+        """Whose record is at the key ``p``'s document names (see :mod:`syncd.planner`)."""
+        engine = self.engine
+        did = self.account.did
+        holder = engine.store.rkey_owner(did, p.nsid, p.rkey)
+        if holder not in (None, p.key):
+            return KeyCheck(p.rkey, FOREIGN, detail=f"the ledger gives it to {holder}")
+        found = await with_retries(
+            lambda: engine.repo.get_record(did, p.nsid, p.rkey),
+            stop=engine.stopping,
+            cap=engine.config.pds.retry_max_seconds,
+            on_error=_count_error(p.collection),
+        )
+        if found is None:
+            return KeyCheck(p.rkey, FREE)
+        raw = found.get("value")
+        value: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        ref = ref_for(p.op.change.doc_id)
+        # The record says whose it is: `ref`, or `mongoId` on the earliest mood records.
+        named = value.get("ref") if "ref" in value else value.get("mongoId")
+        if ref is not None and named == ref:
+            return KeyCheck(p.rkey, OURS, cid=found.get("cid"))
+        return KeyCheck(p.rkey, FOREIGN, detail=f"its record is document {str(named)[:40]!r}'s")
+
+    def _refused(self, p: Plan, check: KeyCheck) -> None:
+        metrics.REFUSED_KEYS.labels(collection=p.collection).inc()
+        log.warning(
+            "named_key_refused",
+            collection=p.collection,
+            doc=p.key,
+            did=self.account.did,
+            rkey=check.rkey,
+            detail=check.detail,
+        )
+
     def _resolve_key_collisions(self, plans: list[Plan]) -> None:
-        """Give a new record another derived key when its key is already taken here."""
+        """Give a new record another derived key when its key is already taken here
+        (two documents in one millisecond, or two naming the same key in one batch)."""
         taken: set[tuple[str, str]] = set()
         store = self.engine.store
         for p in plans:
-            adopted = p.action == UPSERT and p.extra.get("adopted")
-            if p.action != CREATE and not adopted:
+            if p.action not in WRITES or p.failed is not None:
                 continue
             doc = p.op.change.doc
             assert doc is not None
-            if adopted and (
-                (p.nsid, p.rkey) in taken
-                or store.rkey_owner(self.account.did, p.nsid, p.rkey) not in (None, p.key)
-            ):
-                # Two documents carry the same old-script key: the second gets its own.
-                log.warning("adopted_key_taken", collection=p.collection, doc=p.key, rkey=p.rkey)
-                p.action = CREATE
-                p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id)
-            salt = 0
-            while (p.nsid, p.rkey) in taken or store.rkey_owner(
-                self.account.did, p.nsid, p.rkey
-            ) not in (None, p.key):
-                salt += 1
-                p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id, salt)
+            if (p.nsid, p.rkey) in taken and adopted_rkey(doc) == p.rkey:
+                # Another document of this batch took the key this one names first.
+                self._refused(p, KeyCheck(p.rkey, FOREIGN, detail="named by another document"))
+                if p.retire is not None:
+                    p.rkey, p.retire = p.retire, None
+                    p.action = UPDATE if p.retire_certain else UPSERT
+                else:
+                    p.action = CREATE
+                    p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id)
+            if p.action == CREATE:
+                salt = 0
+                while (p.nsid, p.rkey) in taken or store.rkey_owner(
+                    self.account.did, p.nsid, p.rkey
+                ) not in (None, p.key):
+                    salt += 1
+                    p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id, salt)
             taken.add((p.nsid, p.rkey))
 
     async def _prepare_records(self, plans: list[Plan]) -> None:
@@ -351,15 +422,23 @@ class AccountWriter:
                 self._to_delete_after_failure(p)
 
     def _to_delete_after_failure(self, p: Plan) -> None:
+        """``p``'s document can no longer produce a valid record: delete the records of it
+        that exist here (syncd's, and the one it names when that is known to be its own)."""
         entry = self.engine.store.ledger_get(p.collection, p.key)
-        if entry is not None and entry.did == self.account.did:
-            p.problem, p.failed = p.failed, None
-            p.action = DELETE_UNCERTAIN if entry.pending else DELETE
-            p.nsid, p.rkey, p.record, p.writeback = entry.nsid, entry.rkey, None, "unset"
-            p.previous_blob_cid = entry.blob_cid
+        mine = entry if entry is not None and entry.did == self.account.did else None
+        known = p.rkey if p.action == UPDATE else None  # a record checked to be this one's
+        p.problem, p.failed, p.record = p.failed, None, None
+        p.retire, p.retire_certain = None, False
+        if mine is not None:
+            p.action = DELETE_UNCERTAIN if mine.pending else DELETE
+            p.nsid, p.rkey, p.writeback = mine.nsid, mine.rkey, "unset"
+            p.previous_blob_cid = mine.blob_cid
+            if known is not None and known != mine.rkey:
+                p.retire, p.retire_certain = known, True
+        elif known is not None:
+            p.action, p.owns_ledger, p.writeback = DELETE, False, "unset"
         else:
-            p.problem, p.failed = p.failed, None
-            p.action, p.record, p.writeback = NONE, None, None
+            p.action, p.writeback = NONE, None
 
     async def _prepare_image(self, op: Op) -> _Image:
         """Ahead of the batch: fetch and shrink the image, and upload the blob if the
@@ -477,7 +556,7 @@ class AccountWriter:
 
     def _mark_pending(self, p: Plan) -> None:
         store = self.engine.store
-        if p.action in WRITES:
+        if p.action in WRITES and p.retire is None:
             store.ledger_put(
                 p.collection,
                 p.key,
@@ -490,15 +569,34 @@ class AccountWriter:
                 pending=True,
             )
         elif p.owns_ledger:
+            # Deletes, and moves: the row keeps the old key (pending) until the commit, so
+            # a crash in between still knows the record to delete; the new key is the
+            # one the document names, so it is known again when the change replays.
             store.ledger_mark_pending(p.collection, p.key)
 
     # -- sending -------------------------------------------------------------
+    @staticmethod
+    def _batchable(p: Plan) -> bool:
+        return p.action in BATCHABLE and (p.retire is None or p.retire_certain)
+
+    @staticmethod
+    def _kinds(p: Plan) -> list[str]:
+        """The ``applyWrites`` operations ``p`` sends (create 3, update 2, delete 1 points)."""
+        kinds = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
+        main = [kinds.get(p.action, "create")]
+        return [*main, "delete"] if p.retire is not None else main
+
     async def _send(self, plans: list[Plan]) -> None:
-        batchable = [p for p in plans if p.action in BATCHABLE]
-        singles = [p for p in plans if p.action not in BATCHABLE]
+        batchable = [p for p in plans if self._batchable(p)]
+        singles = [p for p in plans if not self._batchable(p)]
         limit = self.engine.config.pds.max_writes_per_call
         while batchable:
-            chunk, batchable = batchable[:limit], batchable[limit:]
+            # A chunk of at most `limit` writes (a move is two).
+            n, writes = 0, 0
+            while n < len(batchable) and writes + len(self._kinds(batchable[n])) <= limit:
+                writes += len(self._kinds(batchable[n]))
+                n += 1
+            chunk, batchable = batchable[: max(n, 1)], batchable[max(n, 1) :]
             leftover = await self._apply(chunk)
             singles.extend(leftover)
         if singles:
@@ -513,8 +611,10 @@ class AccountWriter:
     async def _apply(self, chunk: list[Plan]) -> list[Plan]:
         """Send one applyWrites; returns the plans that must be sent one by one."""
         engine = self.engine
-        writes = []
+        writes: list[dict[str, Any]] = []
+        main_index: list[int] = []
         for p in chunk:
+            main_index.append(len(writes))
             if p.action == CREATE:
                 assert p.record is not None
                 writes.append(create_write(p.nsid, p.rkey, p.record))
@@ -523,6 +623,8 @@ class AccountWriter:
                 writes.append(update_write(p.nsid, p.rkey, p.record))
             else:
                 writes.append(delete_write(p.nsid, p.rkey))
+            if p.retire is not None:
+                writes.append(delete_write(p.nsid, p.retire))
         attempt = 0
         while True:
             if engine.stopping.is_set():
@@ -573,26 +675,30 @@ class AccountWriter:
                     )
                     for p in chunk:
                         p.action = UPSERT if p.action in (CREATE, UPDATE) else DELETE_UNCERTAIN
+                        p.retire_certain = False
                     return chunk
                 delay = backoff_delay(attempt, cap=engine.config.pds.retry_max_seconds)
                 attempt += 1
                 await sleep_or_stop(delay, engine.stopping)
                 continue
-            for p, result in zip(chunk, results, strict=True):
+            for p, i in zip(chunk, main_index, strict=True):
                 if p.action in WRITES:
-                    p.uri, p.cid = result.get("uri"), result.get("cid")
+                    p.uri, p.cid = results[i].get("uri"), results[i].get("cid")
             return []
 
-    @staticmethod
-    def _fits(points: int | None, chunk: list[Plan]) -> int:
-        """How many of ``chunk``'s writes ``points`` pay for (create 3, update 2, delete 1)."""
+    def _fits(self, points: int | None, chunk: list[Plan]) -> int:
+        """How many of ``chunk``'s plans (each whole: a move is two writes) ``points`` pay for."""
         if points is None or points <= 0:
             return 0
-        kinds = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
-        return writes_that_fit(points, (kinds.get(p.action, "create") for p in chunk))
+        kinds: list[str] = []
+        ends: list[int] = []
+        for p in chunk:
+            kinds += self._kinds(p)
+            ends.append(len(kinds))
+        paid = writes_that_fit(points, kinds)
+        return sum(1 for end in ends if end <= paid)
 
     async def _single(self, p: Plan) -> None:
-        engine = self.engine
         try:
             if p.action in WRITES:
                 try:
@@ -612,12 +718,9 @@ class AccountWriter:
                     p.record["thumbnail"] = blob
                     await self._put(p)
             else:
-                await with_retries(
-                    lambda: engine.repo.delete_record(self.account, p.nsid, p.rkey),
-                    stop=engine.stopping,
-                    cap=engine.config.pds.retry_max_seconds,
-                    on_error=_count_error(p.collection),
-                )
+                await self._delete(p, p.rkey)
+            if p.retire is not None:
+                await self._delete(p, p.retire)
         except ACCOUNT_ERRORS as exc:
             metrics.WRITE_ERRORS.labels(collection=p.collection, reason=exc.reason).inc()
             self._account_failed([p], exc)
@@ -625,6 +728,15 @@ class AccountWriter:
             metrics.WRITE_ERRORS.labels(collection=p.collection, reason=exc.reason).inc()
             p.failed = Problem("dead", "pds_rejected", f"{exc.error}: {exc.message}"[:500])
             log.warning("record_rejected", collection=p.collection, doc=p.key, error=exc.error)
+
+    async def _delete(self, p: Plan, rkey: str) -> None:
+        engine = self.engine
+        await with_retries(
+            lambda: engine.repo.delete_record(self.account, p.nsid, rkey),
+            stop=engine.stopping,
+            cap=engine.config.pds.retry_max_seconds,
+            on_error=_count_error(p.collection),
+        )
 
     async def _put(self, p: Plan) -> None:
         engine = self.engine
@@ -697,32 +809,41 @@ class AccountWriter:
         self._uploaded.discard(cid)
 
     async def _write_back(self, plans: list[Plan]) -> None:
+        """Set (or unset) the documents' ``atproto`` back-references.
+
+        Each update is conditional on the back-reference the document had when it was
+        planned: if another writer (the platform's inline hook) has set its own key
+        since, syncd's write-back does nothing, and the change that set it -- already
+        on its way down the change stream -- decides which record stays."""
         by_collection: dict[str, list[UpdateOne]] = {}
         for p in plans:
             if p.failed is not None or p.writeback is None or p.op.change.doc is None:
                 continue
             doc_id = p.op.change.doc_id
+            current = p.op.change.doc.get("atproto")
+            if "atproto" in p.op.change.doc and not isinstance(current, dict):
+                # `atproto: 5` (or null, a list...): "atproto.rkey" cannot be set inside
+                # it, so the whole field becomes the back-reference.
+                where: dict[str, Any] = {"_id": doc_id, "atproto": current}
+            else:
+                where = {"_id": doc_id, "atproto.rkey": p.seen_rkey}
             if p.writeback == "set" and p.rkey:
                 uri = p.uri or f"at://{self.account.did}/{p.nsid}/{p.rkey}"
                 update: dict[str, Any] = {"atproto.rkey": p.rkey, "atproto.uri": uri}
                 if p.cid:
                     update["atproto.cid"] = p.cid
-                current = p.op.change.doc.get("atproto")
                 if isinstance(current, dict) and all(
                     current.get(k.split(".")[1]) == v for k, v in update.items()
                 ):
                     continue
                 if "atproto" in p.op.change.doc and not isinstance(current, dict):
-                    # `atproto: 5` (or null, a list...): "atproto.rkey" cannot be set inside
-                    # it, so the whole field becomes the back-reference.
                     whole = {k.split(".")[1]: v for k, v in update.items()}
-                    req = UpdateOne({"_id": doc_id}, {"$set": {"atproto": whole}})
+                    req = UpdateOne(where, {"$set": {"atproto": whole}})
                 else:
-                    req = UpdateOne({"_id": doc_id}, {"$set": update})
+                    req = UpdateOne(where, {"$set": update})
             elif p.writeback == "unset":
                 req = UpdateOne(
-                    {"_id": doc_id},
-                    {"$unset": {"atproto.rkey": "", "atproto.uri": "", "atproto.cid": ""}},
+                    where, {"$unset": {"atproto.rkey": "", "atproto.uri": "", "atproto.cid": ""}}
                 )
             else:
                 continue
