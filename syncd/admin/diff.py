@@ -22,10 +22,13 @@ fix for each:
 - **backref**: the document's ``atproto.rkey``/``uri``/``cid`` do not name its
   record → set them (or unset them on a document that must have no record).
 
-The key syncd would use for a document: its ledger row's key, else the
-document's ``atproto.rkey`` when it is a valid TID (a key the old scripts
-wrote), else the key ``syncd wipe`` remembered, else ``derive_rkey(when, _id)``
--- the same order the writer's planner uses, extended by the wiped keys.
+The key syncd would use for a document: the document's ``atproto.rkey`` when it
+is a valid TID and a record of this document sits there (the platform's inline
+writers and the old scripts wrote it; permalinks use it), else its ledger row's
+key, else the key ``syncd wipe`` remembered, else ``derive_rkey(when, _id)`` --
+the writer's planner's order, extended by the wiped keys. A record counts as a
+document's when its ``ref`` -- or, on the earliest mood records, ``mongoId`` --
+names it; a legacy ``mongoId`` record that is kept is rewritten with ``ref``.
 """
 
 from __future__ import annotations
@@ -210,11 +213,11 @@ def key_candidates(
 ) -> list[str]:
     """The keys syncd would use for ``state``'s record, most preferred first."""
     out: list[str] = []
-    if entry is not None and entry.nsid == nsid:
-        out.append(entry.rkey)
     adopted = adopted_key(state)
     if adopted:
-        out.append(adopted)
+        out.append(adopted)  # the key the document names wins (permalinks use it)
+    if entry is not None and entry.nsid == nsid:
+        out.append(entry.rkey)
     if wiped is not None and wiped[0] == nsid:
         out.append(wiped[1])
     if state.derived_rkey:

@@ -38,7 +38,8 @@ class RepoRecord:
 
     @property
     def ref(self) -> str | None:
-        ref = self.value.get("ref")
+        """The document this record is of: ``ref``, or ``mongoId`` on the earliest moods."""
+        ref = self.value.get("ref") if "ref" in self.value else self.value.get("mongoId")
         return ref if isinstance(ref, str) else None
 
     @classmethod

@@ -251,3 +251,33 @@ def test_unpublishable_public_document_is_not_missing_and_its_record_is_an_orpha
     report = compare([rec], [doc2])
     assert report.deletes == [OLD2]
     assert "cannot be published" in report.differences[0].detail
+
+
+def test_legacy_mongoid_record_is_the_documents_own_and_is_rewritten_with_ref() -> None:
+    # The earliest mood records carry `mongoId` instead of `ref`.
+    doc = mood()
+    legacy = record(doc, OLD1, ref=None, mongoId=str(doc["_id"]))
+    assert "ref" not in legacy.value and legacy.ref == str(doc["_id"])
+    # Named by the document: kept (not an orphan), and stale until it carries `ref`.
+    report = compare([legacy], [synced(dict(doc), OLD1)])
+    assert kinds(report).get("orphan", 0) == 0 and kinds(report).get("stale") == 1
+    assert [(p.action, p.rkey) for p in report.publish] == [("update", OLD1)]
+    # Not named by the document: still found by its mongoId, and rewritten in place.
+    report = compare([legacy], [doc])
+    assert kinds(report).get("orphan", 0) == 0 and kinds(report).get("stale") == 1
+    # Beside syncd's own record: a duplicate, and the one the document names is kept.
+    key = derive_rkey(WHEN, doc["_id"])
+    report = compare([legacy, record(doc, key)], [synced(dict(doc), OLD1)], [ledger(doc, key)])
+    assert kinds(report).get("duplicate") == 1 and report.deletes == [key]
+
+
+def test_the_key_the_document_names_is_kept_over_the_ledgers() -> None:
+    # The platform's inline writer made a record and wrote its key back; syncd's own
+    # record (in the ledger) is the duplicate.
+    doc = mood()
+    key = derive_rkey(WHEN, doc["_id"])
+    report = compare(
+        [record(doc, key), record(doc, OLD2)], [synced(dict(doc), OLD2)], [ledger(doc, key)]
+    )
+    assert report.deletes == [key]
+    assert report.keys == {str(doc["_id"]): OLD2}
