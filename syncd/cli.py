@@ -16,6 +16,7 @@ from typing import Any
 from syncd import config as config_mod
 from syncd import logs
 from syncd.config import Config, ConfigError
+from syncd.state.model import StateError
 
 DESCRIPTION = (
     "syncd: mirror MongoDB documents to ATProto records (backfill, then tail change streams)."
@@ -94,6 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"syncd: config error: {exc}", file=sys.stderr)
         return 2
     logs.configure(cfg.logging.level, cfg.logging.format)
+    try:
+        return _dispatch(parser, cfg, args)
+    except StateError as exc:
+        # One line naming the store and what to do; exit 2 like a config error (a
+        # restart cannot fix it: systemd's RestartPreventExitStatus=2 holds it).
+        print(f"syncd: state error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(parser: argparse.ArgumentParser, cfg: Config, args: argparse.Namespace) -> int:
     if args.command == "run":
         from syncd.daemon import Daemon
 

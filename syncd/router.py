@@ -40,10 +40,19 @@ class Router:
             w = AccountWriter(self.engine, account)
             self.writers[account.did] = w
             w.start()
-        elif w.account.password != account.password:
-            w.account = account  # credentials changed in `users`
-            self.engine.sessions.forget(account)
+            self._note_handle(account)
+        elif w.account.password != account.password or w.account.handle != account.handle:
+            if w.account.password != account.password:
+                self.engine.sessions.forget(account)  # credentials changed in `users`
+            w.account = account
+            self._note_handle(account)
         return w
+
+    def _note_handle(self, account: Any) -> None:
+        """Remember the account's handle for ``syncd status`` (no PDS write needed)."""
+        key = f"handle:{account.did}"
+        if account.handle and self.engine.store.get_meta(key) != account.handle:
+            self.engine.store.set_meta(key, account.handle)
 
     def finished(self, op: Op, did: str) -> None:
         ident = (op.change.collection, op.change.key)

@@ -26,6 +26,8 @@ def collect(config: Config) -> dict[str, Any]:
         records: dict[str, dict[str, int]] = {}
         for coll, did, n in store.ledger_counts():
             records.setdefault(coll, {})[did] = n
+        dids = sorted({did for per in records.values() for did in per})
+        handles = {did: store.get_meta(f"handle:{did}") for did in dids}
         backfill = {
             c: {"scanned": p.scanned, "done": p.done, "phase": p.phase}
             for c, p in store.backfill_progress().items()
@@ -54,6 +56,7 @@ def collect(config: Config) -> dict[str, Any]:
                 "collections": backfill,
             },
             "records": records,
+            "handles": handles,
             "records_total": sum(sum(v.values()) for v in records.values()),
             "pending": store.pending_count(),
             "skipped": skipped,
@@ -112,9 +115,11 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         f"records mirrored: {report['records_total']} (pending confirmation: {report['pending']})"
     )
+    handles = report.get("handles") or {}
     for coll, per in sorted(report["records"].items()):
         for did, n in sorted(per.items()):
-            lines.append(f"  {coll:<10} {did:<40} {n:>8}")
+            who = handles.get(did) or "?"
+            lines.append(f"  {coll:<10} {who:<36} {did:<40} {n:>8}")
     if report["skipped"]:
         lines.append("skipped (not an error):")
         for coll, per in sorted(report["skipped"].items()):

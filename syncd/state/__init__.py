@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from syncd.state.model import BackfillProgress, DeadLetter, LedgerEntry, Position, Store
+from syncd.state.model import (
+    BackfillProgress,
+    DeadLetter,
+    LedgerEntry,
+    Position,
+    StateError,
+    Store,
+)
 from syncd.state.sqlite import StateStore
 
 if TYPE_CHECKING:
@@ -20,6 +27,7 @@ __all__ = [
     "DeadLetter",
     "LedgerEntry",
     "Position",
+    "StateError",
     "StateStore",
     "Store",
     "open_store",

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+class StateError(RuntimeError):
+    """The state store cannot be used as it is (corrupt, unreadable, from a newer syncd).
+
+    Its message is one line for the operator: which store, what is wrong, what to do.
+    """
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     collection: str

@@ -36,7 +36,7 @@ from typing import Any
 
 import bson
 
-from syncd.state.model import BackfillProgress, DeadLetter, LedgerEntry, Position
+from syncd.state.model import BackfillProgress, DeadLetter, LedgerEntry, Position, StateError
 
 SCHEMA_VERSION = 1
 
@@ -137,18 +137,40 @@ class StateStore:
         self, directory: str | os.PathLike[str], *, filename: str = "syncd.sqlite3"
     ) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / filename
-        fresh = not self.path.exists()
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        if fresh:
-            os.chmod(self.path, 0o600)  # it holds refresh tokens
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
         self._depth = 0
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fresh = not self.path.exists()
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(
+                f"state file {self.path} cannot be opened ({exc}): check that the directory "
+                "exists and that syncd's user may read and write it"
+            ) from None
+        try:
+            if fresh:
+                os.chmod(self.path, 0o600)  # it holds refresh tokens
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise StateError(
+                    f"state file {self.path} is locked by another process ({exc}): "
+                    "try again, or stop the process that holds it"
+                ) from None
+            raise StateError(
+                f"state file {self.path} is unreadable ({exc}): restore it from the backup "
+                "taken before the last upgrade, or move it aside to start over (syncd then "
+                "backfills and adopts the records that exist; no duplicates are made)"
+            ) from None
+        except OSError as exc:
+            self._db.close()
+            raise StateError(f"state file {self.path} cannot be used ({exc})") from None
 
     def close(self) -> None:
         self._db.close()
@@ -163,7 +185,7 @@ class StateStore:
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise StateError(
                 f"state store {self.path} has schema {row[0]}, newer than this syncd "
                 f"({SCHEMA_VERSION}); restore the backup taken before the upgrade"
             )

@@ -80,3 +80,66 @@ def test_dead_letters_count_attempts(tmp_path: Path) -> None:
     assert d.attempts == 2 and s.dead_letter_counts() == {"moods": 1}
     s.clear_dead_letter("moods", "a")
     assert s.dead_letter_counts() == {}
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "syncd.toml"
+    path.write_text(
+        '[mongo]\nuri = "mongodb://127.0.0.1:1/?replicaSet=rs0"\ndatabase = "x"\n'
+        f'[pds]\nurl = "http://127.0.0.1:1"\n[state]\ndirectory = "{tmp_path}"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("command", ["status", "reconcile"])
+def test_corrupt_state_file_is_one_line_naming_the_file(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from syncd.cli import main
+    from syncd.state import StateError
+
+    (tmp_path / "syncd.sqlite3").write_bytes(b"not a database, just garbage " * 40)
+    with pytest.raises(StateError, match=r"syncd\.sqlite3 is unreadable .*move it aside"):
+        StateStore(tmp_path)
+    assert main([command, "--config", str(_config(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("syncd: state error: state file ") and "syncd.sqlite3" in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_state_directory_that_cannot_be_made_is_a_state_error(tmp_path: Path) -> None:
+    from syncd.state import StateError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StateError, match="cannot be opened"):
+        StateStore(tmp_path / "file" / "state")
+
+
+def test_status_shows_handles_next_to_dids(tmp_path: Path) -> None:
+    from syncd.config import load
+    from syncd.status import collect, render
+
+    s = StateStore(tmp_path)
+    for did in ("did:plc:aaa", "did:plc:bbb"):
+        s.ledger_put(
+            "moods",
+            f"k-{did}",
+            did=did,
+            nsid="computer.aesthetic.mood",
+            rkey="3kaaaaaaaaaa2",
+            cid="c",
+            fingerprint="f",
+            blob_cid=None,
+            pending=False,
+        )
+    s.set_meta("handle:did:plc:aaa", "jeffrey.at.aesthetic.computer")
+    s.close()
+    report = collect(load(_config(tmp_path)))
+    assert report["handles"] == {
+        "did:plc:aaa": "jeffrey.at.aesthetic.computer",
+        "did:plc:bbb": None,
+    }
+    text = render(report)
+    line = next(ln for ln in text.splitlines() if "did:plc:aaa" in ln)
+    assert "jeffrey.at.aesthetic.computer" in line
