@@ -13,6 +13,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from syncd.logs import register_secret
 from syncd.pds.sessions import Account
 
 NO_ACCOUNT = "no_atproto_account"
@@ -77,6 +78,7 @@ class AccountResolver:
         password = at.get("password")
         if not isinstance(password, str) or not password:
             return None, "no_atproto_password"
+        register_secret(password)  # never in a log line, a dead letter or status
         return (
             Account(
                 sub=owner, did=at["did"], handle=str(at.get("handle") or ""), password=password

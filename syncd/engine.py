@@ -24,7 +24,7 @@ from syncd.health import HealthState
 from syncd.images.fetch import ImageFetcher, make_client
 from syncd.images.thumbnail import ThumbnailPool
 from syncd.lease import LeaseLost
-from syncd.logs import register_secret
+from syncd.logs import register_secret_from_uri
 from syncd.mappings import MappingContext
 from syncd.pds.repo import Repo
 from syncd.pds.sessions import SessionManager
@@ -58,18 +58,6 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
         socketTimeoutMS=20_000,
         **kwargs,
     )
-
-
-def register_secret_from_uri(uri: str) -> None:
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        parts = urlsplit(uri.replace("mongodb+srv://", "http://").replace("mongodb://", "http://"))
-        if parts.password:
-            register_secret(unquote(parts.password))
-            register_secret(parts.password)
-    except ValueError:
-        pass
 
 
 class Engine:

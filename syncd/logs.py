@@ -1,10 +1,12 @@
 """Logging: structlog, one JSON object per line when not on a terminal.
 
-Secrets never reach a log line: a processor replaces JWTs, passwords inside
-MongoDB URIs, values of secret-named keys, and every string registered with
-:func:`register_secret` (account passwords as they are loaded), wherever they
-appear in the event. The same :func:`redact` is used for dead-letter reasons
-and ``status --json``.
+Secrets never reach a log line: a processor replaces JWTs, the userinfo of any
+URL (``scheme://user:password@host``: MongoDB URIs, a PDS or image URL with
+credentials), values of secret-named keys, and every string registered with
+:func:`register_secret` -- account passwords as :mod:`syncd.accounts` loads
+them, the passwords of the configured URIs (:func:`register_secret_from_uri`) --
+wherever they appear in the event, also URL-encoded. The same :func:`redact` is
+used for dead-letter reasons and ``status --json``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
-_URI_CRED_RE = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+):([^@\s]+)@")
+# Any URL's userinfo (everything between "//" and the last "@" before the path).
+_URI_CRED_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*(?:@[^/?#\s@]*)*@")
 _SECRET_KEYS = frozenset(
     {
         "password",
@@ -42,9 +46,21 @@ def register_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+def register_secret_from_uri(uri: str) -> None:
+    """Never print the password of ``uri`` (decoded or as written)."""
+    try:
+        parts = urlsplit(uri.replace("mongodb+srv://", "http://").replace("mongodb://", "http://"))
+        password = parts.password
+    except ValueError:
+        return
+    if password:
+        register_secret(unquote(password))
+        register_secret(password)
+
+
 def redact(text: str) -> str:
     text = _JWT_RE.sub(REDACTED, text)
-    text = _URI_CRED_RE.sub(rf"\1:{REDACTED}@", text)
+    text = _URI_CRED_RE.sub(rf"\1{REDACTED}@", text)
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)

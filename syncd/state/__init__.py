@@ -45,7 +45,7 @@ def open_store(config: Config, *, fence: Fence | None = None, partition: int = 0
         return StateStore(config.state.directory)
     from pymongo import MongoClient
 
-    from syncd.engine import register_secret_from_uri
+    from syncd.logs import register_secret_from_uri
     from syncd.state.mongo import MongoStateStore
 
     uri = state_mongo_uri(config)

@@ -140,8 +140,11 @@ class StateStore:
         self.path = self.directory / filename
         self._depth = 0
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fresh = not self.path.exists()
+            # It holds refresh tokens: owner-only from the first byte, whatever the umask
+            # (SQLite gives its -wal and -shm files the database file's mode).
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(
@@ -149,8 +152,6 @@ class StateStore:
                 "exists and that syncd's user may read and write it"
             ) from None
         try:
-            if fresh:
-                os.chmod(self.path, 0o600)  # it holds refresh tokens
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")

@@ -143,3 +143,21 @@ def test_status_shows_handles_next_to_dids(tmp_path: Path) -> None:
     text = render(report)
     line = next(ln for ln in text.splitlines() if "did:plc:aaa" in ln)
     assert "jeffrey.at.aesthetic.computer" in line
+
+
+def test_state_files_are_owner_only_from_the_first_byte(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0)  # the worst case: everything would be world-readable
+    try:
+        directory = tmp_path / "state"
+        s = StateStore(directory)
+        s.save_session("did:plc:x", "access", "refresh")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+        s.close()
+    finally:
+        os.umask(old)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert modes["syncd.sqlite3"] == 0o600
+    assert {m for n, m in modes.items() if n.startswith("syncd.sqlite3")} == {0o600}, modes
+    assert "syncd.sqlite3-wal" in modes
