@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 from syncd.changes import Op, Problem
 from syncd.mappings import MAPPINGS
 from syncd.mappings.base import when_of
-from syncd.rkey import derive_rkey, is_tid
+from syncd.rkey import derive_rkey, named_key
 from syncd.state import LedgerEntry
 
 NONE, CREATE, UPDATE, UPSERT, DELETE, DELETE_UNCERTAIN, CHECK = (
@@ -97,18 +97,6 @@ class Plan:
         return backref(self.op.change.doc).get("rkey")
 
 
-def adopted_rkey(doc: dict[str, Any] | None) -> str | None:
-    """The record key the document names (``atproto.rkey``), if it is a valid TID."""
-    if not doc:
-        return None
-    at = doc.get("atproto")
-    if isinstance(at, dict):
-        rkey = at.get("rkey")
-        if isinstance(rkey, str) and is_tid(rkey):
-            return rkey
-    return None
-
-
 def backref(doc: dict[str, Any] | None) -> dict[str, Any]:
     if not doc:
         return {}
@@ -139,7 +127,7 @@ def _publish(
     assert draft is not None
     doc = op.change.doc
     assert doc is not None
-    named = adopted_rkey(doc)
+    named = named_key(doc)
     refused: KeyCheck | None = None
     if named is not None and (mine is None or named != mine.rkey):
         check = checks.get(named)
@@ -195,7 +183,7 @@ def _remove(op: Op, did: str, mine: LedgerEntry | None, checks: dict[str, KeyChe
     unset = "unset" if op.desired is None and backref(doc).get("rkey") else None
     # A key the document names, in its owner's repository, is deleted only once it is
     # known to be this document's record (never trust the key alone).
-    named = adopted_rkey(doc) if op.extra.get("owner_did") == did else None
+    named = named_key(doc) if op.extra.get("owner_did") == did else None
     if mine is not None and named == mine.rkey:
         named = None
     refused: KeyCheck | None = None

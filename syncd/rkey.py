@@ -1,4 +1,19 @@
-"""Record keys: a TID derived deterministically from the document.
+"""Record keys: the one place that decides which key a document's record has.
+
+Used alike by the daemon (:mod:`syncd.planner`, the writer) and the admin
+commands (:mod:`syncd.admin.diff`):
+
+* :func:`named_key` -- the key the document itself names (``atproto.rkey``,
+  written back by syncd, the platform's inline writers or the old scripts);
+  it wins once it is known to be this document's record;
+* :func:`derive_rkey` -- otherwise a TID derived from the document;
+* :func:`free_key` -- the derived key, re-derived with a salt while another
+  document holds it (two documents in the same millisecond);
+* :func:`preferred_keys` -- the order in which the known keys are tried:
+  named, ledger, wiped (``syncd wipe`` remembered it), derived.
+
+A TID is 13 characters of base32-sortable encoding of a 64-bit integer: a zero
+top bit, 53 bits of microseconds since the Unix epoch, 10 bits of "clock id".
 
 A TID is 13 characters of base32-sortable encoding of a 64-bit integer: a zero
 top bit, 53 bits of microseconds since the Unix epoch, 10 bits of "clock id".
@@ -13,7 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from syncd.ids import doc_key
 
@@ -70,3 +87,35 @@ def derive_rkey(when: datetime, doc_id: object, salt: int = 0) -> str:
         raise RkeyError(f"when is too far in the future for a TID: {when.isoformat()}")
     clock_id = (h >> 10) & 0x3FF
     return encode_tid((micros << 10) | clock_id)
+
+
+def named_key(doc: Mapping[str, Any] | None) -> str | None:
+    """The record key ``doc`` names (``atproto.rkey``), if it is a valid TID."""
+    at = doc.get("atproto") if doc else None
+    if isinstance(at, Mapping):
+        rkey = at.get("rkey")
+        if isinstance(rkey, str) and is_tid(rkey):
+            return rkey
+    return None
+
+
+def free_key(when: datetime, doc_id: object, taken: Callable[[str], bool]) -> str:
+    """:func:`derive_rkey`, with the next salt while ``taken(key)`` says another
+    document holds the key."""
+    salt = 0
+    key = derive_rkey(when, doc_id)
+    while taken(key):
+        salt += 1
+        key = derive_rkey(when, doc_id, salt)
+    return key
+
+
+def preferred_keys(
+    *, named: str | None, ledger: str | None, wiped: str | None, derived: str | None
+) -> list[str]:
+    """The keys a document's record may have, most preferred first, without repeats."""
+    out: list[str] = []
+    for key in (named, ledger, wiped, derived):
+        if key and key not in out:
+            out.append(key)
+    return out

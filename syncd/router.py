@@ -17,7 +17,7 @@ import structlog
 from syncd import metrics
 from syncd.changes import Change, Op, Problem, record_outcome
 from syncd.mappings import MAPPINGS, SKIP_REASONS, MappingError
-from syncd.planner import adopted_rkey
+from syncd.rkey import named_key
 from syncd.writer import AccountWriter
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class Router:
                     metrics.SKIPPED.labels(collection=change.collection, reason=hidden).inc()
                 elif hidden is not None:
                     problem = Problem("hidden", hidden)
-                    if account is not None and adopted_rkey(doc):
+                    if account is not None and named_key(doc):
                         # An old-script record for a document that is not public.
                         self.writer(account)
                 elif account is None:
@@ -124,7 +124,7 @@ class Router:
                 targets[entry.did] = account
             else:
                 log.warning("record_holder_unknown", did=entry.did, doc=change.key)
-        if owner_did is not None and owner_did not in targets and adopted_rkey(doc):
+        if owner_did is not None and owner_did not in targets and named_key(doc):
             if owner_did in self.writers:
                 targets[owner_did] = self.writers[owner_did].account
 

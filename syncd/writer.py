@@ -62,11 +62,10 @@ from syncd.planner import (
     WRITES,
     KeyCheck,
     Plan,
-    adopted_rkey,
     plan,
 )
 from syncd.retry import Abandoned, backoff_delay, sleep_or_stop, with_retries
-from syncd.rkey import derive_rkey
+from syncd.rkey import free_key, named_key
 from syncd.state import LedgerEntry
 
 if TYPE_CHECKING:
@@ -367,27 +366,32 @@ class AccountWriter:
         (two documents in one millisecond, or two naming the same key in one batch)."""
         taken: set[tuple[str, str]] = set()
         store = self.engine.store
+        did = self.account.did
         for p in plans:
             if p.action not in WRITES or p.failed is not None:
                 continue
             doc = p.op.change.doc
             assert doc is not None
-            if (p.nsid, p.rkey) in taken and adopted_rkey(doc) == p.rkey:
+            named = named_key(doc) == p.rkey
+            if named and (p.nsid, p.rkey) in taken:
                 # Another document of this batch took the key this one names first.
                 self._refused(p, KeyCheck(p.rkey, FOREIGN, detail="named by another document"))
+                named = False
                 if p.retire is not None:
                     p.rkey, p.retire = p.retire, None
                     p.action = UPDATE if p.retire_certain else UPSERT
                 else:
                     p.action = CREATE
-                    p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id)
-            if p.action == CREATE:
-                salt = 0
-                while (p.nsid, p.rkey) in taken or store.rkey_owner(
-                    self.account.did, p.nsid, p.rkey
-                ) not in (None, p.key):
-                    salt += 1
-                    p.rkey = derive_rkey(when_of(doc), p.op.change.doc_id, salt)
+            if p.action == CREATE and not named:
+                nsid, key = p.nsid, p.key
+
+                def held(rkey: str, nsid: str = nsid, key: str = key) -> bool:
+                    return (nsid, rkey) in taken or store.rkey_owner(did, nsid, rkey) not in (
+                        None,
+                        key,
+                    )
+
+                p.rkey = free_key(when_of(doc), p.op.change.doc_id, held)
             taken.add((p.nsid, p.rkey))
 
     async def _prepare_records(self, plans: list[Plan]) -> None:

@@ -42,7 +42,7 @@ from syncd.admin.inventory import DocState, RepoRecord
 from syncd.lexicon import LexiconError
 from syncd.mappings import MappingContext
 from syncd.mappings.paintings import Paintings
-from syncd.rkey import decode_tid, derive_rkey, is_tid
+from syncd.rkey import decode_tid, free_key, is_tid, named_key, preferred_keys
 from syncd.state import LedgerEntry
 
 MISSING, ORPHAN, DUPLICATE, STALE, BLOB, LEDGER, BACKREF = (
@@ -201,8 +201,8 @@ def record_uri(did: str, nsid: str, rkey: str) -> str:
 
 
 def adopted_key(state: DocState) -> str | None:
-    rkey = (state.atproto or {}).get("rkey")
-    return rkey if isinstance(rkey, str) and is_tid(rkey) else None
+    """The key the document names (:func:`syncd.rkey.named_key`)."""
+    return named_key({"atproto": state.atproto})
 
 
 def key_candidates(
@@ -212,18 +212,12 @@ def key_candidates(
     wiped: tuple[str, str] | None,
 ) -> list[str]:
     """The keys syncd would use for ``state``'s record, most preferred first."""
-    out: list[str] = []
-    adopted = adopted_key(state)
-    if adopted:
-        out.append(adopted)  # the key the document names wins (permalinks use it)
-    if entry is not None and entry.nsid == nsid:
-        out.append(entry.rkey)
-    if wiped is not None and wiped[0] == nsid:
-        out.append(wiped[1])
-    if state.derived_rkey:
-        out.append(state.derived_rkey)
-    seen: set[str] = set()
-    return [k for k in out if not (k in seen or seen.add(k))]  # type: ignore[func-returns-value]
+    return preferred_keys(
+        named=adopted_key(state),
+        ledger=entry.rkey if entry is not None and entry.nsid == nsid else None,
+        wiped=wiped[1] if wiped is not None and wiped[0] == nsid else None,
+        derived=state.derived_rkey,
+    )
 
 
 def stale_fields(
@@ -483,12 +477,9 @@ def _plan_create(
 ) -> Publish:
     candidates = key_candidates(state, nsid, entry, wiped)
     chosen = next((k for k in candidates if k not in claimed), None)
-    if chosen is None and state.when is not None:
-        salt = 1
-        while chosen is None or chosen in claimed:
-            chosen = derive_rkey(state.when, state.doc_id, salt)
-            salt += 1
-    assert chosen is not None  # a publishable document has a valid `when`
+    if chosen is None:
+        assert state.when is not None  # a publishable document has a valid `when`
+        chosen = free_key(state.when, state.doc_id, claimed.__contains__)
     claimed.add(chosen)
     # The writer picks adopted-or-derived by itself; pin the ledger when that is not the key.
     writer_choice = adopted_key(state) or state.derived_rkey

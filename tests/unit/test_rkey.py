@@ -1,11 +1,21 @@
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from bson import ObjectId
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.rkey import RkeyError, decode_tid, derive_rkey, encode_tid, is_tid
+from syncd.rkey import (
+    RkeyError,
+    decode_tid,
+    derive_rkey,
+    encode_tid,
+    free_key,
+    is_tid,
+    named_key,
+    preferred_keys,
+)
 
 
 def test_same_document_same_key_every_time() -> None:
@@ -50,3 +60,34 @@ def test_tid_round_trip(value: int) -> None:
     tid = encode_tid(value)
     assert len(tid) == 13 and is_tid(tid)
     assert decode_tid(tid) == value
+
+
+@pytest.mark.parametrize(
+    ("doc", "want"),
+    [
+        ({"atproto": {"rkey": "3kabcdefghij2"}}, "3kabcdefghij2"),
+        ({"atproto": {"rkey": "not-a-tid"}}, None),
+        ({"atproto": {"rkey": 12}}, None),
+        ({"atproto": "3kabcdefghij2"}, None),
+        ({"atproto": None}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_named_key_is_a_valid_tid_in_atproto_rkey(doc: Any, want: str | None) -> None:
+    assert named_key(doc) == want
+
+
+def test_free_key_salts_past_keys_other_documents_hold() -> None:
+    when = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    oid = ObjectId()
+    first = derive_rkey(when, oid)
+    assert free_key(when, oid, lambda k: False) == first
+    held = {first, derive_rkey(when, oid, 1)}
+    assert free_key(when, oid, held.__contains__) == derive_rkey(when, oid, 2)
+
+
+def test_preferred_keys_order_named_ledger_wiped_derived() -> None:
+    assert preferred_keys(named="n", ledger="l", wiped="w", derived="d") == ["n", "l", "w", "d"]
+    assert preferred_keys(named=None, ledger="d", wiped=None, derived="d") == ["d"]
+    assert preferred_keys(named=None, ledger=None, wiped=None, derived=None) == []
