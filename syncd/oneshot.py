@@ -11,6 +11,7 @@ import structlog
 from syncd import metrics
 from syncd.config import Config
 from syncd.engine import Engine
+from syncd.ownership import owner_filter
 from syncd.source.backfill import Backfill
 
 log = structlog.get_logger("syncd.oneshot")
@@ -35,14 +36,14 @@ def pds_write_calls() -> dict[str, int]:
     return out
 
 
-async def owner_filter(engine: Engine, account: str | None) -> dict[str, Any] | None:
+async def account_filter(engine: Engine, account: str | None) -> dict[str, Any] | None:
     """A MongoDB filter for the documents an ATProto account owns (None: all)."""
     if account is None:
         return None
     acct = await engine.accounts.by_handle_or_did(account)
     if acct is None:
         raise LookupError(f"--account: no user with ATProto handle or DID {account!r}")
-    return {"user": None} if acct.sub is None else {"user": acct.sub}
+    return owner_filter(acct)
 
 
 async def run_backfill(
@@ -52,7 +53,7 @@ async def run_backfill(
     ticker = asyncio.create_task(engine.checkpoint_loop())
     try:
         try:
-            flt = await owner_filter(engine, account)
+            flt = await account_filter(engine, account)
         except LookupError as exc:
             print(f"syncd: {exc}")
             return 2

@@ -16,7 +16,8 @@ import structlog
 
 from syncd import metrics
 from syncd.changes import Change, Op, Problem, record_outcome
-from syncd.mappings import MAPPINGS, SKIP_REASONS, MappingError
+from syncd.mappings import MAPPINGS, MappingError
+from syncd.ownership import standing, verdict
 from syncd.rkey import named_key
 from syncd.writer import AccountWriter
 
@@ -75,34 +76,24 @@ class Router:
         owner_did: str | None = None
 
         if doc is not None:
-            hidden = mapping.not_public_reason(doc)
-            try:
-                owner = mapping.owner(doc)
-            except MappingError as exc:
-                owner, problem = None, Problem("dead", exc.reason, exc.detail)
-            if problem is None:
-                account, why = await engine.accounts.resolve(owner)
+            where = standing(change.collection, doc)
+            account, why = None, ""
+            if where.invalid is None:
+                account, why = await engine.accounts.resolve(where.owner)
                 if account is not None:
                     owner_did = account.did
-                if hidden in SKIP_REASONS:
-                    # Not public *yet* (a WIP painting): a skip with its reason, and any
-                    # record it had goes, as for any document that is not public.
-                    problem = Problem("skip", hidden)
-                    metrics.SKIPPED.labels(collection=change.collection, reason=hidden).inc()
-                elif hidden is not None:
-                    problem = Problem("hidden", hidden)
-                    if account is not None and named_key(doc):
-                        # An old-script record for a document that is not public.
-                        self.writer(account)
-                elif account is None:
-                    problem = Problem("skip", why)
-                    metrics.SKIPPED.labels(collection=change.collection, reason=why).inc()
-                else:
-                    try:
-                        draft = mapping.draft(doc, engine.mapping_ctx)
-                        desired = account
-                    except MappingError as exc:
-                        problem = Problem("dead", exc.reason, exc.detail)
+            problem = verdict(where, account, why)
+            if problem is None:
+                try:
+                    draft = mapping.draft(doc, engine.mapping_ctx)
+                    desired = account
+                except MappingError as exc:
+                    problem = Problem("dead", exc.reason, exc.detail)
+            elif problem.kind == "skip":
+                metrics.SKIPPED.labels(collection=change.collection, reason=problem.reason).inc()
+            elif problem.kind == "hidden" and account is not None and named_key(doc):
+                # A record another writer made for a document that is not public.
+                self.writer(account)
         entry = engine.store.ledger_get(change.collection, change.key)
         if engine.partitions > 1 and engine.partition is not None:
             # Exactly one partition acts on each change: the one serving the account the

@@ -4,8 +4,8 @@ Both sides are read per account and per collection, so memory is bounded by the
 largest (account, collection) pair, and documents are reduced to the compact
 :class:`DocState` the comparison needs (never kept whole).
 
-Documents are selected with the owner filter ``syncd backfill --account`` uses
-(``{"user": sub}``, or ``{"user": None}`` for the guest account: no ``user``).
+Documents are selected with :func:`syncd.ownership.owner_filter`, the filter
+``syncd backfill --account`` uses too.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from syncd.ids import doc_key, ref_for
 from syncd.mappings import MAPPINGS, MappingContext, MappingError
 from syncd.mappings.base import when_of
+from syncd.ownership import owner_filter, standing
 from syncd.pds.sessions import Account
 from syncd.rkey import RkeyError, derive_rkey
 
@@ -75,15 +76,14 @@ class DocState:
 
 def doc_state(collection: str, doc: dict[str, Any], ctx: MappingContext) -> DocState:
     """Reduce a document to a :class:`DocState`, using the same mapping as the publish path."""
-    mapping = MAPPINGS[collection]
-    hidden = mapping.not_public_reason(doc)
-    problem: str | None = None
+    where = standing(collection, doc)
+    hidden = where.hidden
+    problem: str | None = where.invalid.reason if where.invalid is not None else None
     fields: dict[str, Any] | None = None
     fingerprint: str | None = None
-    if hidden is None:
+    if where.public:
         try:
-            mapping.owner(doc)
-            draft = mapping.draft(doc, ctx)
+            draft = MAPPINGS[collection].draft(doc, ctx)
             fields, fingerprint = draft.fields, draft.fingerprint
         except MappingError as exc:
             problem = exc.reason
@@ -106,11 +106,6 @@ def doc_state(collection: str, doc: dict[str, Any], ctx: MappingContext) -> DocS
         doc_id=doc["_id"],
         when=when,
     )
-
-
-def owner_query(account: Account) -> dict[str, Any]:
-    """The documents ``account`` owns (the guest account owns those without ``user``)."""
-    return {"user": None} if account.sub is None else {"user": account.sub}
 
 
 async def resolve_account(engine: Engine, ident: str) -> Account | None:
@@ -162,7 +157,7 @@ async def account_documents(
     """The account's documents in ``collection``, in ``_id`` order, in bounded pages."""
     coll = engine.db[collection]
     async for doc in (
-        coll.find(owner_query(account))
+        coll.find(owner_filter(account))
         .sort("_id", 1)
         .batch_size(engine.config.mongo.scan_batch_size)
     ):

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.admin.diff import thumbnail_link
 from syncd.admin.fixes import UNSET_BACKREF, delete_records
-from syncd.admin.inventory import owner_query
 from syncd.admin.progress import Reporter
 from syncd.admin.reconcile import inspect_with_records, select_accounts
 from syncd.mappings import MAPPINGS
+from syncd.ownership import owner_filter
 from syncd.pds.sessions import Account
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class WipeOutcome:
 def backref_filter(account: Account) -> dict[str, Any]:
     """The account's documents that carry any ``atproto`` back-reference field."""
     return {
-        **owner_query(account),
+        **owner_filter(account),
         "$or": [
             {"atproto.rkey": {"$exists": True}},
             {"atproto.uri": {"$exists": True}},
