@@ -64,7 +64,7 @@ from syncd.planner import (
     Plan,
     plan,
 )
-from syncd.retry import Abandoned, backoff_delay, sleep_or_stop, with_retries
+from syncd.retry import Abandoned, Kind, classify, pause_for, retrying, sleep_or_stop, with_retries
 from syncd.rkey import free_key, named_key
 from syncd.state import LedgerEntry
 
@@ -651,25 +651,16 @@ class AccountWriter:
                     return head + await self._apply(chunk[fit:])
             try:
                 results = await engine.repo.apply_writes(self.account, writes)
-            except RateLimitedError as exc:
-                self._count(chunk, exc)
-                fit = self._fits(exc.remaining, chunk)
-                if 0 < fit < len(chunk):
-                    # The budget left still takes part of the batch: send that now.
-                    head = await self._apply(chunk[:fit])
-                    return head + await self._apply(chunk[fit:])
-                await sleep_or_stop(min(max(exc.retry_after, 0.5), 3600.0), engine.stopping)
-                continue
-            except ACCOUNT_ERRORS as exc:
-                self._count(chunk, exc)
-                self._account_failed(chunk, exc)
-                return []
             except XrpcError as exc:
                 self._count(chunk, exc)
-                if exc.status >= 400 and exc.status not in (502, 503, 504, 408):
-                    # A 500 is how the PDS answers a batch with a create on an existing
-                    # key (or an update/delete of a missing one); a 4xx names no write.
-                    # Idempotent single calls settle both, one record at a time.
+                verdict = classify(exc)
+                if verdict.kind is Kind.ACCOUNT:
+                    self._account_failed(chunk, exc)
+                    return []
+                if verdict.kind is Kind.REFUSED:
+                    # The PDS refuses a batch with a create on an existing key (or an
+                    # update/delete of a missing one) with a 500 naming no write; a 4xx
+                    # names none either. Idempotent single calls settle both.
                     log.warning(
                         "apply_writes_refused",
                         did=self.account.did,
@@ -681,9 +672,15 @@ class AccountWriter:
                         p.action = UPSERT if p.action in (CREATE, UPDATE) else DELETE_UNCERTAIN
                         p.retire_certain = False
                     return chunk
-                delay = backoff_delay(attempt, cap=engine.config.pds.retry_max_seconds)
+                if isinstance(exc, RateLimitedError):
+                    fit = self._fits(exc.remaining, chunk)
+                    if 0 < fit < len(chunk):
+                        # The budget left still takes part of the batch: send that now.
+                        head = await self._apply(chunk[:fit])
+                        return head + await self._apply(chunk[fit:])
+                wait = pause_for(verdict, attempt, cap=engine.config.pds.retry_max_seconds)
                 attempt += 1
-                await sleep_or_stop(delay, engine.stopping)
+                await sleep_or_stop(wait, engine.stopping)
                 continue
             for p, i in zip(chunk, main_index, strict=True):
                 if p.action in WRITES:
@@ -852,40 +849,29 @@ class AccountWriter:
             else:
                 continue
             by_collection.setdefault(p.collection, []).append(req)
-        attempt = 0
         for coll, requests in by_collection.items():
-            while True:
-                try:
-                    await self.engine.db[coll].bulk_write(requests, ordered=False)
-                    break
-                except BulkWriteError as exc:
-                    # Per-document write errors are permanent (the document changed shape
-                    # since it was read): retrying would stall this account forever. The
-                    # records are written; the next change to the document retries.
-                    errors = exc.details.get("writeErrors") or []
-                    if errors and not exc.details.get("writeConcernErrors"):
-                        for err in errors:
-                            log.warning(
-                                "writeback_rejected",
-                                collection=coll,
-                                code=err.get("code"),
-                                error=str(err.get("errmsg", ""))[:200],
-                            )
-                        break
-                    delay = backoff_delay(attempt, cap=10.0)
-                    attempt += 1
-                    log.warning("writeback_failed", collection=coll, error="BulkWriteError")
-                    await sleep_or_stop(delay, self.engine.stopping)
-                except PyMongoError as exc:
-                    delay = backoff_delay(attempt, cap=10.0)
-                    attempt += 1
+            try:
+                await retrying(
+                    lambda coll=coll, requests=requests: self.engine.db[coll].bulk_write(  # type: ignore[misc]
+                        requests, ordered=False
+                    ),
+                    stop=self.engine.stopping,
+                    cap=10.0,
+                    what="writeback",
+                )
+            except BulkWriteError as exc:
+                # Per-document write errors are permanent (the document changed shape
+                # since it was read): retrying would stall this account forever. The
+                # records are written; the next change to the document retries.
+                for err in exc.details.get("writeErrors") or []:
                     log.warning(
-                        "writeback_failed",
+                        "writeback_rejected",
                         collection=coll,
-                        error=type(exc).__name__,
-                        retry_in=round(delay, 2),
+                        code=err.get("code"),
+                        error=str(err.get("errmsg", ""))[:200],
                     )
-                    await sleep_or_stop(delay, self.engine.stopping)
+            except PyMongoError as exc:
+                log.warning("writeback_refused", collection=coll, error=type(exc).__name__)
 
 
 __all__ = ["DELETE", "AccountWriter"]

@@ -28,10 +28,10 @@ from pymongo import UpdateOne
 from syncd.admin.diff import CollectionReport
 from syncd.admin.progress import Reporter
 from syncd.ids import parse_doc_key
-from syncd.pds.errors import AuthError, RateLimitedError, XrpcError
+from syncd.pds.errors import XrpcError
 from syncd.pds.repo import delete_write
 from syncd.pds.sessions import Account
-from syncd.retry import backoff_delay, with_retries
+from syncd.retry import Kind, classify, retrying
 from syncd.source.publish import emit, fetch_documents
 
 if TYPE_CHECKING:
@@ -89,35 +89,32 @@ async def delete_records(
     cap = engine.config.pds.retry_max_seconds
     for i in range(0, len(rkeys), limit):
         chunk = list(rkeys[i : i + limit])
-        attempt, singles = 0, False
-        while True:
-            try:
-                await engine.repo.apply_writes(account, [delete_write(nsid, k) for k in chunk])
-                break
-            except RateLimitedError as exc:
-                await asyncio.sleep(min(max(exc.retry_after, 0.5), 3600.0))
-            except AuthError:
+        singles = False
+        try:
+            await retrying(
+                lambda chunk=chunk: engine.repo.apply_writes(  # type: ignore[misc]
+                    account, [delete_write(nsid, k) for k in chunk]
+                ),
+                stop=None,
+                cap=cap,
+            )
+        except XrpcError as exc:
+            if classify(exc).kind is Kind.ACCOUNT:
                 raise
-            except XrpcError as exc:
-                if exc.status in (0, 408, 502, 503, 504) and attempt < 6:
-                    await asyncio.sleep(backoff_delay(attempt, cap=cap))
-                    attempt += 1
-                    continue
-                # A 500 names no write (a key already gone fails the whole batch): one by one.
-                log.info("delete_batch_refused", did=account.did, status=exc.status, n=len(chunk))
-                singles = True
-                break
+            # A 500 names no write (a key already gone fails the whole batch): one by one.
+            log.info("delete_batch_refused", did=account.did, status=exc.status, n=len(chunk))
+            singles = True
         if singles:
             for rkey in chunk:
                 try:
-                    await with_retries(
+                    await retrying(
                         lambda k=rkey: engine.repo.delete_record(account, nsid, k),  # type: ignore[misc]
                         stop=None,
                         cap=cap,
                     )
-                except AuthError:
-                    raise
                 except XrpcError as exc:
+                    if classify(exc).kind is Kind.ACCOUNT:
+                        raise
                     log.warning("delete_failed", did=account.did, rkey=rkey, error=exc.error)
                     failed.append(rkey)
         deleted += len(chunk) - sum(1 for k in chunk if k in failed)

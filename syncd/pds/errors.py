@@ -1,4 +1,4 @@
-"""How a PDS failure is classified. The writer's retry policy reads only these."""
+"""The PDS failures syncd tells apart. What each means for a retry: :func:`syncd.retry.classify`."""
 
 from __future__ import annotations
 
@@ -12,11 +12,6 @@ class XrpcError(Exception):
         self.status = status
         self.error = error
         self.message = message
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying unchanged: 5xx, 408, transport errors, timeouts."""
-        return self.status == 0 or self.status >= 500 or self.status == 408
 
     @property
     def reason(self) -> str:
@@ -58,10 +53,6 @@ class RateLimitedError(XrpcError):
         self.remaining = remaining
         self.limit = limit
         self.policy = policy
-
-    @property
-    def transient(self) -> bool:
-        return True
 
 
 class AuthError(XrpcError):

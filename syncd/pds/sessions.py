@@ -18,6 +18,7 @@ from atproto_server.auth.jwt import get_jwt_payload
 from syncd import metrics
 from syncd.pds.errors import AuthError, XrpcError
 from syncd.pds.xrpc import XrpcClient
+from syncd.retry import Kind, classify
 from syncd.state import Store
 
 log = structlog.get_logger("syncd.sessions")
@@ -126,8 +127,8 @@ class SessionManager:
                 {"identifier": account.did, "password": account.password},
             )
         except XrpcError as exc:
-            if exc.transient:
-                raise
+            if classify(exc).kind in (Kind.RETRY, Kind.WAIT):
+                raise  # not a verdict on the credentials: the caller retries
             err = LoginFailedError(exc.method, exc.status, exc.error, exc.message)
             self._failed[account.did] = (time.monotonic(), err)
             log.error("login_failed", did=account.did, handle=account.handle, error=exc.error)

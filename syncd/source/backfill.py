@@ -23,7 +23,7 @@ from pymongo.errors import PyMongoError
 
 from syncd import metrics
 from syncd.ids import doc_key, parse_doc_key
-from syncd.retry import backoff_delay, sleep_or_stop
+from syncd.retry import classify, pause_for, sleep_or_stop
 from syncd.source.publish import emit
 
 if TYPE_CHECKING:
@@ -122,16 +122,18 @@ class Backfill:
                             self._page_done(collection, last_id, scanned, remaining, persist)
                     break
                 except PyMongoError as exc:
-                    delay = backoff_delay(attempt, cap=10.0)
+                    # Whatever the error (a killed cursor too), reading on from the last
+                    # _id is idempotent and nothing may be skipped: retry, forever.
+                    wait = pause_for(classify(exc), attempt, cap=10.0)
                     attempt += 1
                     log.warning(
                         "backfill_scan_interrupted",
                         collection=collection,
                         error=type(exc).__name__,
                         resume_after=str(last_id),
-                        retry_in=round(delay, 2),
+                        retry_in=round(wait, 2),
                     )
-                    await sleep_or_stop(delay, engine.stopping)
+                    await sleep_or_stop(wait, engine.stopping)
                 finally:
                     await cursor.close()
             if in_page:

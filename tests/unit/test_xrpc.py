@@ -6,6 +6,7 @@ import pytest
 from syncd import metrics
 from syncd.pds.errors import AuthError, RateLimitedError, TransportError, XrpcError
 from syncd.pds.xrpc import XrpcClient
+from syncd.retry import Kind, classify
 
 
 def client(handler) -> XrpcClient:  # type: ignore[no-untyped-def]
@@ -62,7 +63,7 @@ async def test_errors_are_classified(status: int, error: str, cls: type, transie
 
     with pytest.raises(cls) as info:
         await client(handler).procedure("com.atproto.repo.putRecord", {})
-    assert info.value.transient is transient
+    assert (classify(info.value).kind is Kind.RETRY) is transient
     if error == "ExpiredToken":
         assert info.value.expired
 
@@ -73,7 +74,7 @@ async def test_transport_errors_are_transient() -> None:
 
     with pytest.raises(TransportError) as info:
         await client(handler).query("com.atproto.repo.listRecords")
-    assert info.value.transient and info.value.status == 0
+    assert classify(info.value).kind is Kind.RETRY and info.value.status == 0
 
 
 async def test_requests_are_counted_by_method_and_status() -> None:
