@@ -242,9 +242,7 @@ class Daemon:
             return
         drained = await engine.drain(self.config.pipeline.shutdown_grace_seconds)
         if not drained:
-            log.warning(
-                "shutdown_abandoning_in_flight", outstanding=engine.checkpointer.outstanding
-            )
+            log.warning("shutdown_abandoning_in_flight", outstanding=engine.positions.outstanding)
         await engine.aclose()
         if self.lease is not None:
             await self.lease.release()
@@ -268,7 +266,7 @@ class Daemon:
         assert self.engine is not None
         e = self.engine
         return (
-            f"{self.health.phase}; in flight {e.checkpointer.outstanding}; "
+            f"{self.health.phase}; in flight {e.positions.outstanding}; "
             f"lag {self.health.lag:.1f}s; stream {'open' if self.health.stream_connected else 'closed'}"
         )
 

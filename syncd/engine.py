@@ -17,7 +17,6 @@ from pymongo import AsyncMongoClient
 
 from syncd import metrics
 from syncd.accounts import AccountResolver
-from syncd.checkpoint import Checkpointer
 from syncd.cluster import partition_of
 from syncd.config import Config
 from syncd.health import HealthState
@@ -29,6 +28,7 @@ from syncd.mappings import MappingContext
 from syncd.pds.repo import Repo
 from syncd.pds.sessions import SessionManager
 from syncd.pds.xrpc import XrpcClient
+from syncd.positions import Positions
 from syncd.router import Router
 from syncd.state import open_store
 
@@ -98,13 +98,12 @@ class Engine:
         self.image_http = make_client(config.images)
         self.image_fetcher = ImageFetcher(self.image_http, config.images)
         self.thumbnails = ThumbnailPool.from_settings(config.images)
-        self.checkpointer = Checkpointer(config.pipeline.queue_size)
-        self.checkpointer.on_wait = lambda: self.health.beat("source")
+        self.positions = Positions(self.store, config.pipeline.queue_size)
+        self.positions.on_wait(lambda: self.health.beat("source"))
         self.router = Router(self)
         self.stopping = asyncio.Event()
         self.pds_slots = asyncio.Semaphore(config.pds.account_concurrency)
         self.queued_ops = 0
-        self._last_position: Any = None
         metrics.initialise(tuple(config.mongo.collections))
         self.refresh_dead_letter_gauge()
 
@@ -130,30 +129,18 @@ class Engine:
         return (ts.time, ts.inc)
 
     def save_checkpoints(self) -> None:
-        """Persist the newest safe positions (stream token, backfill progress)."""
-        payloads = self.checkpointer.advance()
-        stream: Any = None
-        backfill: dict[str, Any] = {}
-        for p in payloads:
-            if p[0] == "stream":
-                stream = p
-            elif p[0] == "backfill":
-                backfill[p[1]] = p
-        if stream is not None or backfill:
-            with self.store.transaction():
-                if stream is not None and stream != self._last_position:
-                    self.store.save_position(stream[1], stream[2])
-                    self._last_position = stream
-                for _, coll, last_id, phase, scanned, done in backfill.values():
-                    self.store.save_backfill_progress(coll, last_id, phase, scanned, done)
-        oldest = self.checkpointer.oldest_pending_started()
+        """Persist the newest safe positions, and report lag and queue depths."""
+        positions = self.positions
+        saved = positions.save()
+        oldest = positions.oldest_pending_started()
         self.health.set_lag(max(0.0, time.time() - oldest) if oldest else 0.0)
-        pos = self.store.load_position() if stream is None else None
-        if stream is not None:
+        if saved:
             metrics.RESUME_TOKEN_AGE.set(0)
-        elif pos is not None:
-            metrics.RESUME_TOKEN_AGE.set(max(0.0, time.time() - pos.saved_at))
-        metrics.QUEUE_DEPTH.labels(stage="source").set(self.checkpointer.outstanding)
+        else:
+            pos = self.store.load_position()
+            if pos is not None:
+                metrics.RESUME_TOKEN_AGE.set(max(0.0, time.time() - pos.saved_at))
+        metrics.QUEUE_DEPTH.labels(stage="source").set(positions.outstanding)
         metrics.QUEUE_DEPTH.labels(stage="writer").set(self.queued_ops)
 
     async def checkpoint_loop(self, interval: float = 0.2) -> None:
@@ -165,7 +152,7 @@ class Engine:
     async def drain(self, grace: float) -> bool:
         """Wait until every change handed to the writers has been applied."""
         try:
-            await asyncio.wait_for(self.checkpointer.drained(), grace)
+            await asyncio.wait_for(self.positions.drained(), grace)
             return True
         except TimeoutError:
             return False

@@ -61,7 +61,7 @@ async def run_backfill(
         total = 0
         for coll in collections or list(config.mongo.collections):
             total += await backfill.scan(coll, persist=False, extra_filter=flt)
-        await engine.checkpointer.drained()
+        await engine.positions.drained()
         engine.save_checkpoints()
         counts = engine.store.dead_letter_counts()
         calls = pds_write_calls()

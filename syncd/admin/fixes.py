@@ -139,12 +139,12 @@ async def publish_documents(
         fresh = await fetch_documents(engine, collection, ids)
         for key, doc_id in zip(chunk, ids, strict=True):
             await emit(engine, collection, doc_id, fresh.get(key), operation="admin")
-        while engine.checkpointer.outstanding > 0:
+        while engine.positions.outstanding > 0:
             if on_progress is not None:
-                finished = done_before + len(chunk) - engine.checkpointer.outstanding
+                finished = done_before + len(chunk) - engine.positions.outstanding
                 on_progress(max(done_before, finished))
             try:
-                await asyncio.wait_for(engine.checkpointer.drained(), 0.25)
+                await asyncio.wait_for(engine.positions.drained(), 0.25)
             except TimeoutError:
                 continue
         done_before += len(chunk)

@@ -23,6 +23,7 @@ from pymongo.errors import PyMongoError
 
 from syncd import metrics
 from syncd.ids import doc_key, parse_doc_key
+from syncd.positions import BackfillMark
 from syncd.retry import classify, pause_for, sleep_or_stop
 from syncd.source.publish import emit
 
@@ -64,11 +65,11 @@ class Backfill:
                 scanned=p.scanned if p else 0,
                 persist=True,
             )
-        await self.engine.checkpointer.drained()
+        await self.engine.positions.drained()
         self.engine.save_checkpoints()
         if sweep or reason == "history_lost":
             await self.sweep(self.engine.config.mongo.collections)
-            await self.engine.checkpointer.drained()
+            await self.engine.positions.drained()
         store.finish_backfill()
         log.info("backfill_finished", reason=reason)
 
@@ -140,14 +141,14 @@ class Backfill:
                 self._page_done(collection, last_id, scanned, 0, persist)
             phase = OTHER
             if persist:
-                engine.checkpointer.mark(("backfill", collection, None, OTHER, scanned, False))
+                engine.positions.mark(BackfillMark(collection, None, OTHER, scanned, False))
         if phase == OTHER:
             query = dict(base, _id={"$not": {"$type": "objectId"}})
             async for doc in coll.find(query).batch_size(page):
                 await emit(engine, collection, doc["_id"], doc, operation="backfill")
                 scanned += 1
             if persist:
-                engine.checkpointer.mark(("backfill", collection, None, DONE, scanned, True))
+                engine.positions.mark(BackfillMark(collection, None, DONE, scanned, True))
         metrics.BACKFILL_REMAINING.labels(collection=collection).set(0)
         log.info(
             "backfill_collection_scanned",
@@ -163,7 +164,7 @@ class Backfill:
         engine = self.engine
         metrics.BACKFILL_REMAINING.labels(collection=collection).set(remaining)
         if persist:
-            engine.checkpointer.mark(("backfill", collection, last_id, OBJECTID, scanned, False))
+            engine.positions.mark(BackfillMark(collection, last_id, OBJECTID, scanned, False))
         engine.health.beat("source")
 
     async def sweep(self, collections: Iterable[str]) -> int:

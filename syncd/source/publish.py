@@ -26,7 +26,7 @@ async def emit(
     operation: str,
 ) -> None:
     """Route one document (its current state; None: gone). Waits for in-flight capacity."""
-    ticket = await engine.checkpointer.open(None, started=time.time())
+    ticket = await engine.positions.open(None, started=time.time())
     await engine.router.route(
         Change(
             collection=collection,

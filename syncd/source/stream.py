@@ -27,6 +27,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from syncd import metrics
 from syncd.changes import Change
 from syncd.ids import doc_key
+from syncd.positions import StreamMark
 from syncd.retry import backoff_delay, sleep_or_stop
 from syncd.state import Position
 
@@ -85,7 +86,7 @@ class StreamSource:
                             idle = stream.resume_token
                             if idle is not None and idle != token:
                                 token = dict(idle)
-                                engine.checkpointer.mark(("stream", idle, None), started=0)
+                                engine.positions.mark(StreamMark(dict(idle)))
                             continue
                         token = change["_id"]
                         invalidated = await self._emit(change)
@@ -134,8 +135,8 @@ class StreamSource:
             metrics.EVENTS.labels(collection=coll, operation=op).inc()
             doc_id = event["documentKey"]["_id"]
             doc = event.get("fullDocument") if op != "delete" else None
-            ticket = await engine.checkpointer.open(
-                ("stream", token, ct_pair), started=ct_seconds or time.time()
+            ticket = await engine.positions.open(
+                StreamMark(token, ct_pair), started=ct_seconds or time.time()
             )
             change = Change(
                 collection=coll,
@@ -150,7 +151,7 @@ class StreamSource:
             return False
         coll = (event.get("ns") or {}).get("coll")
         metrics.EVENTS.labels(collection=coll or "*", operation=op).inc()
-        engine.checkpointer.mark(("stream", token, ct_pair))
+        engine.positions.mark(StreamMark(token, ct_pair))
         if op in ("drop", "rename", "dropDatabase"):
             # Every document of the collection is gone: remove their records.
             from syncd.source.backfill import Backfill
