@@ -39,6 +39,7 @@ from syncd.notify import Notifier, WatchdogPinger
 from syncd.source.backfill import Backfill
 from syncd.source.redrive import redrive_loop
 from syncd.source.stream import HistoryLost, StreamSource
+from syncd.state import ClusterStore
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -131,9 +132,8 @@ class Daemon:
             self.engine = Engine(
                 self.config, health=self.health, fence=lease, partition=lease.partition
             )
-            claim = getattr(self.engine.store, "claim", None)
-            if claim is not None:
-                claim()
+            if isinstance(self.engine.store, ClusterStore):
+                self.engine.store.claim()
         except LeaseLost:
             await self._step_down()
             return True

@@ -69,8 +69,7 @@ def collect(config: Config) -> dict[str, Any]:
 
 def cluster(config: Config) -> dict[str, Any]:
     """Each partition's lease holder, fencing token, expiry and saved position."""
-    from syncd.state import open_store
-    from syncd.state.mongo import MongoStateStore
+    from syncd.state import ClusterStore, open_store
 
     now = time.time()
     name = config.cluster.cluster_name
@@ -78,7 +77,7 @@ def cluster(config: Config) -> dict[str, Any]:
     for n in range(config.cluster.partitions):
         store = open_store(config, partition=n)
         try:
-            assert isinstance(store, MongoStateStore)
+            assert isinstance(store, ClusterStore)
             lease = store.lease_document(f"{name}/{n}") or {}
             pos = store.load_position()
         finally:

@@ -10,10 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.state.model import (
     BackfillProgress,
+    BlobAdd,
+    BlobForget,
+    ClusterStore,
     DeadLetter,
+    LedgerDelete,
     LedgerEntry,
+    LedgerPending,
+    LedgerPut,
+    Lookup,
+    Outcome,
     Position,
     StateError,
+    StateOp,
     Store,
 )
 from syncd.state.sqlite import StateStore
@@ -24,10 +33,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackfillProgress",
+    "BlobAdd",
+    "BlobForget",
+    "ClusterStore",
     "DeadLetter",
+    "LedgerDelete",
     "LedgerEntry",
+    "LedgerPending",
+    "LedgerPut",
+    "Lookup",
+    "Outcome",
     "Position",
     "StateError",
+    "StateOp",
     "StateStore",
     "Store",
     "open_store",

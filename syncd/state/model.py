@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class ClusterStore(Protocol):
+    """What only the MongoDB backend does: claim a partition, show leases (``status``)."""
+
+    def claim(self) -> None: ...
+    def lease_document(self, lease_id: str) -> dict[str, Any] | None: ...
 
 
 class StateError(RuntimeError):
@@ -63,8 +71,87 @@ class DeadLetter:
     last_seen: float
 
 
+# -- one batch's state writes: the writer and the router hand these to Store.apply -----
+@dataclass(frozen=True, slots=True)
+class LedgerPut:
+    collection: str
+    doc_key: str
+    did: str
+    nsid: str
+    rkey: str
+    cid: str | None
+    fingerprint: str | None
+    blob_cid: str | None
+    pending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPending:
+    collection: str
+    doc_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerDelete:
+    """Delete the row; with ``did``/``rkey``, only if it still names that record."""
+
+    collection: str
+    doc_key: str
+    did: str | None = None
+    rkey: str | None = None
+
+
+OutcomeKind = Literal["published", "hidden", "skip", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the store remembers about a settled document (see :func:`syncd.state.rules`)."""
+
+    collection: str
+    doc_key: str
+    kind: OutcomeKind
+    reason: str = ""
+    detail: str = ""
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BlobAdd:
+    did: str
+    cid: str
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BlobForget:
+    did: str
+    cid: str
+
+
+StateOp = LedgerPut | LedgerPending | LedgerDelete | Outcome | BlobAdd | BlobForget
+
+
+@dataclass
+class Lookup:
+    """One batch's reads: ledger rows by (collection, doc key), and which document holds
+    each of some record keys in one repository ((nsid, rkey) -> doc key)."""
+
+    entries: dict[tuple[str, str], LedgerEntry]
+    holders: dict[tuple[str, str], str]
+
+
 class Store(Protocol):
     """The state store's interface (see :mod:`syncd.state.sqlite` for what each part holds)."""
+
+    # -- batches (the daemon's hot path: one call per batch, not per document) --------
+    def lookup(
+        self, keys: Iterable[tuple[str, str]], did: str | None, rkeys: Iterable[tuple[str, str]]
+    ) -> Lookup: ...
+    def apply(self, ops: Iterable[StateOp]) -> None: ...
+    def dead_letters_due(
+        self, before: float, limit: int, after: tuple[str, str] | None = None
+    ) -> list[DeadLetter]: ...
 
     def close(self) -> None: ...
     def describe(self) -> str: ...

@@ -23,9 +23,12 @@ on its first write (:class:`~syncd.lease.LeaseLost`) instead of moving the
 position back or overwriting what its successor recorded. Admin commands open
 the store without a fence.
 
-Calls are synchronous, one round trip each, like the SQLite backend's; inside
-``transaction()`` writes are buffered and sent as ordered bulk writes when the
-outermost block ends (a read inside the block sends them first).
+Calls are synchronous, one round trip each; inside ``transaction()`` writes are
+buffered and sent when the outermost block ends as one ordered bulk write per
+collection (a read inside the block sends them first). The daemon's hot path
+uses the batch calls -- :meth:`MongoStateStore.lookup` (one query for a batch's
+reads) and :meth:`MongoStateStore.apply` (a batch's writes) -- and runs them
+off the event loop (:mod:`syncd.state.aio`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,15 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from syncd.lease import Fence, LeaseLost
-from syncd.state.model import BackfillProgress, DeadLetter, LedgerEntry, Position
+from syncd.state.model import (
+    BackfillProgress,
+    DeadLetter,
+    LedgerEntry,
+    Lookup,
+    Position,
+    StateOp,
+)
+from syncd.state.rules import apply_ops
 
 PREFIX = "syncd_"
 LEASES = PREFIX + "leases"
@@ -65,6 +76,19 @@ def _ledger(doc: dict[str, Any]) -> LedgerEntry:
         blob_cid=doc.get("blob"),
         pending=bool(doc.get("pending")),
         updated_at=float(doc.get("updated_at", 0.0)),
+    )
+
+
+def _dead_letter(d: dict[str, Any]) -> DeadLetter:
+    return DeadLetter(
+        d["c"],
+        d["k"],
+        d["reason"],
+        d["detail"],
+        bool(d["retryable"]),
+        int(d["attempts"]),
+        float(d["first_seen"]),
+        float(d["last_seen"]),
     )
 
 
@@ -103,6 +127,7 @@ class MongoStateStore:
         self._buffer: list[tuple[Collection[dict[str, Any]], _Op]] = []
         self._ledger.create_index([("did", ASCENDING), ("nsid", ASCENDING), ("rkey", ASCENDING)])
         self._ledger.create_index([("c", ASCENDING), ("k", ASCENDING)])
+        self._dead.create_index([("retryable", ASCENDING), ("_id", ASCENDING)])
 
     def close(self) -> None:
         if self._own_client:
@@ -135,22 +160,23 @@ class MongoStateStore:
             self._flush()
 
     def _flush(self) -> None:
-        while self._buffer:
-            coll = self._buffer[0][0]
-            ops: list[_Op] = []
-            while self._buffer and self._buffer[0][0] is coll:
-                ops.append(self._buffer.pop(0)[1])
+        # One ordered bulk write per collection (in the order each was first written):
+        # a batch's ledger, dead-letter, skip and blob writes are four round trips, not
+        # one per run of consecutive writes. Order within a collection is kept; across
+        # collections none is needed (they describe one batch, and the position that
+        # would make the batch final is saved only after it, in its own block).
+        groups: dict[int, tuple[Collection[dict[str, Any]], list[_Op]]] = {}
+        for coll, op in self._buffer:
+            groups.setdefault(id(coll), (coll, []))[1].append(op)
+        self._buffer.clear()
+        for coll, ops in groups.values():
             try:
                 coll.bulk_write(ops, ordered=True)
             except BulkWriteError as exc:
-                self._buffer.clear()
                 errors = exc.details.get("writeErrors", [])
                 if self.fence is not None and any(e.get("code") == 11000 for e in errors):
                     self.fence.lose("a newer leader has written this partition's state")
                     raise LeaseLost("fenced out by a newer leader") from None
-                raise
-            except BaseException:
-                self._buffer.clear()
                 raise
 
     def _read(self) -> None:
@@ -193,6 +219,47 @@ class MongoStateStore:
             if self.fence is not None:
                 self.fence.lose("a newer leader has claimed this partition")
             raise LeaseLost("a newer leader has claimed this partition") from None
+
+    # -- batches ---------------------------------------------------------------
+    def lookup(
+        self, keys: Iterable[tuple[str, str]], did: str | None, rkeys: Iterable[tuple[str, str]]
+    ) -> Lookup:
+        """One round trip: the batch's ledger rows, and the rows holding ``rkeys`` in
+        ``did``'s repository."""
+        self._read()
+        ids = [_ledger_id(c, k) for c, k in keys]
+        wanted = set(rkeys) if did is not None else set()
+        clauses: list[dict[str, Any]] = []
+        if ids:
+            clauses.append({"_id": {"$in": ids}})
+        if wanted:
+            clauses.append({"did": did, "rkey": {"$in": sorted({r for _, r in wanted})}})
+        entries: dict[tuple[str, str], LedgerEntry] = {}
+        holders: dict[tuple[str, str], str] = {}
+        if not clauses:
+            return Lookup(entries, holders)
+        id_set = set(ids)
+        query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
+        for doc in self._ledger.find(query):
+            entry = _ledger(doc)
+            if doc["_id"] in id_set:
+                entries[(entry.collection, entry.doc_key)] = entry
+            if entry.did == did and (entry.nsid, entry.rkey) in wanted:
+                holders[(entry.nsid, entry.rkey)] = entry.doc_key
+        return Lookup(entries, holders)
+
+    def apply(self, ops: Iterable[StateOp]) -> None:
+        apply_ops(self, ops)
+
+    def dead_letters_due(
+        self, before: float, limit: int, after: tuple[str, str] | None = None
+    ) -> list[DeadLetter]:
+        self._read()
+        query: dict[str, Any] = {"retryable": True, "last_seen": {"$lte": before}}
+        if after is not None:
+            query["_id"] = {"$gt": _ledger_id(*after)}
+        cursor = self._dead.find(query).sort("_id", ASCENDING).limit(limit)
+        return [_dead_letter(d) for d in cursor]
 
     def lease_document(self, lease_id: str) -> dict[str, Any] | None:
         """A lease as stored (read-only; :mod:`syncd.lease` writes them), for ``syncd status``."""
@@ -436,19 +503,7 @@ class MongoStateStore:
         cursor = self._dead.find(query).sort("last_seen", -1)
         if limit is not None:
             cursor = cursor.limit(limit)
-        return [
-            DeadLetter(
-                d["c"],
-                d["k"],
-                d["reason"],
-                d["detail"],
-                bool(d["retryable"]),
-                int(d["attempts"]),
-                float(d["first_seen"]),
-                float(d["last_seen"]),
-            )
-            for d in cursor
-        ]
+        return [_dead_letter(d) for d in cursor]
 
     def dead_letter_counts(self) -> dict[str, int]:
         self._read()

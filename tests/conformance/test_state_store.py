@@ -19,7 +19,16 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient, MongoClient
 
 from syncd.lease import COLLECTION, Lease, LeaseLost
-from syncd.state import StateStore, Store
+from syncd.state import (
+    BlobAdd,
+    BlobForget,
+    LedgerDelete,
+    LedgerPending,
+    LedgerPut,
+    Outcome,
+    StateStore,
+    Store,
+)
 from syncd.state.mongo import MongoStateStore
 from tests.conformance.conftest import REAL_URI_ENV, Backend
 
@@ -170,6 +179,76 @@ def test_dead_letters_skips_blobs_sessions_wiped_keys(make_store: tuple[str, Fac
     assert s.wiped_keys("moods", "did:plc:a") == {"e": ("n", "r1")}
     s.wiped_key_clear("moods", "e", "did:plc:a")
     assert s.wiped_keys("moods", "did:plc:a") == {}
+
+
+def test_batch_lookup_and_apply(make_store: tuple[str, Factory]) -> None:
+    """The hot path's two calls: one read per batch, one write per batch."""
+    _, make = make_store
+    s = make()
+    s.apply(
+        [
+            LedgerPut("moods", "k1", "did:plc:a", "n", "r1", "c1", "f1", None, False),
+            LedgerPut("moods", "k2", "did:plc:a", "n", "r2", None, None, None, True),
+            LedgerPut("pieces", "k3", "did:plc:b", "p", "r3", "c3", "f3", None, False),
+            Outcome("moods", "k9", "dead", "bad_when", "no when"),
+            Outcome("moods", "k8", "skip", "no_atproto_account"),
+            BlobAdd("did:plc:a", "bafyA", 10),
+        ]
+    )
+    found = make().lookup(
+        [("moods", "k1"), ("moods", "k2"), ("pieces", "k3"), ("moods", "nope")],
+        "did:plc:a",
+        [("n", "r1"), ("n", "r3"), ("p", "r3"), ("n", "zz")],
+    )
+    assert set(found.entries) == {("moods", "k1"), ("moods", "k2"), ("pieces", "k3")}
+    assert found.entries[("moods", "k2")].pending
+    assert found.holders == {("n", "r1"): "k1"}  # r3 is did:plc:b's, under another NSID
+    assert make().lookup([], None, [("n", "r1")]).holders == {}
+    assert s.dead_letter_counts() == {"moods": 1}
+    assert s.skipped_counts() == [("moods", "no_atproto_account", 1)]
+    assert s.blob_known("did:plc:a", "bafyA")
+    # A batch that settles, moves and deletes: outcomes clear what they supersede.
+    s.apply(
+        [
+            Outcome("moods", "k9", "published"),
+            Outcome("moods", "k8", "dead", "account_unavailable", "x", retryable=True),
+            LedgerPending("moods", "k1"),
+            LedgerDelete("pieces", "k3", did="did:plc:other", rkey="r3"),  # not its record
+            LedgerDelete("moods", "k2"),
+            BlobForget("did:plc:a", "bafyA"),
+        ]
+    )
+    found = make().lookup([("moods", "k1"), ("moods", "k2"), ("pieces", "k3")], None, [])
+    assert set(found.entries) == {("moods", "k1"), ("pieces", "k3")}
+    assert found.entries[("moods", "k1")].pending
+    assert s.skipped_counts() == [] and s.dead_letter_counts() == {"moods": 1}
+    assert not s.blob_known("did:plc:a", "bafyA")
+
+
+def test_dead_letter_counts_and_due_pages(make_store: tuple[str, Factory]) -> None:
+    _, make = make_store
+    s = make()
+    with s.transaction():
+        for i in range(25):
+            s.dead_letter("moods", f"d{i:02d}", "r", "x", retryable=i % 5 != 0)
+        s.dead_letter("pieces", "p1", "r", "x")
+    for _ in range(3):
+        s.dead_letter("moods", "d01", "again", "y", retryable=True)  # counted once
+    assert s.dead_letter_counts() == {"moods": 25, "pieces": 1}
+    s.clear_dead_letter("moods", "d00")
+    s.clear_dead_letter("moods", "d00")
+    s.clear_dead_letter("moods", "never")
+    assert s.dead_letter_counts() == {"moods": 24, "pieces": 1}
+    later = time.time() + 1
+    pages: list[list[str]] = []
+    after: tuple[str, str] | None = None
+    while page := s.dead_letters_due(later, 7, after):
+        pages.append([d.doc_key for d in page])
+        after = (page[-1].collection, page[-1].doc_key)
+    keys = [k for p in pages for k in p]
+    assert keys == [f"d{i:02d}" for i in range(25) if i % 5 != 0]
+    assert max(len(p) for p in pages) == 7
+    assert s.dead_letters_due(time.time() - 3600, 100) == []  # none is that old
 
 
 def test_read_inside_a_transaction_sees_its_writes(make_store: tuple[str, Factory]) -> None:

@@ -1,0 +1,43 @@
+"""State calls from the event loop without blocking it on a network round trip.
+
+:class:`StateCalls` runs a store's calls either inline (the SQLite store: a
+local file, microseconds a call) or on one dedicated thread, in submission order
+(the MongoDB store: every call a round trip). The daemon's stages reach the
+store through it for their per-batch calls (``lookup``, ``apply``), so a slow
+MongoDB slows the batches that wait for it, never the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from syncd.state.model import Store
+
+T = TypeVar("T")
+
+
+class StateCalls:
+    def __init__(self, store: Store, *, offload: bool) -> None:
+        self.store = store
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="state") if offload else None
+
+    @classmethod
+    def for_store(cls, store: Store) -> StateCalls:
+        """Offload every store but the local SQLite one."""
+        from syncd.state.sqlite import StateStore
+
+        return cls(store, offload=not isinstance(store, StateStore))
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._thread is None:
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
