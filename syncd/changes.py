@@ -8,7 +8,7 @@ from typing import Any
 from syncd.checkpoint import Ticket
 from syncd.mappings import Draft
 from syncd.pds.sessions import Account
-from syncd.state import LedgerEntry, Store
+from syncd.state import LedgerEntry
 
 
 @dataclass(slots=True)
@@ -49,17 +49,3 @@ class Op:
     problem: Problem | None
     holder_hint: LedgerEntry | None = None  # where the record lived when routed
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. owner_did for adopted keys
-
-
-def record_outcome(store: Store, collection: str, key: str, problem: Problem | None) -> None:
-    """What the state store remembers about a document once its change is settled."""
-    if problem is None or problem.kind == "hidden":
-        store.clear_dead_letter(collection, key)
-        store.unskip(collection, key)
-    elif problem.kind == "skip":
-        store.clear_dead_letter(collection, key)
-        store.skip(collection, key, problem.reason)
-    else:
-        store.dead_letter(
-            collection, key, problem.reason, problem.detail, retryable=problem.retryable
-        )

@@ -43,6 +43,8 @@ from syncd.state import ClusterStore
 
 log = structlog.get_logger("syncd.daemon")
 
+#: How often the gauges read from the store (dead letters, ...) are refreshed.
+GAUGE_INTERVAL = 1.0
 CHECKPOINT_INTERVAL = 0.2
 
 
@@ -172,7 +174,7 @@ class Daemon:
         pinger = WatchdogPinger(self.notifier, self.health)
         work = asyncio.create_task(self.work(), name="work")
         redrive = asyncio.create_task(redrive_loop(engine), name="redrive")
-        last_status = 0.0
+        last_status = last_gauges = 0.0
         while not self.should_exit.is_set():
             if lease is not None and lease.lost.is_set():
                 break
@@ -185,7 +187,10 @@ class Daemon:
                     self.exit_code = 1
                 break
             try:
-                engine.save_checkpoints()
+                await engine.save_checkpoints()
+                if time.monotonic() - last_gauges >= GAUGE_INTERVAL:
+                    last_gauges = time.monotonic()
+                    await engine.refresh_gauges()
             except LeaseLost:
                 break
             if not self._ready_sent and (self.health.stream_connected or self._first_batch_safe()):

@@ -26,11 +26,14 @@ from syncd.lease import LeaseLost
 from syncd.logs import register_secret_from_uri
 from syncd.mappings import MappingContext
 from syncd.pds.repo import Repo
-from syncd.pds.sessions import SessionManager
+from syncd.pds.sessions import Account, SessionManager
 from syncd.pds.xrpc import XrpcClient
 from syncd.positions import Positions
-from syncd.router import Router
+from syncd.router import Router, RouterDeps
 from syncd.state import open_store
+from syncd.state.aio import StateCalls
+from syncd.write import AccountWriter, WriterDeps
+from syncd.write.images import ImageStage
 
 if TYPE_CHECKING:
     from syncd.lease import Fence
@@ -61,7 +64,12 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
 
 
 class Engine:
-    """Everything one running syncd (or one cluster partition's leader) needs.
+    """Everything one running syncd (or one cluster partition's leader) needs, wired.
+
+    The engine builds the store, the clients and the limits, and hands each stage
+    exactly what it uses (:class:`~syncd.router.RouterDeps`,
+    :class:`~syncd.write.WriterDeps`); no stage holds the engine. The daemon, the
+    one-shot ``backfill`` and the admin commands use its parts.
 
     ``fence``: the lease this engine writes under (``None`` without a cluster);
     ``partition``: which of ``cluster.partitions`` this engine serves (``None``: all
@@ -82,6 +90,7 @@ class Engine:
         self.partition = partition
         self.partitions = config.cluster.partitions
         self.store = open_store(config, fence=fence, partition=partition or 0)
+        self.calls = StateCalls.for_store(self.store)
         self.client = mongo_client(config.mongo.uri)
         self.db = self.client[config.mongo.database]
         self.xrpc = XrpcClient(config.pds.url, timeout=config.pds.timeout_seconds)
@@ -98,14 +107,38 @@ class Engine:
         self.image_http = make_client(config.images)
         self.image_fetcher = ImageFetcher(self.image_http, config.images)
         self.thumbnails = ThumbnailPool.from_settings(config.images)
+        self.images = ImageStage(config.images, self.image_fetcher, self.thumbnails)
         self.positions = Positions(self.store, config.pipeline.queue_size)
         self.positions.on_wait(lambda: self.health.beat("source"))
-        self.router = Router(self)
         self.stopping = asyncio.Event()
         self.pds_slots = asyncio.Semaphore(config.pds.account_concurrency)
-        self.queued_ops = 0
+        partitioned = self.partitions > 1 and partition is not None
+        self.router = Router(
+            RouterDeps(
+                calls=self.calls,
+                accounts=self.accounts,
+                mapping_ctx=self.mapping_ctx,
+                make_writer=self._make_writer,
+                credentials_changed=self.sessions.forget,
+                owns=self.owns if partitioned else None,
+            )
+        )
+        self._writer_deps = WriterDeps(
+            calls=self.calls,
+            repo=self.repo,
+            db=self.db,
+            images=self.images,
+            slots=self.pds_slots,
+            stopping=self.stopping,
+            mapping_ctx=self.mapping_ctx,
+            max_writes=config.pds.max_writes_per_call,
+            retry_cap=config.pds.retry_max_seconds,
+            on_done=self.router.op_done,
+        )
         metrics.initialise(tuple(config.mongo.collections))
-        self.refresh_dead_letter_gauge()
+
+    def _make_writer(self, account: Account) -> AccountWriter:
+        return AccountWriter(account, self._writer_deps)
 
     def owns(self, did: str | None) -> bool:
         """Whether this engine's partition serves the account ``did`` (always, unpartitioned)."""
@@ -113,11 +146,15 @@ class Engine:
             return True
         return partition_of(did or "", self.partitions) == self.partition
 
-    # -- bookkeeping shared by router and writers ------------------------------
-    def refresh_dead_letter_gauge(self) -> None:
-        counts = self.store.dead_letter_counts()
+    async def refresh_gauges(self) -> None:
+        """Dead letters and thumbnail-less paintings, from the store (kept incrementally
+        there; this only reads the totals)."""
+        counts = await self.calls(self.store.dead_letter_counts)
         for coll in self.config.mongo.collections:
             metrics.DEAD_LETTERS.labels(collection=coll).set(counts.get(coll, 0))
+        if "paintings" in self.config.mongo.collections:
+            missing = await self.calls(self.store.without_blob_count, "paintings")
+            metrics.WITHOUT_THUMBNAIL.set(missing)
 
     async def operation_time(self) -> tuple[int, int]:
         """The cluster's current operation time: where a stream after a scan must start."""
@@ -128,25 +165,25 @@ class Engine:
             raise RuntimeError("the server reported no operationTime: is it a replica set?")
         return (ts.time, ts.inc)
 
-    def save_checkpoints(self) -> None:
+    async def save_checkpoints(self) -> None:
         """Persist the newest safe positions, and report lag and queue depths."""
         positions = self.positions
-        saved = positions.save()
+        saved = await positions.save(self.calls)
         oldest = positions.oldest_pending_started()
         self.health.set_lag(max(0.0, time.time() - oldest) if oldest else 0.0)
         if saved:
             metrics.RESUME_TOKEN_AGE.set(0)
         else:
-            pos = self.store.load_position()
+            pos = await self.calls(self.store.load_position)
             if pos is not None:
                 metrics.RESUME_TOKEN_AGE.set(max(0.0, time.time() - pos.saved_at))
         metrics.QUEUE_DEPTH.labels(stage="source").set(positions.outstanding)
-        metrics.QUEUE_DEPTH.labels(stage="writer").set(self.queued_ops)
+        metrics.QUEUE_DEPTH.labels(stage="writer").set(self.router.queued)
 
     async def checkpoint_loop(self, interval: float = 0.2) -> None:
         """For one-shot commands: keep the watermark moving (the daemon's main loop does this)."""
         while True:
-            self.save_checkpoints()
+            await self.save_checkpoints()
             await asyncio.sleep(interval)
 
     async def drain(self, grace: float) -> bool:
@@ -169,11 +206,12 @@ class Engine:
         await self.stop_writers()
         if save:
             try:
-                self.save_checkpoints()
+                await self.save_checkpoints()
             except LeaseLost:
                 log.warning("final_checkpoint_fenced_out")
         await self.xrpc.aclose()
         await self.image_http.aclose()
         self.thumbnails.close(wait=False)
         await self.client.close()
+        self.calls.close()
         self.store.close()

@@ -141,6 +141,17 @@ LEASE_LOST = Counter(
     "Times this instance lost a lease it held (expired while paused, or fenced out).",
     registry=REGISTRY,
 )
+THUMBNAILS_MISSING = Counter(
+    "syncd_thumbnails_missing_total",
+    "Paintings published without a thumbnail because their image was missing at every key.",
+    ["collection"],
+    registry=REGISTRY,
+)
+WITHOUT_THUMBNAIL = Gauge(
+    "syncd_paintings_without_thumbnail",
+    "Painting records syncd holds that have no thumbnail (image missing when written).",
+    registry=REGISTRY,
+)
 REFUSED_KEYS = Counter(
     "syncd_refused_keys_total",
     "Record keys a document named (atproto.rkey) that belong to another document: ignored.",
@@ -166,6 +177,7 @@ def initialise(collections: tuple[str, ...] = ALL_COLLECTIONS) -> None:
     for coll in collections:
         DEAD_LETTERS.labels(collection=coll)
         REFUSED_KEYS.labels(collection=coll)
+        THUMBNAILS_MISSING.labels(collection=coll)
         BACKFILL_REMAINING.labels(collection=coll).set(0)
         for action in ("create", "update", "delete"):
             RECORDS_WRITTEN.labels(collection=coll, action=action)

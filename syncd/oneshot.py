@@ -62,7 +62,7 @@ async def run_backfill(
         for coll in collections or list(config.mongo.collections):
             total += await backfill.scan(coll, persist=False, extra_filter=flt)
         await engine.positions.drained()
-        engine.save_checkpoints()
+        await engine.save_checkpoints()
         counts = engine.store.dead_letter_counts()
         calls = pds_write_calls()
         log.info("backfill_pass_done", scanned=total, dead_letters=sum(counts.values()), **calls)

@@ -238,3 +238,23 @@ def _remove(op: Op, did: str, mine: LedgerEntry | None, checks: dict[str, KeyChe
     return Plan(
         op, NONE, writeback=unset, problem=op.problem, owns_ledger=False, refused_key=refused
     )
+
+
+def after_failure(p: Plan, mine: LedgerEntry | None) -> None:
+    """``p``'s document can no longer produce a valid record (a permanent failure while
+    preparing it): turn ``p`` into the removal of its records here -- syncd's own
+    (``mine``, this repository's ledger row), and the one it names when that was
+    checked to be its own. The failure becomes the plan's problem (a dead letter)."""
+    known = p.rkey if p.action == UPDATE else None  # a record checked to be this one's
+    p.problem, p.failed, p.record = p.failed, None, None
+    p.retire, p.retire_certain = None, False
+    if mine is not None:
+        p.action = DELETE_UNCERTAIN if mine.pending else DELETE
+        p.nsid, p.rkey, p.writeback = mine.nsid, mine.rkey, "unset"
+        p.previous_blob_cid = mine.blob_cid
+        if known is not None and known != mine.rkey:
+            p.retire, p.retire_certain = known, True
+    elif known is not None:
+        p.action, p.owns_ledger, p.writeback = DELETE, False, "unset"
+    else:
+        p.action, p.writeback = NONE, None

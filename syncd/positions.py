@@ -22,6 +22,7 @@ from typing import Any
 
 from syncd.checkpoint import Checkpointer, Ticket
 from syncd.state import Store
+from syncd.state.aio import StateCalls
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +75,10 @@ class Positions:
         self._queue.on_wait = callback
 
     # -- what the daemon calls ---------------------------------------------------
-    def save(self) -> bool:
-        """Write the newest safe positions (stream token, backfill progress) to the store;
-        True when a new stream position was written."""
+    async def save(self, calls: StateCalls) -> bool:
+        """Write the newest safe positions (stream token, backfill progress) to the store
+        (through ``calls``: off the event loop for a remote store); True when a new stream
+        position was written."""
         stream: StreamMark | None = None
         backfill: dict[str, BackfillMark] = {}
         for mark in self._queue.advance():
@@ -90,18 +92,21 @@ class Positions:
             stream = None
         if stream is None and not backfill:
             return False
-        with self._store.transaction():
-            if stream is not None:
-                self._store.save_position(stream.token, stream.cluster_time)
-            for m in backfill.values():
-                self._store.save_backfill_progress(
-                    m.collection, m.last_id, m.phase, m.scanned, m.done
-                )
+        await calls(self._write, stream, list(backfill.values()))
         self.saved_backfill.update(backfill)
         if stream is None:
             return False
         self.saved = stream
         return True
+
+    def _write(self, stream: StreamMark | None, backfill: list[BackfillMark]) -> None:
+        with self._store.transaction():
+            if stream is not None:
+                self._store.save_position(stream.token, stream.cluster_time)
+            for m in backfill:
+                self._store.save_backfill_progress(
+                    m.collection, m.last_id, m.phase, m.scanned, m.done
+                )
 
     @property
     def outstanding(self) -> int:

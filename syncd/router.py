@@ -1,91 +1,160 @@
 """Route each change to the account writers that must act on it.
 
 The record belongs in the owner's repository when the document is public and
-valid; it must be removed from wherever it lives now (the ledger says where, and
-so do changes still in flight to a writer). A change with nowhere to go (a
-private document never published, a user without an ATProto account) is
+valid (:mod:`syncd.ownership` decides whose it is and whether it may be
+published); it must be removed from wherever it lives now (the ledger says
+where, and so do changes still in flight to a writer). A change with nowhere to
+go (a private document never published, a user without an ATProto account) is
 settled here, without a writer. With ``cluster.partitions`` > 1 a change that
-another partition serves is dropped here (see :meth:`Engine.owns`).
+another partition serves is dropped here.
+
+Changes are routed in groups (a backfill page, the events a change-stream batch
+holds): one state read per group, and only a document's newest change in a
+group is routed (the older ones are superseded: every change carries the whole
+current document).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import structlog
 
 from syncd import metrics
-from syncd.changes import Change, Op, Problem, record_outcome
-from syncd.mappings import MAPPINGS, MappingError
+from syncd.accounts import AccountResolver
+from syncd.changes import Change, Op, Problem
+from syncd.mappings import MAPPINGS, MappingContext, MappingError
 from syncd.ownership import standing, verdict
+from syncd.pds.sessions import Account
 from syncd.rkey import named_key
-from syncd.writer import AccountWriter
-
-if TYPE_CHECKING:
-    from syncd.engine import Engine
+from syncd.state import LedgerEntry, StateOp
+from syncd.state.aio import StateCalls
+from syncd.write.account import AccountWriter
+from syncd.write.commit import outcome_of
 
 log = structlog.get_logger("syncd.router")
 
+Ident = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class _Settle:
+    """Nothing to write anywhere: record ``problem`` (None: public, nothing to do)."""
+
+    problem: Problem | None
+
+
+@dataclass
+class RouterDeps:
+    calls: StateCalls
+    accounts: AccountResolver
+    mapping_ctx: MappingContext
+    make_writer: Callable[[Account], AccountWriter]
+    #: The account's credentials changed in ``users``: drop its sessions.
+    credentials_changed: Callable[[Account], None]
+    #: Whether this instance's partition serves the account ``did`` (always when None).
+    owns: Callable[[str | None], bool] | None = None
+
 
 class Router:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, deps: RouterDeps) -> None:
+        self.deps = deps
         self.writers: dict[str, AccountWriter] = {}
         # (collection, key) -> {did: ops in flight}; a delete must reach a writer
         # that has a create for the same document still queued.
-        self._inflight: dict[tuple[str, str], dict[str, int]] = {}
+        self._inflight: dict[Ident, dict[str, int]] = {}
 
-    def writer(self, account: Any) -> AccountWriter:
+    # -- writers ---------------------------------------------------------------------
+    def writer(self, account: Account) -> AccountWriter:
         w = self.writers.get(account.did)
         if w is None:
-            w = AccountWriter(self.engine, account)
+            w = self.deps.make_writer(account)
             self.writers[account.did] = w
             w.start()
             self._note_handle(account)
         elif w.account.password != account.password or w.account.handle != account.handle:
             if w.account.password != account.password:
-                self.engine.sessions.forget(account)  # credentials changed in `users`
+                self.deps.credentials_changed(account)
             w.account = account
             self._note_handle(account)
         return w
 
-    def _note_handle(self, account: Any) -> None:
+    def _note_handle(self, account: Account) -> None:
         """Remember the account's handle for ``syncd status`` (no PDS write needed)."""
+        store = self.deps.calls.store
         key = f"handle:{account.did}"
-        if account.handle and self.engine.store.get_meta(key) != account.handle:
-            self.engine.store.set_meta(key, account.handle)
+        if account.handle and store.get_meta(key) != account.handle:
+            store.set_meta(key, account.handle)
 
-    def finished(self, op: Op, did: str) -> None:
+    @property
+    def queued(self) -> int:
+        """Ops waiting in the writers' queues (``syncd_queue_depth{stage="writer"}``)."""
+        return sum(len(w.queue) for w in self.writers.values())
+
+    def op_done(self, op: Op, did: str) -> None:
+        """A writer finished ``op`` (applied, dead-lettered or superseded)."""
         ident = (op.change.collection, op.change.key)
         counts = self._inflight.get(ident)
-        if counts is None:
-            return
-        counts[did] = counts.get(did, 1) - 1
-        if counts[did] <= 0:
-            del counts[did]
-        if not counts:
-            del self._inflight[ident]
+        if counts is not None:
+            counts[did] = counts.get(did, 1) - 1
+            if counts[did] <= 0:
+                del counts[did]
+            if not counts:
+                del self._inflight[ident]
+        op.change.ticket.complete()
 
+    # -- routing -----------------------------------------------------------------------
     async def route(self, change: Change) -> None:
-        engine = self.engine
+        await self.route_many([change])
+
+    async def route_many(self, changes: Sequence[Change]) -> None:
+        """Route a group of changes in source order (one state read for the group)."""
+        newest: dict[Ident, Change] = {}
+        for change in changes:
+            older = newest.get((change.collection, change.key))
+            if older is not None:
+                older.ticket.complete()  # superseded by a newer state of the same document
+            newest[(change.collection, change.key)] = change
+        calls = self.deps.calls
+        found = await calls(calls.store.lookup, list(newest), None, [])
+        settled: list[tuple[Change, Problem | None]] = []
+        for ident, change in newest.items():
+            settle = await self._route(change, found.entries.get(ident))
+            if settle is not None:
+                settled.append((change, settle.problem))
+        if settled:
+            ops: list[StateOp] = [outcome_of(c.collection, c.key, p) for c, p in settled]
+            await calls(calls.store.apply, ops)
+            for change, problem in settled:
+                if problem is not None and problem.kind == "dead":
+                    log.warning(
+                        "dead_letter",
+                        collection=change.collection,
+                        doc=change.key,
+                        reason=problem.reason,
+                    )
+                change.ticket.complete()
+
+    async def _route(self, change: Change, entry: LedgerEntry | None) -> _Settle | None:
+        """Hand ``change`` to its writers (None), or say how to settle it here."""
         mapping = MAPPINGS[change.collection]
         doc = change.doc
-        desired = None
+        desired: Account | None = None
         draft = None
         problem: Problem | None = None
         owner_did: str | None = None
-
         if doc is not None:
             where = standing(change.collection, doc)
             account, why = None, ""
             if where.invalid is None:
-                account, why = await engine.accounts.resolve(where.owner)
+                account, why = await self.deps.accounts.resolve(where.owner)
                 if account is not None:
                     owner_did = account.did
             problem = verdict(where, account, why)
             if problem is None:
                 try:
-                    draft = mapping.draft(doc, engine.mapping_ctx)
+                    draft = mapping.draft(doc, self.deps.mapping_ctx)
                     desired = account
                 except MappingError as exc:
                     problem = Problem("dead", exc.reason, exc.detail)
@@ -94,40 +163,21 @@ class Router:
             elif problem.kind == "hidden" and account is not None and named_key(doc):
                 # A record another writer made for a document that is not public.
                 self.writer(account)
-        entry = engine.store.ledger_get(change.collection, change.key)
-        if engine.partitions > 1 and engine.partition is not None:
+        owns = self.deps.owns
+        if owns is not None:
             # Exactly one partition acts on each change: the one serving the account the
             # record belongs in, else the one holding it now, else the document's owner.
             responsible = desired.did if desired else (entry.did if entry else owner_did)
-            if not engine.owns(responsible):
+            if not owns(responsible):
                 change.ticket.complete()
-                return
-        targets: dict[str, Any] = {}
-        if desired is not None:
-            targets[desired.did] = desired
-        for did in self._inflight.get((change.collection, change.key), {}):
-            if did not in targets and did in self.writers:
-                targets[did] = self.writers[did].account
-        if entry is not None and entry.did not in targets:
-            holder = self.writers.get(entry.did)
-            account = holder.account if holder else await self._account_for_did(entry.did)
-            if account is not None:
-                targets[entry.did] = account
-            else:
-                log.warning("record_holder_unknown", did=entry.did, doc=change.key)
-        if owner_did is not None and owner_did not in targets and named_key(doc):
-            if owner_did in self.writers:
-                targets[owner_did] = self.writers[owner_did].account
-
+                return None
+        targets = await self._targets(change, desired, entry, owner_did)
         if not targets:
-            self._settle(change, problem, doc)
-            return
+            return _Settle(problem)
         ticket = change.ticket
-        first = True
-        for did, account in targets.items():
-            if not first:
+        for n, (did, account) in enumerate(targets.items()):
+            if n:
                 ticket.add_part()
-            first = False
             op = Op(
                 change=change,
                 desired=desired,
@@ -138,21 +188,35 @@ class Router:
             )
             counts = self._inflight.setdefault((change.collection, change.key), {})
             counts[did] = counts.get(did, 0) + 1
-            engine.queued_ops += 1
             self.writer(account).submit(op)
+        return None
 
-    def _settle(self, change: Change, problem: Problem | None, doc: dict[str, Any] | None) -> None:
-        """Nothing to write anywhere: record why, and finish the change."""
-        store = self.engine.store
-        with store.transaction():
-            record_outcome(store, change.collection, change.key, problem)
-        if problem is not None and problem.kind == "dead":
-            log.warning(
-                "dead_letter", collection=change.collection, doc=change.key, reason=problem.reason
+    async def _targets(
+        self,
+        change: Change,
+        desired: Account | None,
+        entry: LedgerEntry | None,
+        owner_did: str | None,
+    ) -> dict[str, Account]:
+        """Every repository that must act: where the record belongs, where it may live
+        now (changes still in flight, the ledger), and the owner's when the document
+        names a key there."""
+        targets: dict[str, Account] = {}
+        if desired is not None:
+            targets[desired.did] = desired
+        for did in self._inflight.get((change.collection, change.key), {}):
+            if did not in targets and did in self.writers:
+                targets[did] = self.writers[did].account
+        if entry is not None and entry.did not in targets:
+            holder = self.writers.get(entry.did)
+            account = (
+                holder.account if holder else await self.deps.accounts.by_handle_or_did(entry.did)
             )
-        if problem is not None and problem.kind == "dead":
-            self.engine.refresh_dead_letter_gauge()
-        change.ticket.complete()
-
-    async def _account_for_did(self, did: str) -> Any:
-        return await self.engine.accounts.by_handle_or_did(did)
+            if account is not None:
+                targets[entry.did] = account
+            else:
+                log.warning("record_holder_unknown", did=entry.did, doc=change.key)
+        if owner_did is not None and owner_did not in targets and named_key(change.doc):
+            if owner_did in self.writers:
+                targets[owner_did] = self.writers[owner_did].account
+        return targets

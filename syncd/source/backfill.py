@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -25,7 +26,7 @@ from syncd import metrics
 from syncd.ids import doc_key, parse_doc_key
 from syncd.positions import BackfillMark
 from syncd.retry import classify, pause_for, sleep_or_stop
-from syncd.source.publish import emit
+from syncd.source.publish import emit_many, group_size
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -33,6 +34,19 @@ if TYPE_CHECKING:
 log = structlog.get_logger("syncd.backfill")
 
 OBJECTID, OTHER, DONE = "objectid", "other", "done"
+
+
+@dataclass
+class _Scan:
+    """How far one collection's ObjectId scan has got."""
+
+    collection: str
+    last_id: Any
+    scanned: int
+    remaining: int
+    page: int
+    persist: bool
+    in_page: int = 0
 
 
 class Backfill:
@@ -66,7 +80,7 @@ class Backfill:
                 persist=True,
             )
         await self.engine.positions.drained()
-        self.engine.save_checkpoints()
+        await self.engine.save_checkpoints()
         if sweep or reason == "history_lost":
             await self.sweep(self.engine.config.mongo.collections)
             await self.engine.positions.drained()
@@ -87,6 +101,7 @@ class Backfill:
         engine = self.engine
         coll = engine.db[collection]
         page = engine.config.mongo.scan_batch_size
+        size = group_size(engine)
         base = dict(extra_filter or {})
         started = time.monotonic()
         if phase == OBJECTID:
@@ -104,23 +119,22 @@ class Backfill:
             # One sorted cursor per collection, re-opened from the last _id only to
             # resume (after an error or a restart): a fresh `$gt ... limit` query per
             # page costs a full scan on servers (and the sandbox) without an index plan.
+            scan = _Scan(collection, last_id, scanned, remaining, page, persist)
             attempt = 0
             while True:
                 query = dict(
-                    base, _id={"$type": "objectId"} if last_id is None else {"$gt": last_id}
+                    base,
+                    _id={"$type": "objectId"} if scan.last_id is None else {"$gt": scan.last_id},
                 )
                 cursor = coll.find(query).sort("_id", 1).batch_size(page)
-                in_page = 0
+                group: list[tuple[Any, dict[str, Any]]] = []
                 try:
                     async for doc in cursor:
-                        await emit(engine, collection, doc["_id"], doc, operation="backfill")
-                        last_id = doc["_id"]
-                        scanned += 1
-                        in_page += 1
-                        if in_page >= page:
-                            remaining = max(0, remaining - in_page)
-                            in_page = 0
-                            self._page_done(collection, last_id, scanned, remaining, persist)
+                        group.append((doc["_id"], doc))
+                        if len(group) >= size:
+                            await self._route(scan, group)
+                            group = []
+                    await self._route(scan, group)
                     break
                 except PyMongoError as exc:
                     # Whatever the error (a killed cursor too), reading on from the last
@@ -131,12 +145,13 @@ class Backfill:
                         "backfill_scan_interrupted",
                         collection=collection,
                         error=type(exc).__name__,
-                        resume_after=str(last_id),
+                        resume_after=str(scan.last_id),
                         retry_in=round(wait, 2),
                     )
                     await sleep_or_stop(wait, engine.stopping)
                 finally:
                     await cursor.close()
+            last_id, scanned, in_page = scan.last_id, scan.scanned, scan.in_page
             if in_page:
                 self._page_done(collection, last_id, scanned, 0, persist)
             phase = OTHER
@@ -144,9 +159,16 @@ class Backfill:
                 engine.positions.mark(BackfillMark(collection, None, OTHER, scanned, False))
         if phase == OTHER:
             query = dict(base, _id={"$not": {"$type": "objectId"}})
+            others: list[tuple[Any, dict[str, Any]]] = []
             async for doc in coll.find(query).batch_size(page):
-                await emit(engine, collection, doc["_id"], doc, operation="backfill")
-                scanned += 1
+                others.append((doc["_id"], doc))
+                if len(others) >= size:
+                    await emit_many(engine, collection, others, operation="backfill")
+                    scanned += len(others)
+                    others = []
+            if others:
+                await emit_many(engine, collection, others, operation="backfill")
+                scanned += len(others)
             if persist:
                 engine.positions.mark(BackfillMark(collection, None, DONE, scanned, True))
         metrics.BACKFILL_REMAINING.labels(collection=collection).set(0)
@@ -157,6 +179,22 @@ class Backfill:
             seconds=round(time.monotonic() - started, 2),
         )
         return scanned
+
+    async def _route(self, scan: _Scan, group: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Route a group (one ledger read); ``scan.last_id`` moves past it only then, so an
+        interrupted scan re-reads what was not routed."""
+        if not group:
+            return
+        await emit_many(self.engine, scan.collection, group, operation="backfill")
+        scan.last_id = group[-1][0]
+        scan.scanned += len(group)
+        scan.in_page += len(group)
+        if scan.in_page >= scan.page:
+            scan.remaining = max(0, scan.remaining - scan.in_page)
+            scan.in_page = 0
+            self._page_done(
+                scan.collection, scan.last_id, scan.scanned, scan.remaining, scan.persist
+            )
 
     def _page_done(
         self, collection: str, last_id: Any, scanned: int, remaining: int, persist: bool
@@ -172,15 +210,11 @@ class Backfill:
         engine = self.engine
         removed = 0
         for collection in collections:
-            keys: list[str] = []
-            for entry in engine.store.ledger_iter(collection=collection):
+            after = ""
+            while page := await engine.calls(engine.store.ledger_page, collection, after, 500):
                 engine.health.beat("source")
-                keys.append(entry.doc_key)
-                if len(keys) >= 500:
-                    removed += await self._sweep_keys(collection, keys)
-                    keys = []
-            if keys:
-                removed += await self._sweep_keys(collection, keys)
+                removed += await self._sweep_keys(collection, [e.doc_key for e in page])
+                after = page[-1].doc_key
         log.info("sweep_finished", removed=removed)
         return removed
 
@@ -192,6 +226,6 @@ class Backfill:
             async for d in engine.db[collection].find({"_id": {"$in": ids}}, {"_id": 1})
         }
         missing = [i for k, i in zip(keys, ids, strict=True) if k not in found]
-        for doc_id in missing:
-            await emit(engine, collection, doc_id, None, operation="sweep")
+        if missing:
+            await emit_many(engine, collection, [(i, None) for i in missing], operation="sweep")
         return len(missing)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from syncd.ids import parse_doc_key
-from syncd.source.publish import emit, fetch_documents
+from syncd.source.publish import emit_many, fetch_documents
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -24,22 +24,24 @@ if TYPE_CHECKING:
 log = structlog.get_logger("syncd.redrive")
 
 
-async def redrive_once(engine: Engine, *, older_than: float) -> int:
-    """Route every retryable dead letter last seen more than ``older_than`` seconds ago."""
+async def redrive_once(engine: Engine, *, older_than: float, page: int = 500) -> int:
+    """Route every retryable dead letter last seen more than ``older_than`` seconds ago,
+    a page at a time (read off the event loop, never the whole table at once)."""
     cutoff = time.time() - older_than
-    due: dict[str, list[str]] = {}
-    for letter in engine.store.dead_letters():
-        if letter.retryable and letter.last_seen <= cutoff:
-            due.setdefault(letter.collection, []).append(letter.doc_key)
     total = 0
-    for collection, keys in due.items():
-        if collection not in engine.config.mongo.collections:
-            continue
-        ids = [parse_doc_key(k) for k in keys]
-        docs = await fetch_documents(engine, collection, ids)
-        for key, doc_id in zip(keys, ids, strict=True):
-            await emit(engine, collection, doc_id, docs.get(key), operation="redrive")
-            total += 1
+    after: tuple[str, str] | None = None
+    while letters := await engine.calls(engine.store.dead_letters_due, cutoff, page, after):
+        after = (letters[-1].collection, letters[-1].doc_key)
+        due: dict[str, list[str]] = {}
+        for letter in letters:
+            if letter.collection in engine.config.mongo.collections:
+                due.setdefault(letter.collection, []).append(letter.doc_key)
+        for collection, keys in due.items():
+            ids = [parse_doc_key(k) for k in keys]
+            docs = await fetch_documents(engine, collection, ids)
+            group = [(i, docs.get(k)) for k, i in zip(keys, ids, strict=True)]
+            await emit_many(engine, collection, group, operation="redrive")
+            total += len(group)
     if total:
         log.info("dead_letters_redriven", count=total)
     return total

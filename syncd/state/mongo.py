@@ -442,12 +442,21 @@ class MongoStateStore:
         for doc in cursor.batch_size(batch):
             yield _ledger(doc)
 
+    def ledger_page(self, collection: str, after: str, limit: int) -> list[LedgerEntry]:
+        self._read()
+        cursor = self._ledger.find({"c": collection, "k": {"$gt": after}})
+        return [_ledger(d) for d in cursor.sort("k", ASCENDING).limit(limit)]
+
     def ledger_counts(self) -> list[tuple[str, str, int]]:
         self._read()
         rows = self._ledger.aggregate(
             [{"$group": {"_id": {"c": "$c", "did": "$did"}, "n": {"$sum": 1}}}]
         )
         return sorted((r["_id"]["c"], r["_id"]["did"], int(r["n"])) for r in rows)
+
+    def without_blob_count(self, collection: str) -> int:
+        self._read()
+        return int(self._ledger.count_documents({"c": collection, "blob": None, "pending": False}))
 
     def pending_count(self) -> int:
         self._read()

@@ -472,6 +472,17 @@ class StateStore:
                 yield _ledger(row)
             after = (rows[-1][0], rows[-1][1])
 
+    def ledger_page(self, collection: str, after: str, limit: int) -> list[LedgerEntry]:
+        """``collection``'s rows with a document key after ``after``, in key order."""
+        return [
+            _ledger(row)
+            for row in self._db.execute(
+                "SELECT collection, doc_key, did, nsid, rkey, cid, fingerprint, blob_cid, pending, "
+                "updated_at FROM ledger WHERE collection=? AND doc_key > ? ORDER BY doc_key LIMIT ?",
+                (collection, after, limit),
+            )
+        ]
+
     def ledger_counts(self) -> list[tuple[str, str, int]]:
         """(collection, did, count) for every mirrored record."""
         return [
@@ -480,6 +491,14 @@ class StateStore:
                 "SELECT collection, did, COUNT(*) FROM ledger GROUP BY collection, did ORDER BY 1, 2"
             )
         ]
+
+    def without_blob_count(self, collection: str) -> int:
+        """Confirmed records of ``collection`` without a blob (paintings without thumbnail)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM ledger WHERE collection=? AND blob_cid IS NULL AND pending=0",
+            (collection,),
+        ).fetchone()
+        return int(row[0])
 
     def pending_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM ledger WHERE pending=1").fetchone()[0])

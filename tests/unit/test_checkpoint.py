@@ -61,23 +61,25 @@ async def test_drained() -> None:
 async def test_positions_received_safe_saved(tmp_path: Path) -> None:
     from syncd.positions import BackfillMark, Positions, StreamMark
     from syncd.state import StateStore
+    from syncd.state.aio import StateCalls
 
     store = StateStore(tmp_path)
     store.begin_backfill((1, 0), ["moods"], reason="first_start")
     pos = Positions(store, capacity=10)
+    calls = StateCalls(store, offload=False)
     a = await pos.open(StreamMark({"_data": "a"}, (1, 1)), started=1.0)
     b = await pos.open(StreamMark({"_data": "b"}, (1, 2)), started=2.0)
     pos.mark(BackfillMark("moods", "id-9", "objectid", 9, False))
     assert pos.received == StreamMark({"_data": "b"}, (1, 2))
     b.complete()  # out of order: nothing is safe while `a` is in flight
-    assert pos.save() is False and pos.safe is None and store.load_position() is None
+    assert await pos.save(calls) is False and pos.safe is None and store.load_position() is None
     assert pos.oldest_pending_started() == 1.0
     a.complete()
-    assert pos.save() is True
+    assert await pos.save(calls) is True
     assert pos.safe == pos.saved == StreamMark({"_data": "b"}, (1, 2))
     saved = store.load_position()
     assert saved is not None and saved.token == {"_data": "b"} and saved.cluster_time == (1, 2)
     assert store.backfill_progress()["moods"].last_id == "id-9"
-    assert pos.save() is False  # nothing new: no write
+    assert await pos.save(calls) is False  # nothing new: no write
     pos.mark(StreamMark({"_data": "b"}, (1, 2)))  # an idle token equal to the saved one
-    assert pos.save() is False
+    assert await pos.save(calls) is False

@@ -1,0 +1,363 @@
+"""One writer per account: batches of changes become ``applyWrites`` calls.
+
+The writer takes its :class:`~syncd.write.queue.DocumentQueue` in order -- a
+document's changes are applied in order, a batch never holds a document twice,
+and a newer change supersedes an older one still waiting. For each batch:
+
+1. **read** the batch's ledger rows and key holders: one state call;
+2. **plan** every op (:mod:`syncd.planner`), looking first at keys documents
+   name (:meth:`Sender.check_key`), and give colliding new keys a salt;
+3. **prepare** the records: thumbnails attached, lexicons checked
+   (:mod:`syncd.write.records`);
+4. **mark pending** what will be sent (one state call), **send** it
+   (:mod:`syncd.write.sender`), and **commit** the results (one state call,
+   :mod:`syncd.write.commit`);
+5. **write back** ``atproto`` to MongoDB (:mod:`syncd.write.writeback`) while
+   the next batch is sent (at most one behind), then report each op done
+   (``on_done``), which completes its change so the resume position can pass it.
+
+The writer holds no engine: it is given exactly what it uses (:class:`WriterDeps`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import structlog
+from pymongo.asynchronous.database import AsyncDatabase
+
+from syncd import metrics
+from syncd.changes import Op, Problem
+from syncd.mappings import MAPPINGS, MappingContext, MappingError
+from syncd.mappings.base import when_of
+from syncd.pds.errors import XrpcError
+from syncd.pds.repo import Repo
+from syncd.pds.sessions import Account
+from syncd.planner import (
+    CHECK,
+    CREATE,
+    FOREIGN,
+    NONE,
+    UPDATE,
+    UPSERT,
+    WRITES,
+    KeyCheck,
+    Plan,
+    after_failure,
+    plan,
+)
+from syncd.retry import Abandoned, Kind, classify
+from syncd.rkey import RkeyError, derive_rkey, named_key
+from syncd.state import LedgerEntry, Lookup, Outcome
+from syncd.state.aio import StateCalls
+from syncd.write.blobs import Blobs
+from syncd.write.commit import action_label, commit_ops, pending_ops
+from syncd.write.images import ImageResult, ImageStage
+from syncd.write.queue import DocumentQueue
+from syncd.write.records import IMAGE, build_records
+from syncd.write.sender import Sender
+from syncd.write.writeback import write_back
+
+log = structlog.get_logger("syncd.writer")
+#: Documents named keys are checked for at once (``getRecord`` calls in flight).
+CHECK_CONCURRENCY = 8
+
+
+@dataclass
+class WriterDeps:
+    """What an account writer uses, and nothing else."""
+
+    calls: StateCalls
+    repo: Repo
+    db: AsyncDatabase[dict[str, Any]]  # the source database: the write-back
+    images: ImageStage | None
+    slots: asyncio.Semaphore  # PDS calls in flight, shared by every account
+    stopping: asyncio.Event
+    mapping_ctx: MappingContext
+    max_writes: int
+    retry_cap: float
+    on_done: Callable[[Op, str], None]  # an op is finished (applied, failed, superseded)
+
+
+class AccountWriter:
+    def __init__(self, account: Account, deps: WriterDeps) -> None:
+        self.account = account
+        self.deps = deps
+        self.blobs = Blobs(lambda: self.account, deps.repo, deps.calls, deps.stopping)
+        self.sender = Sender(
+            lambda: self.account,
+            deps.repo,
+            self.blobs,
+            deps.stopping,
+            max_writes=deps.max_writes,
+            retry_cap=deps.retry_cap,
+        )
+        self.queue = DocumentQueue(self._superseded)
+        self._wake = asyncio.Event()
+        self._images: set[asyncio.Task[ImageResult]] = set()
+        self._writeback: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def did(self) -> str:
+        return self.account.did
+
+    # -- the queue ---------------------------------------------------------------------
+    def submit(self, op: Op) -> None:
+        """Queue ``op``; a painting this account will write starts its image work now."""
+        images = self.deps.images
+        if images is not None and self._wants_image(op):
+            assert op.change.doc is not None
+            task = asyncio.create_task(
+                images.prepare(op.change.collection, op.change.doc, self.blobs),
+                name="painting-image",
+            )
+            op.extra[IMAGE] = task
+            self._images.add(task)
+            task.add_done_callback(self._images.discard)
+            task.add_done_callback(partial(self._image_ready, op))
+            self.queue.push(op, ready=False)
+        else:
+            self.queue.push(op)
+            self._wake.set()
+
+    def _wants_image(self, op: Op) -> bool:
+        """A guess (from the ledger row the router read) that ``op`` is a painting this
+        account will write; the batch plans again, a wrong guess costs only the work."""
+        draft = op.draft
+        if draft is None or draft.image is None or op.desired is None:
+            return False
+        if op.desired.did != self.did or op.change.doc is None:
+            return False
+        return plan(op, self.did, op.holder_hint).action in (*WRITES, CHECK)
+
+    def _image_ready(self, op: Op, _: object = None) -> None:
+        if self.queue.mark_ready(op):
+            self._wake.set()
+
+    def _superseded(self, op: Op) -> None:
+        """A newer change of the same document replaced ``op`` before it was sent."""
+        task: asyncio.Task[ImageResult] | None = op.extra.get(IMAGE)
+        if task is not None and not task.done():
+            task.cancel()
+        self._finish([op])
+
+    def _finish(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            task: asyncio.Task[ImageResult] | None = op.extra.pop(IMAGE, None)
+            if task is not None and task.done() and not task.cancelled():
+                if task.exception() is None and self.deps.images is not None:
+                    self.deps.images.release(task.result())
+            self.deps.on_done(op, self.did)
+
+    # -- the loop ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"writer:{self.did}")
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            for task in list(self._images):
+                task.cancel()
+            if self._writeback is not None:
+                self._writeback.cancel()
+                if self._writeback.done() and not self._writeback.cancelled():
+                    self._writeback.exception()  # retrieved (Abandoned at shutdown)
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.queue.ready:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch: list[Op] = []
+            plans: list[Plan] | None = None
+            try:
+                async with self.deps.slots:
+                    # Take the batch once a slot is ours: what queued up while waiting
+                    # rides in this call instead of the next (fewer, fuller applyWrites).
+                    batch = self.queue.take(self.deps.max_writes)
+                    if batch:
+                        plans = await self.process(batch)
+            except Abandoned:
+                # Shutdown: the batch is not applied, so its changes stay incomplete and
+                # the saved position stays before them; the next start replays them.
+                return
+            except Exception as exc:  # a bug must not stall the stream or lose the document
+                log.exception("batch_failed", did=self.did, ops=len(batch))
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                await self.deps.calls(
+                    self.deps.calls.store.apply,
+                    [
+                        Outcome(
+                            op.change.collection,
+                            op.change.key,
+                            "dead",
+                            "internal_error",
+                            detail,
+                            retryable=True,
+                        )
+                        for op in batch
+                    ],
+                )
+            if plans is None:
+                self._finish(batch)
+                continue
+            previous = self._writeback
+            if previous is not None:
+                try:
+                    await previous  # at most one write-back behind the batches
+                except Abandoned:
+                    return
+            self._writeback = asyncio.create_task(self._write_back_then_finish(batch, plans))
+
+    async def _write_back_then_finish(self, batch: list[Op], plans: list[Plan]) -> None:
+        """The records are written: set ``atproto`` in MongoDB, then finish the ops (so
+        the saved position never passes a document not written back)."""
+        try:
+            await write_back(self.deps.db, plans, self.did, self.deps.stopping)
+        except Abandoned:
+            raise  # shutdown: the changes stay incomplete and are replayed
+        except Exception:  # a bug: the records are written, the next change retries
+            log.exception("writeback_failed_unexpectedly", did=self.did)
+        self._finish(batch)
+
+    # -- one batch -----------------------------------------------------------------------
+    async def process(self, ops: list[Op]) -> list[Plan]:
+        """Read, plan, prepare, send and commit one batch; returns the plans to write back."""
+        calls, store, did = self.deps.calls, self.deps.calls.store, self.did
+        keys = [(op.change.collection, op.change.key) for op in ops]
+        candidates = _candidate_keys(ops)
+        found = await calls(store.lookup, keys, did, candidates)
+        entries = [found.entries.get(k) for k in keys]
+        plans = [plan(op, did, e) for op, e in zip(ops, entries, strict=True)]
+        if any(p.action == CHECK for p in plans):
+            plans = await self._plan_checked(plans, entries, found)
+        await self._resolve_key_collisions(plans, found, set(candidates))
+        await build_records(plans, self.blobs, self.deps.images, self.deps.mapping_ctx)
+        for p, entry in zip(plans, entries, strict=True):
+            if p.failed is not None and not p.failed.retryable and p.action in WRITES:
+                after_failure(p, entry if entry is not None and entry.did == did else None)
+        for p in plans:
+            if p.refused_key is not None:
+                self._refused(p, p.refused_key)
+        to_send = [p for p in plans if p.action not in (NONE, CHECK) and p.failed is None]
+        sent = {id(p) for p in to_send}
+        if to_send:
+            await calls(store.apply, pending_ops(to_send, did))
+            await self.sender.send(to_send)
+        ops_, forgotten = commit_ops(plans, did)
+        await calls(store.apply, ops_)
+        for cid in forgotten:
+            self.blobs.forget(cid)
+        for p in plans:
+            if p.failed is not None:
+                log.warning(
+                    "dead_letter", collection=p.collection, doc=p.key, reason=p.failed.reason
+                )
+            elif id(p) in sent:
+                metrics.RECORDS_WRITTEN.labels(
+                    collection=p.collection, action=action_label(p)
+                ).inc()
+                if p.extra.get("image_missing"):
+                    metrics.THUMBNAILS_MISSING.labels(collection=p.collection).inc()
+        return plans
+
+    async def _plan_checked(
+        self, plans: list[Plan], entries: list[LedgerEntry | None], found: Lookup
+    ) -> list[Plan]:
+        """Look at the keys documents name (a few at a time), then plan those again."""
+        sem = asyncio.Semaphore(CHECK_CONCURRENCY)
+
+        async def one(p: Plan, entry: LedgerEntry | None) -> Plan:
+            if p.action != CHECK:
+                return p
+            async with sem:
+                try:
+                    check = await self.sender.check_key(p, found.holders.get((p.nsid, p.rkey)))
+                except XrpcError as exc:
+                    kind = classify(exc).kind
+                    reason = "account_unavailable" if kind is Kind.ACCOUNT else "key_check_failed"
+                    p.failed = Problem("dead", reason, exc.error or exc.reason, retryable=True)
+                    return p
+            return plan(p.op, self.did, entry, {check.rkey: check})
+
+        return list(await asyncio.gather(*(one(p, e) for p, e in zip(plans, entries, strict=True))))
+
+    def _refused(self, p: Plan, check: KeyCheck) -> None:
+        metrics.REFUSED_KEYS.labels(collection=p.collection).inc()
+        log.warning(
+            "named_key_refused",
+            collection=p.collection,
+            doc=p.key,
+            did=self.did,
+            rkey=check.rkey,
+            detail=check.detail,
+        )
+
+    async def _resolve_key_collisions(
+        self, plans: list[Plan], found: Lookup, covered: set[tuple[str, str]]
+    ) -> None:
+        """Give a new record another derived key when its key is already taken here
+        (two documents in one millisecond, or two naming the same key in one batch)."""
+        calls, store, did = self.deps.calls, self.deps.calls.store, self.did
+        taken: set[tuple[str, str]] = set()
+
+        async def held(nsid: str, rkey: str, key: str) -> bool:
+            if (nsid, rkey) in taken:
+                return True
+            if (nsid, rkey) in found.holders:
+                return found.holders[(nsid, rkey)] != key
+            if (nsid, rkey) in covered:
+                return False  # the batch's lookup asked: nobody holds it
+            # A salted key (two documents in one millisecond): ask the store.
+            return await calls(store.rkey_owner, did, nsid, rkey) not in (None, key)
+
+        for p in plans:
+            if p.action not in WRITES or p.failed is not None:
+                continue
+            doc = p.op.change.doc
+            assert doc is not None
+            named = named_key(doc) == p.rkey
+            if named and (p.nsid, p.rkey) in taken:
+                # Another document of this batch took the key this one names first.
+                p.refused_key = KeyCheck(p.rkey, FOREIGN, detail="named by another document")
+                self._refused(p, p.refused_key)
+                named = False
+                if p.retire is not None:
+                    p.rkey, p.retire = p.retire, None
+                    p.action = UPDATE if p.retire_certain else UPSERT
+                else:
+                    p.action = CREATE
+            if p.action == CREATE and not named:
+                when, salt = when_of(doc), 0
+                p.rkey = derive_rkey(when, p.op.change.doc_id)
+                while await held(p.nsid, p.rkey, p.key):
+                    salt += 1
+                    p.rkey = derive_rkey(when, p.op.change.doc_id, salt)
+            taken.add((p.nsid, p.rkey))
+
+
+def _candidate_keys(ops: list[Op]) -> list[tuple[str, str]]:
+    """The record keys a batch may use in its account's repository: the keys documents
+    name and the keys derived from them (so one read also finds who holds each)."""
+    out: list[tuple[str, str]] = []
+    for op in ops:
+        doc = op.change.doc
+        if doc is None:
+            continue
+        nsid = MAPPINGS[op.change.collection].nsid
+        named = named_key(doc)
+        if named is not None:
+            out.append((nsid, named))
+        if op.draft is not None:
+            try:
+                out.append((nsid, derive_rkey(when_of(doc), op.change.doc_id)))
+            except (MappingError, RkeyError):
+                pass
+    return out

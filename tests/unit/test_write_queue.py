@@ -1,0 +1,163 @@
+"""Ordering in one account's writer: per document in order, latest state wins, images ahead.
+
+No PDS here: painting image work is replaced by futures the test resolves, and the
+test looks at which ops are ready to be taken, in which order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from syncd.changes import Change, Op
+from syncd.checkpoint import Checkpointer, Ticket
+from syncd.images.urls import PaintingSource
+from syncd.mappings import Draft, MappingContext
+from syncd.pds.sessions import Account
+from syncd.write import AccountWriter, WriterDeps
+from syncd.write.images import ImageResult
+from syncd.write.queue import DocumentQueue
+from syncd.write.records import IMAGE
+
+ACCOUNT = Account(sub="u1", did="did:plc:one", handle="one.test", password="pw")
+OTHER = Account(sub="u2", did="did:plc:two", handle="two.test", password="pw")
+
+
+def op(collection: str, key: str, *, painting: bool = False, desired: Account = ACCOUNT) -> Op:
+    image = PaintingSource("http://img.test/a.png", None) if painting else None
+    nsid = f"computer.aesthetic.{collection.rstrip('s')}"
+    doc: dict[str, Any] = {"_id": ObjectId(), "when": datetime(2025, 1, 1, tzinfo=UTC)}
+    change = Change(
+        collection=collection,
+        doc_id=doc["_id"],
+        key=key,
+        doc=doc,
+        operation="update",
+        ticket=Ticket(Checkpointer(10), None, 0.0),
+    )
+    draft = Draft(nsid=nsid, fields={}, fingerprint=key, image=image)
+    return Op(change=change, desired=desired, draft=draft, problem=None)
+
+
+# -- the queue alone ----------------------------------------------------------------
+
+
+def test_queue_takes_ready_ops_oldest_first_one_per_document() -> None:
+    done: list[Op] = []
+    q = DocumentQueue(done.append)
+    a, b, c = op("moods", "a"), op("moods", "b"), op("moods", "c")
+    q.push(a)
+    q.push(b, ready=False)
+    q.push(c)
+    assert [o.change.key for o in q.take(10)] == ["a", "c"] and q.ready == 0 and len(q) == 1
+    assert q.mark_ready(b) and [o.change.key for o in q.take(10)] == ["b"]
+    assert done == [] and len(q) == 0
+
+
+@pytest.mark.parametrize("first_ready", [True, False])
+def test_a_newer_op_supersedes_a_waiting_one_and_keeps_its_place(first_ready: bool) -> None:
+    done: list[Op] = []
+    q = DocumentQueue(done.append)
+    old, other, new = op("moods", "a"), op("moods", "b"), op("moods", "a")
+    q.push(old, ready=first_ready)
+    q.push(other)
+    q.push(new)
+    assert done == [old]  # completed at once: the newer state covers it
+    assert [o for o in q.take(10)] == [new, other]
+    assert not q.mark_ready(old)  # a late image for the superseded op is ignored
+
+
+def test_take_respects_the_limit() -> None:
+    q = DocumentQueue(lambda _: None)
+    for i in range(5):
+        q.push(op("moods", f"k{i}"))
+    assert len(q.take(2)) == 2 and q.ready == 3 and len(q.take(10)) == 3
+
+
+# -- the writer's submit: images prepared ahead -------------------------------------------
+
+
+class FakeImages:
+    """Each painting's image work waits for the test to resolve its future."""
+
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future[ImageResult]] = {}
+        self.released = 0
+
+    async def prepare(self, collection: str, doc: dict[str, Any], blobs: Any) -> ImageResult:
+        key = str(len(self.futures))
+        fut = asyncio.get_running_loop().create_future()
+        self.futures[key] = fut
+        return await fut
+
+    def release(self, result: ImageResult) -> None:
+        self.released += 1
+
+
+def writer(images: FakeImages, done: list[Op]) -> AccountWriter:
+    deps = WriterDeps(
+        calls=None,  # type: ignore[arg-type]
+        repo=None,  # type: ignore[arg-type]
+        db=None,  # type: ignore[arg-type]
+        images=images,  # type: ignore[arg-type]
+        slots=asyncio.Semaphore(1),
+        stopping=asyncio.Event(),
+        mapping_ctx=MappingContext(),
+        max_writes=200,
+        retry_cap=1.0,
+        on_done=lambda o, did: done.append(o),
+    )
+    return AccountWriter(ACCOUNT, deps)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_text_is_ready_while_paintings_are_prepared() -> None:
+    images, done = FakeImages(), []
+    w = writer(images, done)
+    p1, m1, p2, k1 = (
+        op("paintings", "p1", painting=True),
+        op("moods", "m1"),
+        op("paintings", "p2", painting=True),
+        op("kidlisp", "k1"),
+    )
+    for o in (p1, m1, p2, k1):
+        w.submit(o)
+    await settle()
+    assert w.queue.ready == 2  # the text does not wait for either image
+    images.futures["1"].set_result(ImageResult())  # p2's image first
+    await settle()
+    assert w.queue.take(10) == [m1, p2, k1]
+    images.futures["0"].set_result(ImageResult())
+    await settle()
+    assert w.queue.take(10) == [p1] and done == []
+
+
+async def test_rapid_edits_of_a_painting_cost_one_image() -> None:
+    images, done = FakeImages(), []
+    w = writer(images, done)
+    first, second = op("paintings", "p1", painting=True), op("paintings", "p1", painting=True)
+    w.submit(first)
+    await settle()
+    first_task = first.extra[IMAGE]
+    w.submit(second)
+    await settle()
+    assert first_task.cancelled() and done == [first]  # the first image's work stops
+    images.futures["1"].set_result(ImageResult())
+    await settle()
+    assert w.queue.take(10) == [second]
+
+
+async def test_only_this_accounts_paintings_are_prepared_ahead() -> None:
+    images, done = FakeImages(), []
+    w = writer(images, done)
+    w.submit(op("paintings", "p1", painting=True, desired=OTHER))  # a delete from this repo
+    await settle()
+    assert images.futures == {} and w.queue.ready == 1
