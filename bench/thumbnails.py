@@ -1,15 +1,17 @@
-"""Thumbnail throughput: ``python -m syncd.images.bench [-n N] [--size 1024]``.
+"""Thumbnail throughput: ``python -m bench.thumbnails [-n N] [--size 1024] [--workers W]``.
 
 Generates N painting-like PNGs (flat background, filled shapes, brush strokes,
 a little grain) plus the same number of pure-noise PNGs, then reports
-thumbnails per second single-threaded and through ThumbnailPool (threads and
-processes). Deterministic (seeded).
+thumbnails per second made in this process, one at a time (``make_thumbnail``),
+and through :class:`~syncd.images.thumbnail.ThumbnailPool` (boxed worker
+processes, what the daemon uses). It also measures what the process boundary
+costs: the round trip of a job that does nothing with 200 KB and 3 MB inputs.
+Deterministic (seeded). Moved here from ``syncd/images/bench.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
 import random
@@ -20,7 +22,8 @@ from functools import partial
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from syncd.images.thumbnail import PoolKind, Thumbnail, ThumbnailPool, make_thumbnail
+from syncd.images.thumbnail import Thumbnail, ThumbnailPool, make_thumbnail
+from syncd.images.worker import WorkerPool
 
 
 def painting(size: int, seed: int) -> bytes:
@@ -68,14 +71,6 @@ def _serial(datas: list[bytes]) -> list[Thumbnail]:
     return [make_thumbnail(d) for d in datas]
 
 
-async def _pooled(datas: list[bytes], pool: ThumbnailPool) -> list[Thumbnail]:
-    return list(await asyncio.gather(*(pool.make(d) for d in datas)))
-
-
-def _run_pooled(datas: list[bytes], pool: ThumbnailPool) -> list[Thumbnail]:
-    return asyncio.run(_pooled(datas, pool))
-
-
 def _timed(fn: Callable[[], list[Thumbnail]]) -> tuple[float, list[Thumbnail]]:
     started = time.perf_counter()
     out = fn()
@@ -95,6 +90,16 @@ def _describe(name: str, seconds: float, thumbs: list[Thumbnail]) -> str:
     )
 
 
+def _round_trip(pool: WorkerPool, data: bytes, n: int) -> float:
+    """Median seconds for ``len`` of ``data`` in a worker: the cost of the boundary."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        pool.call(len, data, {})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def run(n: int, size: int, workers: int) -> None:
     print(f"cpu_count={os.cpu_count()} workers={workers} n={n} size={size}x{size}")
     for label, make in (("painting-like", painting), ("pure noise", noise)):
@@ -103,13 +108,16 @@ def run(n: int, size: int, workers: int) -> None:
         print(f"{label} PNGs (average {avg:.0f} KiB):")
         make_thumbnail(datas[0])  # warm up imports/codecs
         seconds, thumbs = _timed(partial(_serial, datas))
-        print(_describe("single-threaded", seconds, thumbs))
-        kinds: tuple[PoolKind, ...] = ("thread", "process")
-        for kind in kinds:
-            with ThumbnailPool(workers, kind=kind) as pool:
-                asyncio.run(_pooled(datas[: workers * 2], pool))  # start workers
-                seconds, thumbs = _timed(partial(_run_pooled, datas, pool))
-            print(_describe(f"ThumbnailPool({kind})", seconds, thumbs))
+        print(_describe("in-process, serial", seconds, thumbs))
+        with ThumbnailPool(workers) as pool:
+            pool.make_many(datas[: workers * 2])  # start the workers
+            seconds, thumbs = _timed(partial(pool.make_many, datas))
+        print(_describe("ThumbnailPool", seconds, thumbs))
+    with WorkerPool(1) as one:
+        one.call(len, b"warm up", {})
+        for kib in (200, 3072):
+            cost = _round_trip(one, bytes(kib * 1024), 20)
+            print(f"worker round trip, {kib:>4} KiB in, nothing done: {cost * 1000:6.2f} ms")
 
 
 def main() -> None:
