@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -50,6 +51,8 @@ from syncd.images.errors import ImageError, ImageWorkerError, TransientImageErro
 CHUNK_BYTES = 1 << 20
 #: A worker is retired after this many jobs (a long-lived allocator fragments).
 JOBS_PER_WORKER = 500
+#: How long a new worker may take to load Pillow and say it is ready.
+STARTUP_SECONDS = 30.0
 #: What a worker inherits of the daemon's environment (secrets stay behind).
 _ENV_KEYS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SYSTEMROOT")
 
@@ -123,28 +126,55 @@ class _Worker:
         if self.process is None or self.conn is None or self.jobs >= JOBS_PER_WORKER:
             self.stop(graceful=True)
             pool = self.pool
-            ours, theirs = socket.socketpair()
+            try:
+                ours, theirs = socket.socketpair()
+            except OSError as exc:
+                raise TransientImageError(
+                    f"cannot start an image worker: {exc}", reason="image_worker_unavailable"
+                ) from None
             with ours, theirs:
-                process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-I",
-                        "-m",
-                        "syncd.images.workerproc",
-                        str(theirs.fileno()),
-                        str(pool.memory_bytes),
-                        repr(pool.cpu_seconds),
-                    ],
-                    pass_fds=(theirs.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    env={k: v for k, v in os.environ.items() if k in _ENV_KEYS},
-                    close_fds=True,
-                )
+                process = self._spawn(theirs)
                 conn = Connection(ours.detach())
-            conn.send(list(sys.path))
             self.process, self.conn, self.jobs = process, conn, 0
             pool.started += 1
+            try:
+                conn.send(list(sys.path))
+                ready = conn.poll(STARTUP_SECONDS) and conn.recv() == "ready"
+            except (EOFError, OSError):
+                ready = False
+            if not ready:
+                # Not the image's fault (an environment that cannot start Python with
+                # Pillow, a host out of processes): transient, the painting is retried.
+                code = self.stop(exited=True)
+                raise TransientImageError(
+                    f"an image worker did not start (exit code {code})",
+                    reason="image_worker_unavailable",
+                )
+        assert self.conn is not None
         return self.conn
+
+    def _spawn(self, theirs: socket.socket) -> subprocess.Popen[bytes]:
+        pool = self.pool
+        try:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-m",
+                    "syncd.images.workerproc",
+                    str(theirs.fileno()),
+                    str(pool.memory_bytes),
+                    repr(pool.cpu_seconds),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env={k: v for k, v in os.environ.items() if k in _ENV_KEYS},
+                close_fds=True,
+            )
+        except OSError as exc:  # out of processes, memory or file descriptors
+            raise TransientImageError(
+                f"cannot start an image worker: {exc}", reason="image_worker_unavailable"
+            ) from None
 
     def kill(self) -> None:
         process = self.process
@@ -152,9 +182,10 @@ class _Worker:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
 
-    def stop(self, *, graceful: bool = False) -> int | None:
-        """Stop the process (asking it to exit first when ``graceful``); its exit code
-        (negative: the signal that killed it)."""
+    def stop(self, *, graceful: bool = False, exited: bool = False) -> int | None:
+        """Stop the process (asking it to exit first when ``graceful``; giving it a
+        moment to be reaped when it has ``exited``); its exit code (negative: the
+        signal that killed it)."""
         process, conn = self.process, self.conn
         self.process = self.conn = None
         if process is None:
@@ -162,6 +193,7 @@ class _Worker:
         if graceful and conn is not None:
             with contextlib.suppress(OSError, ValueError):
                 conn.send(None)
+        if graceful or exited:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(2)
         if process.poll() is None:
@@ -253,8 +285,9 @@ class WorkerPool:
             raise TransientImageError("the image worker pool is closed", reason="image_pool_closed")
         conn = worker.ensure_started()
         size = data.size if isinstance(data, Payload) else len(data)
+        job = pickle.dumps((fn, kwargs))  # unpickled apart in the worker: a bad job is an answer
         try:
-            conn.send((fn, kwargs, size))
+            conn.send((size, job))
             for chunk in _chunks(data):
                 conn.send_bytes(chunk)
         except (OSError, ValueError):
@@ -274,7 +307,7 @@ class WorkerPool:
         except (EOFError, OSError):
             reply = None
         if reply is None:
-            code = worker.stop()
+            code = worker.stop(exited=True)  # its socket closed: it is dead or dying
             if code == -signal.SIGXCPU:
                 raise ImageWorkerError(
                     f"the image took more than {self.cpu_seconds:g} s of CPU; worker killed",
@@ -291,7 +324,7 @@ class WorkerPool:
         status, value, exiting = reply
         worker.jobs += 1
         if exiting:
-            worker.stop()
+            worker.stop(exited=True)
         if status == "ok":
             return value
         raise value

@@ -1,11 +1,11 @@
 """The inside of an image worker process (``python -I -m syncd.images.workerproc FD ...``).
 
 Started by :class:`syncd.images.worker.WorkerPool`, never imported by the daemon
-for its own use. It boxes itself (address-space limit, no core files, SIGINT
-ignored), sets ``sys.path`` to the parent's, then serves jobs on the socket
-``FD`` until the socket closes:
+for its own use. It sets ``sys.path`` to the parent's, loads Pillow, boxes
+itself (address-space limit, no core files, SIGINT ignored), says ``"ready"``,
+then serves jobs on the socket ``FD`` until the socket closes:
 
-    parent -> worker: (fn, kwargs, size), then ``size`` bytes in chunks
+    parent -> worker: (size, pickle of (fn, kwargs)), then ``size`` bytes in chunks
     worker -> parent: (status, value, exiting)  # "ok" + result, or "error" + ImageError
 
 Before each job the CPU-time soft limit is set to the CPU used so far plus the
@@ -17,6 +17,7 @@ A ``MemoryError`` (the address-space limit) is answered as
 from __future__ import annotations
 
 import math
+import pickle
 import resource
 import signal
 import sys
@@ -56,11 +57,19 @@ def _receive(conn: Connection, size: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def serve(conn: Connection, memory_bytes: int, cpu_seconds: float) -> None:
-    """Box this process, then answer jobs on ``conn`` until it closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon handles Ctrl-C, then stops us
+def box(memory_bytes: int) -> None:
+    """Limit this process: address space, no core files, SIGINT ignored (the daemon
+    handles Ctrl-C, then stops its workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a SIGXCPU kill leaves no core file
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        memory_bytes = min(memory_bytes, hard)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+
+def serve(conn: Connection, memory_bytes: int, cpu_seconds: float) -> None:
+    """Answer jobs on ``conn`` until it closes (the process is boxed already)."""
     while True:
         try:
             job = conn.recv()
@@ -68,10 +77,17 @@ def serve(conn: Connection, memory_bytes: int, cpu_seconds: float) -> None:
             return
         if job is None:
             return
-        fn, kwargs, size = job
+        size, blob = job
         reply: tuple[str, Any, bool]
         try:
             data = _receive(conn, size)
+            try:
+                fn, kwargs = pickle.loads(blob)
+            except Exception as exc:  # a job this worker cannot import: say so, carry on
+                raise ImageWorkerError(
+                    f"cannot load the job: {type(exc).__name__}: {exc}"[:500],
+                    reason="image_worker_error",
+                ) from None
             arm_cpu(cpu_seconds)
             try:
                 reply = ("ok", fn(data, **kwargs), False)
@@ -110,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path[:] = [p for p in paths if isinstance(p, str)]
     from syncd.images import render  # noqa: F401  (load Pillow before the first job)
 
+    box(int(memory_bytes))
+    conn.send("ready")
     serve(conn, int(memory_bytes), float(cpu_seconds))
 
 

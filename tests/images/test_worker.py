@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -146,3 +148,36 @@ def test_a_closed_pool_refuses_work_and_leaves_no_worker(pool: WorkerPool) -> No
     with pytest.raises(TransientImageError) as info:
         asyncio.run(pool.run(len, b"x"))
     assert info.value.reason == "image_pool_closed"
+
+
+def test_a_job_the_worker_cannot_load_is_an_answer_not_a_death(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ghost = types.ModuleType("ghost_jobs")  # exists here, not in the worker
+
+    def job(data: bytes) -> int:
+        return 1
+
+    job.__module__, job.__qualname__ = ghost.__name__, "job"
+    ghost.job = job  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, ghost.__name__, ghost)
+    first = pool.call(workerjobs.pid, b"", {})
+    with pytest.raises(ImageWorkerError) as info:
+        pool.call(job, b"payload", {})
+    assert info.value.reason == "image_worker_error" and "cannot load the job" in str(info.value)
+    assert pool.call(workerjobs.pid, b"", {}) == first  # the same worker carries on
+
+
+def test_a_worker_that_cannot_start_is_transient_not_the_images_fault(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(TransientImageError) as info:
+        pool.call(len, b"abc", {})
+    assert info.value.reason == "image_worker_unavailable"
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(TransientImageError) as info:
+        pool.call(len, b"abc", {})
+    assert info.value.reason == "image_worker_unavailable"
+    monkeypatch.undo()
+    assert pool.call(len, b"abc", {}) == 3
