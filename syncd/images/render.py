@@ -161,6 +161,8 @@ def _reduce_on_black(
 
 
 def _orientation(im: Image.Image) -> Image.Transpose | None:
+    """How to turn the image as its EXIF orientation says (a malformed EXIF block is
+    read as "no rotation", not as a broken image)."""
     try:
         value = im.getexif().get(ExifTags.Base.Orientation, 1)
     except _DECODE_ERRORS:
@@ -180,13 +182,18 @@ def _swaps(transpose: Image.Transpose | None) -> bool:
 def _fitted(data: bytes, side: int, limits: StructureLimits) -> Image.Image:
     """Decode ``data`` and return it fitted (``contain``) into ``side``, in L or RGB, on black."""
     im = _open(data, limits)
-    transpose = _orientation(im)
-    native_w, native_h = im.size
-    view_w, view_h = (native_h, native_w) if _swaps(transpose) else (native_w, native_h)
-    target = fit_contain(view_w, view_h, side)
-    native_target = (target[1], target[0]) if _swaps(transpose) else target
-    nearest = uses_nearest(view_w, view_h, side)
     try:
+        if im.format != "JPEG":
+            # Reading EXIF loads these formats anyway; load here, where a failure is
+            # image_corrupt. A JPEG's EXIF is a marker read with the header: it says
+            # how to rotate before libjpeg is told the size to decode at.
+            im.load()
+        transpose = _orientation(im)
+        native_w, native_h = im.size
+        view_w, view_h = (native_h, native_w) if _swaps(transpose) else (native_w, native_h)
+        target = fit_contain(view_w, view_h, side)
+        native_target = (target[1], target[0]) if _swaps(transpose) else target
+        nearest = uses_nearest(view_w, view_h, side)
         if im.format == "JPEG" and not nearest:
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding; keep >= 2x the target.
             im.draft(None, (2 * native_target[0], 2 * native_target[1]))

@@ -67,12 +67,6 @@ class Payload:
         self.size = 0
         self._head = b""
 
-    @classmethod
-    def of(cls, data: bytes) -> Payload:
-        payload = cls(spool_bytes=max(CHUNK_BYTES, len(data)))
-        payload.write(data)
-        return payload
-
     def write(self, chunk: bytes) -> None:
         if len(self._head) < 16:
             self._head = (self._head + chunk[:16])[:16]

@@ -366,3 +366,11 @@ def test_any_mode_and_size_gives_the_platforms_shape(
     t = make_thumbnail(_make_image(mode, width, height, seed, noisy))
     assert_valid_thumbnail(t, (width, height))
     assert t.mime_type == "image/png"
+
+
+def test_a_malformed_exif_block_means_no_rotation_not_a_broken_image() -> None:
+    im = gradient(800, 600)
+    for fmt in ("PNG", "JPEG"):
+        data = encode(im, fmt, exif=b"Exif\x00\x00this is not a TIFF header")
+        t = make_thumbnail(data)
+        assert_valid_thumbnail(t, (800, 600))
