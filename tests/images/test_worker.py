@@ -181,3 +181,20 @@ def test_a_worker_that_cannot_start_is_transient_not_the_images_fault(
     assert info.value.reason == "image_worker_unavailable"
     monkeypatch.undo()
     assert pool.call(len, b"abc", {}) == 3
+
+
+def test_a_worker_loads_pillow_not_the_daemon(pool: WorkerPool) -> None:
+    names = ["PIL.Image", "syncd.images.render", "httpx", "asyncio", "pymongo", "syncd.writer"]
+    assert pool.call(workerjobs.loaded, b"", {"names": names}) == [
+        "PIL.Image",
+        "syncd.images.render",
+    ]
+
+
+def test_the_package_names_load_on_first_use() -> None:
+    import syncd.images as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    with pytest.raises(AttributeError):
+        package.no_such_name  # noqa: B018

@@ -57,3 +57,10 @@ def thumbnail_and_peak(data: bytes, **kwargs: Any) -> tuple[Thumbnail, int]:
         found = re.search(r"VmHWM:\s+(\d+)", f.read())
     assert found is not None
     return thumb, int(found.group(1)) * 1024
+
+
+def loaded(data: bytes, *, names: list[str]) -> list[str]:
+    """Which of ``names`` this worker has imported."""
+    import sys
+
+    return [n for n in names if n in sys.modules]
