@@ -236,14 +236,21 @@ class WorkerPool:
 
     async def run(self, fn: Callable[..., Any], data: bytes | Payload, **kwargs: Any) -> Any:
         """``fn(data, **kwargs)`` in a worker, off the event loop. A :class:`Payload`
-        is closed by the pool once the worker has it (also when this call is
-        cancelled meanwhile)."""
-        if self._closed:
+        is closed by the pool once the job is done (also when this call was
+        cancelled while the job ran; cancelled before a thread took it, the file
+        goes when the payload is garbage-collected)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._closed:
+                raise RuntimeError("closed")
+            future = loop.run_in_executor(self._threads, self.call, fn, data, kwargs)
+        except RuntimeError:  # closed, or the executor shut down meanwhile
             if isinstance(data, Payload):
                 data.close()
-            raise TransientImageError("the image worker pool is closed", reason="image_pool_closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self.call, fn, data, kwargs)
+            raise TransientImageError(
+                "the image worker pool is closed", reason="image_pool_closed"
+            ) from None
+        return await future
 
     def call(self, fn: Callable[..., Any], data: bytes | Payload, kwargs: dict[str, Any]) -> Any:
         """Blocking :meth:`run` (in the caller's thread)."""
