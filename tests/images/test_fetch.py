@@ -419,3 +419,35 @@ def test_sniff() -> None:
     assert sniff_image_type(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
     assert sniff_image_type(b"RIFF\0\0\0\0WAVE") is None
     assert sniff_image_type(b"") is None
+
+
+async def test_a_big_body_never_sits_in_the_daemons_memory(
+    server: LoopbackServer, image_settings: ImageSettings, client: httpx.AsyncClient
+) -> None:
+    block = bytes(65536)
+
+    def chunks() -> Iterator[bytes]:
+        yield PNG[:16] + block[16:]
+        for _ in range(20 * 1024 * 1024 // 65536 - 1):
+            yield block
+
+    server.route("/huge.png", Reply(200, chunks=chunks))
+    fetcher = ImageFetcher(client, replace(image_settings, max_bytes=25 * 1024 * 1024))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current
+    before = _peak_kib()
+    body = await fetcher.fetch_once(server.url("/huge.png"))
+    try:
+        assert body.size == 20 * 1024 * 1024 and body.head == PNG[:16]
+        assert _peak_kib() - before < 8 * 1024  # 1 MiB in memory, the rest in a file
+    finally:
+        body.close()
+
+
+def _peak_kib() -> int:
+    import re
+
+    with open("/proc/self/status") as f:
+        found = re.search(r"VmHWM:\s+(\d+)", f.read())
+    assert found is not None
+    return int(found.group(1))
