@@ -433,8 +433,7 @@ async def test_a_big_body_never_sits_in_the_daemons_memory(
 
     server.route("/huge.png", Reply(200, chunks=chunks))
     fetcher = ImageFetcher(client, replace(image_settings, max_bytes=25 * 1024 * 1024))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current
+    _reset_peak()
     before = _peak_kib()
     body = await fetcher.fetch_once(server.url("/huge.png"))
     try:
@@ -442,6 +441,11 @@ async def test_a_big_body_never_sits_in_the_daemons_memory(
         assert _peak_kib() - before < 8 * 1024  # 1 MiB in memory, the rest in a file
     finally:
         body.close()
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current
 
 
 def _peak_kib() -> int:
