@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _toml_value(value: Any) -> str:
@@ -44,6 +45,9 @@ def sandbox_sections(
 ) -> dict[str, dict[str, Any]]:
     """The config tables a sandbox world needs (everything else keeps syncd's defaults)."""
     template = f"{image_base_url.rstrip('/')}/{{bucket}}/{{key}}"
+    # The image server's origin: syncd allows exactly this scheme, host and port.
+    parts = urlsplit(image_base_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
     return {
         "mongo": {"uri": mongo_uri, "database": database},
         "pds": {"url": pds_url},
@@ -51,7 +55,7 @@ def sandbox_sections(
         "images": {
             "url_template": template,
             "recording_template": template,
-            "allowed_hosts": ["127.0.0.1"],
+            "allowed_hosts": [origin],
         },
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         "logging": {"level": log_level},

@@ -121,3 +121,11 @@ class ThumbnailError(ImageError):
     """The image could not be made into a conforming thumbnail (deterministic)."""
 
     reason = "thumbnail_failed"
+
+
+class ImageWorkerError(ImageError):
+    """A worker process overran its box making this image's thumbnail and was killed
+    (``image_memory_limit``, ``image_cpu_limit``) or died (``image_worker_crashed``,
+    after a second try on a fresh worker). Deterministic for the image: permanent."""
+
+    reason = "image_worker_crashed"

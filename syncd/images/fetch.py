@@ -1,25 +1,28 @@
 """Fetch painting images from object storage, defensively.
 
 Every request: a timeout, ``Accept-Encoding: identity`` (no decompression
-bombs), manual redirects restricted to ``allowed_hosts`` (at most 3), a
-streamed body cut off past ``max_bytes``, and a magic-byte + Pillow check.
-Transient failures (5xx, 408, 429, timeouts, connection errors) are retried
-``retries`` times with exponential backoff and full jitter before
-:class:`TransientImageError` is raised.
+bombs), manual redirects restricted to ``allowed_hosts`` origins (at most 3),
+a streamed body cut off past ``max_bytes`` and spooled to a temporary file past
+1 MiB (:class:`~syncd.images.worker.Payload`), and a magic-byte check. Nothing
+here parses an image: headers and pixels are the worker processes' business.
+
+:meth:`ImageFetcher.fetch_once` is one attempt (the pipeline retries it, outside
+the thumbnail pool's admission); :meth:`ImageFetcher.fetch_image` and
+:meth:`ImageFetcher.recording_exists` retry transient failures (5xx, 408, 429,
+timeouts, connection errors) ``retries`` times with exponential backoff and
+full jitter before :class:`TransientImageError` is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import httpx
-from PIL import Image
 
 from syncd.images.errors import (
     ImageError,
@@ -31,8 +34,10 @@ from syncd.images.errors import (
     TransientImageError,
 )
 from syncd.images.settings import ImageSettings
-from syncd.images.thumbnail import INPUT_FORMATS, LoopSemaphore
+from syncd.images.structure import sniff
+from syncd.images.thumbnail import LoopSemaphore
 from syncd.images.urls import check_url
+from syncd.images.worker import Payload
 
 MAX_REDIRECTS = 3
 #: Requests one fetcher has in flight at once. More only queue inside httpx's pool,
@@ -43,41 +48,19 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TRANSIENT_4XX = frozenset({408, 429})
 _T = TypeVar("_T")
 
-
-def sniff_image_type(head: bytes) -> str | None:
-    """``"png"``, ``"jpeg"``, ``"gif"`` or ``"webp"`` from the first bytes, else ``None``."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
+#: ``"png"``, ``"jpeg"``, ``"gif"`` or ``"webp"`` from the first bytes, else ``None``.
+sniff_image_type = sniff
 
 
-def check_image_bytes(data: bytes, url: str | None = None) -> None:
-    """Raise :class:`NotAnImageError` unless ``data`` is a PNG/JPEG/GIF/WebP Pillow identifies.
+def check_magic(head: bytes, url: str | None = None) -> None:
+    """Raise :class:`NotAnImageError` unless ``head`` starts like a PNG/JPEG/GIF/WebP.
 
-    Only the header is parsed. An image too large to decode still passes here;
-    the thumbnail step refuses it with ``decompression_bomb``.
+    The structure and the pixels are checked in a worker process, not here.
     """
-    kind = sniff_image_type(data[:16])
-    if kind is None:
+    if sniff(head[:16]) is None:
         raise NotAnImageError(
-            f"body does not start with PNG/JPEG/GIF/WebP magic bytes ({data[:8]!r})", url=url
+            f"body does not start with PNG/JPEG/GIF/WebP magic bytes ({head[:8]!r})", url=url
         )
-    try:
-        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as im:
-            if im.width <= 0 or im.height <= 0:
-                raise NotAnImageError(f"image has an empty size {im.size}", url=url)
-    except Image.DecompressionBombError:
-        return
-    except NotAnImageError:
-        raise
-    except Exception as exc:  # Pillow raises many types on garbage; all mean "not an image"
-        raise NotAnImageError(f"Pillow cannot identify the {kind} body: {exc}", url=url) from None
 
 
 def make_client(settings: ImageSettings, *, trust_env: bool = False) -> httpx.AsyncClient:
@@ -142,22 +125,56 @@ class ImageFetcher:
 
     # -- public API ---------------------------------------------------------
 
-    async def fetch_image(self, url: str) -> bytes:
-        """GET ``url`` and return the body, which is checked to be an image.
+    async def fetch_once(self, url: str) -> Payload:
+        """One GET of ``url`` (redirects followed): the body, whose first bytes are an
+        image's magic. The caller closes it (or hands it to the thumbnail pool).
 
         Raises :class:`ImageNotFoundError` (404/410), :class:`ImageHTTPError`
         (other 4xx), :class:`ImageTooLargeError`, :class:`NotAnImageError`,
         :class:`DisallowedHostError`, :class:`TooManyRedirectsError` (all
-        permanent) or :class:`TransientImageError` once retries are exhausted.
+        permanent) or :class:`TransientImageError` (retry after :meth:`backoff`).
         """
-        data = await self._with_retries(lambda: self._get_once(url))
-        check_image_bytes(data, url)
-        return data
+        async with self._requests:
+            return await self._request(url, "GET", self._read_body)
+
+    async def fetch_image(self, url: str) -> bytes:
+        """GET ``url`` with retries and return the body (its magic checked). For tools
+        and tests; the daemon streams bodies to the workers with :meth:`fetch_once`."""
+
+        async def once() -> bytes:
+            body = await self.fetch_once(url)
+            try:
+                return body.getvalue()
+            finally:
+                body.close()
+
+        return await self._with_retries(once)
 
     async def recording_exists(self, url: str) -> bool:
         """HEAD ``url``: 200 → True; 403/404/410 → False (object stores answer 403 for a
         missing key when listing is private); 5xx/timeouts → :class:`TransientImageError`."""
         return await self._with_retries(lambda: self._head_once(url))
+
+    async def first_recording(self, urls: Sequence[str]) -> str | None:
+        """The first of ``urls`` whose recording exists (HEAD each in turn), or ``None``
+        when every one is missing."""
+        for url in urls:
+            if await self.recording_exists(url):
+                return url
+        return None
+
+    def backoff_delay(self, attempt: int, exc: TransientImageError) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based) after ``exc``: full jitter
+        under ``min(backoff_max, backoff_base * 2**attempt)``, at least the server's
+        ``Retry-After`` (capped at ``backoff_max``)."""
+        delay = self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**attempt))
+        if exc.retry_after is not None:
+            delay = min(self._backoff_max, max(delay, exc.retry_after))
+        return delay
+
+    async def backoff(self, attempt: int, exc: TransientImageError) -> None:
+        """Sleep :meth:`backoff_delay` (with the injected ``sleep``)."""
+        await self._sleep(self.backoff_delay(attempt, exc))
 
     # -- internals ----------------------------------------------------------
 
@@ -169,15 +186,8 @@ class ImageFetcher:
             except TransientImageError as exc:
                 if n >= retries:
                     raise
-                delay = self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**n))
-                if exc.retry_after is not None:
-                    delay = min(self._backoff_max, max(delay, exc.retry_after))
-                await self._sleep(delay)
+                await self.backoff(n, exc)
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _get_once(self, url: str) -> bytes:
-        async with self._requests:
-            return await self._request(url, "GET", self._read_body)
 
     async def _head_once(self, url: str) -> bool:
         async def verdict(response: httpx.Response, final_url: str) -> bool:
@@ -282,18 +292,25 @@ class ImageFetcher:
             status=status,
         )
 
-    async def _read_body(self, response: httpx.Response, url: str) -> bytes:
+    async def _read_body(self, response: httpx.Response, url: str) -> Payload:
         limit = self._settings.max_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ImageTooLargeError(
                 f"{url} declares {declared} bytes, over the limit of {limit}", url=url
             )
-        buf = bytearray()
-        async for chunk in response.aiter_raw():
-            buf += chunk
-            if len(buf) > limit:
-                raise ImageTooLargeError(
-                    f"{url} sent more than the limit of {limit} bytes", url=url
-                )
-        return bytes(buf)
+        body = Payload()
+        try:
+            async for chunk in response.aiter_raw():
+                body.write(chunk)
+                if body.size > limit:
+                    raise ImageTooLargeError(
+                        f"{url} sent more than the limit of {limit} bytes", url=url
+                    )
+                if body.size - len(chunk) < 16 <= body.size:
+                    check_magic(body.head, url)  # refuse a non-image before reading it all
+            check_magic(body.head, url)
+        except BaseException:
+            body.close()
+            raise
+        return body

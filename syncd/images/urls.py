@@ -1,13 +1,17 @@
 """Build object-storage URLs for a painting document, refusing anything unsafe.
 
-Layout (see ``/work/shared/reference/source-system.md``):
+Layout (``platform-facts.md`` §1):
 
-* users: bucket ``user_bucket``, key ``{quote(user)}/{slug}.png``; newer slugs
-  already read ``{user}/painting/{name}`` and the key is then ``{slug}.png``
-  (with the user segment percent-encoded); the recording zip is the same key
-  with ``.zip``.
-* guests (no ``user``): bucket ``guest_bucket``, key ``{slug}.png``; a slug
-  ``image:recording`` names the image ``image.png`` and the zip ``recording.zip``.
+* users: bucket ``user_bucket``; the key candidates are ``images.user_keys``
+  in order, by default ``{user}/painting/{name}`` (where uploads go) then
+  ``{user}/{name}`` (the oldest objects), with ``.png`` for the image and
+  ``.zip`` for the recording. ``{user}`` is the sub, percent-encoded; ``{name}``
+  is the slug, or the ``{name}`` of a slug that already reads
+  ``{user}/painting/{name}`` (both forms name the same object).
+* guests (no ``user``): bucket ``guest_bucket``; ``images.guest_keys``, by
+  default ``{name}``; a slug ``image:recording`` names the image ``image.png``
+  and the zip ``recording.zip``.
+* a document's own ``bucket`` wins over the default.
 """
 
 from __future__ import annotations
@@ -17,22 +21,38 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
+
+import httpx
 
 from syncd.images.errors import DisallowedHostError, InvalidPaintingError, UnsafeSlugError
-from syncd.images.settings import ImageSettings
+from syncd.images.settings import ImageSettings, origins
 
 MAX_SLUG_LENGTH = 256
 # S3/Spaces bucket names; the bucket becomes part of a hostname in the default template.
 _BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
 class PaintingSource:
-    """Where a painting's full-size image (and, maybe, its recording zip) can be fetched."""
+    """Where a painting's full-size image (and, maybe, its recording zip) can be fetched.
+
+    ``image_urls`` / ``recording_urls`` are the candidates in the order to try;
+    ``image_url`` / ``recording_url`` are the first of each. Built with only the
+    first two, the lists are those single URLs.
+    """
 
     image_url: str
     recording_url: str | None
+    image_urls: tuple[str, ...] = ()
+    recording_urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.image_urls:
+            object.__setattr__(self, "image_urls", (self.image_url,))
+        if not self.recording_urls and self.recording_url is not None:
+            object.__setattr__(self, "recording_urls", (self.recording_url,))
 
 
 def _bad_char(text: str) -> str | None:
@@ -91,30 +111,35 @@ def _enc(segment: str) -> str:
     return quote(segment, safe="")
 
 
-def _user_keys(user: str, slug: str) -> tuple[str, str]:
-    """Return (image key, recording key) for a user's painting."""
-    encoded_user = _enc(user)
-    if "/" in slug:
-        parts = slug.split("/")
-        if len(parts) != 3 or parts[1] != "painting":
-            raise UnsafeSlugError(
-                f"slug {slug!r} contains '/' but is not of the form '{{user}}/painting/{{name}}'"
-            )
-        owner, _, name = parts
-        if owner not in (user, encoded_user):
-            raise UnsafeSlugError(
-                f"slug {slug!r} names another user than the document's ({user!r})",
-                reason="slug_user_mismatch",
-            )
-        _check_segment(name, slug)
-        base = f"{encoded_user}/painting/{_enc(name)}"
-    else:
+def painting_name(user: str, slug: str) -> str:
+    """The ``{name}`` of a user's painting: the slug itself, or the last part of a
+    slug of the form ``{user}/painting/{name}`` (whose user must be ``user``)."""
+    if "/" not in slug:
         _check_segment(slug, slug)
-        base = f"{encoded_user}/{_enc(slug)}"
-    return f"{base}.png", f"{base}.zip"
+        return slug
+    parts = slug.split("/")
+    if len(parts) != 3 or parts[1] != "painting":
+        raise UnsafeSlugError(
+            f"slug {slug!r} contains '/' but is not of the form '{{user}}/painting/{{name}}'"
+        )
+    owner, _, name = parts
+    if owner not in (user, _enc(user)):
+        raise UnsafeSlugError(
+            f"slug {slug!r} names another user than the document's ({user!r})",
+            reason="slug_user_mismatch",
+        )
+    _check_segment(name, slug)
+    return name
 
 
-def _guest_keys(slug: str) -> tuple[str, str]:
+def _user_keys(user: str, slug: str, templates: Iterable[str]) -> list[str]:
+    """Key stems (no extension) of a user's painting, in the order to try."""
+    name = _enc(painting_name(user, slug))
+    return [t.format(user=_enc(user), name=name) for t in templates]
+
+
+def _guest_names(slug: str) -> tuple[str, str]:
+    """(image name, recording name) of a guest slug ``image`` or ``image:recording``."""
     if "/" in slug:
         raise UnsafeSlugError(f"guest slug {slug!r} contains '/'")
     image, sep, recording = slug.partition(":")
@@ -122,39 +147,41 @@ def _guest_keys(slug: str) -> tuple[str, str]:
         recording = image
     _check_segment(image, slug)
     _check_segment(recording, slug)
-    return f"{_enc(image)}.png", f"{_enc(recording)}.zip"
+    return _enc(image), _enc(recording)
 
 
-def normalize_host(host: str) -> str:
-    """Lower-case a hostname and drop any ``:port`` and trailing dot."""
-    host = host.strip()
-    parsed = urlsplit(host if "//" in host else f"//{host}")
-    name = parsed.hostname or ""
-    return name.rstrip(".").lower()
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an absolute http(s) URL without user information,
+    parsed as httpx (which makes the request) parses it; ``None`` otherwise."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    scheme = parsed.scheme
+    if scheme not in _DEFAULT_PORTS or not parsed.host or parsed.userinfo:
+        return None
+    port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[scheme]
+    return scheme, parsed.host.rstrip(".").lower(), port
 
 
 def is_allowed_url(url: str, allowed_hosts: Iterable[str]) -> bool:
-    """True if ``url`` is http(s) and its host (any port) is one of ``allowed_hosts``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
-        return False
-    allowed = {normalize_host(h) for h in allowed_hosts}
-    return host.rstrip(".").lower() in allowed
+    """True if ``url``'s origin (scheme, host and port) is one ``allowed_hosts`` allows.
+
+    A bare ``host`` entry allows https on port 443 only; ``http://host:port`` or
+    ``https://host:port`` allows exactly that origin. URLs with user information
+    are never allowed.
+    """
+    origin = _origin(url)
+    return origin is not None and origin in origins(tuple(allowed_hosts))
 
 
 def check_url(url: str, allowed_hosts: Iterable[str], *, reason: str = "disallowed_host") -> str:
     """Return ``url`` unchanged, or raise :class:`DisallowedHostError` with ``reason``."""
     if not is_allowed_url(url, allowed_hosts):
-        try:
-            host = urlsplit(url).hostname
-        except ValueError:
-            host = None
+        origin = _origin(url)
+        where = f"{origin[0]}://{origin[1]}:{origin[2]}" if origin else "an unusable URL"
         raise DisallowedHostError(
-            f"refusing {url!r}: host {host!r} is not in images.allowed_hosts",
+            f"refusing {url!r}: {where} is not an origin images.allowed_hosts allows",
             reason=reason,
             url=url,
         )
@@ -168,25 +195,41 @@ def painting_source(
     settings: ImageSettings,
     bucket: str | None = None,
 ) -> PaintingSource:
-    """URLs of a painting's image and recording zip.
+    """URLs of a painting's image and recording zip, every candidate in order.
 
     Raises :class:`UnsafeSlugError` / :class:`InvalidPaintingError` for a slug,
     user or bucket that could not safely form a key, and
-    :class:`DisallowedHostError` if the resulting URL leaves ``allowed_hosts``.
+    :class:`DisallowedHostError` if a resulting URL leaves ``allowed_hosts``.
     """
     slug = _check_slug(slug)
     if user is None:
-        image_key, recording_key = _guest_keys(slug)
+        image_name, recording_name = _guest_names(slug)
+        image_stems = [t.format(name=image_name) for t in settings.guest_keys]
+        recording_stems = [t.format(name=recording_name) for t in settings.guest_keys]
         default_bucket = settings.guest_bucket
     else:
-        image_key, recording_key = _user_keys(_check_user(user), slug)
+        image_stems = recording_stems = _user_keys(_check_user(user), slug, settings.user_keys)
         default_bucket = settings.user_bucket
-    chosen_bucket = _check_bucket(bucket if bucket is not None else default_bucket)
-    image_url = settings.url_template.format(bucket=chosen_bucket, key=image_key)
-    recording_url = settings.recording_template.format(bucket=chosen_bucket, key=recording_key)
-    check_url(image_url, settings.allowed_hosts)
-    check_url(recording_url, settings.allowed_hosts)
-    return PaintingSource(image_url=image_url, recording_url=recording_url)
+    chosen = _check_bucket(bucket if bucket is not None else default_bucket)
+    image_urls = tuple(
+        check_url(
+            settings.url_template.format(bucket=chosen, key=f"{s}.png"), settings.allowed_hosts
+        )
+        for s in image_stems
+    )
+    recording_urls = tuple(
+        check_url(
+            settings.recording_template.format(bucket=chosen, key=f"{s}.zip"),
+            settings.allowed_hosts,
+        )
+        for s in recording_stems
+    )
+    return PaintingSource(
+        image_url=image_urls[0],
+        recording_url=recording_urls[0],
+        image_urls=image_urls,
+        recording_urls=recording_urls,
+    )
 
 
 def painting_source_from_doc(doc: Mapping[str, Any], settings: ImageSettings) -> PaintingSource:

@@ -169,7 +169,7 @@ def test_hostile_paintings_are_dead_lettered_and_the_daemon_keeps_running(
             "images": {
                 "url_template": template,
                 "recording_template": template,
-                "allowed_hosts": ["127.0.0.1"],
+                "allowed_hosts": [f"http://127.0.0.1:{port}"],
                 "retries": 0,
             }
         }

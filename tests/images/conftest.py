@@ -7,6 +7,7 @@ import pytest
 
 from syncd.images.fetch import ImageFetcher, make_client
 from syncd.images.settings import ImageSettings
+from syncd.images.thumbnail import ThumbnailPool
 
 from .server import LoopbackServer
 
@@ -25,7 +26,7 @@ def image_settings(server: LoopbackServer) -> ImageSettings:
     return ImageSettings(
         url_template=f"http://127.0.0.1:{server.port}/{{bucket}}/{{key}}",
         recording_template=f"http://127.0.0.1:{server.port}/{{bucket}}/{{key}}",
-        allowed_hosts=("127.0.0.1",),
+        allowed_hosts=(f"http://127.0.0.1:{server.port}",),
         max_bytes=1_000_000,
         timeout_seconds=0.5,
         retries=3,
@@ -52,3 +53,11 @@ def fetcher(
         sleeps.append(delay)
 
     return ImageFetcher(client, image_settings, sleep=fake_sleep)
+
+
+@pytest.fixture(scope="session")
+def shared_pool() -> Iterator[ThumbnailPool]:
+    """Two boxed workers for the whole session (starting a worker costs ~0.3 s).
+    Tests that kill workers or change limits make their own."""
+    with ThumbnailPool(2) as pool:
+        yield pool

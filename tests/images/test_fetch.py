@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -143,7 +144,8 @@ async def test_connection_refused_is_transient(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fetcher = ImageFetcher(client, image_settings, sleep=lambda d: _record(sleeps, d))
+    settings = replace(image_settings, allowed_hosts=(f"http://127.0.0.1:{port}",))
+    fetcher = ImageFetcher(client, settings, sleep=lambda d: _record(sleeps, d))
     with pytest.raises(TransientImageError) as info:
         await fetcher.fetch_image(f"http://127.0.0.1:{port}/x.png")
     assert info.value.reason == "image_connection_error"
@@ -161,12 +163,49 @@ async def test_non_image_body(server: LoopbackServer, fetcher: ImageFetcher) -> 
     assert info.value.reason == "not_an_image" and info.value.permanent
 
 
-async def test_png_magic_with_garbage_after_is_not_an_image(
+async def test_a_non_image_is_refused_after_its_first_bytes(
     server: LoopbackServer, fetcher: ImageFetcher
 ) -> None:
-    server.route("/g.png", Reply(200, b"\x89PNG\r\n\x1a\n" + b"garbage" * 20))
+    total = 40 * 1024 * 1024  # far more than loopback's socket buffers
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(total // 65536):
+            yield b"<html>" + b"x" * 65530
+
+    server.route("/html.png", Reply(200, chunks=chunks))
     with pytest.raises(NotAnImageError):
-        await fetcher.fetch_image(server.url("/g.png"))
+        await fetcher.fetch_image(server.url("/html.png"))
+    for _ in range(50):
+        entry = server.log[-1]
+        if entry.aborted:
+            break
+        await asyncio.sleep(0.1)
+    assert entry.aborted and entry.bytes_sent < total // 2
+
+
+async def test_the_fetcher_checks_magic_only_and_parses_nothing(
+    server: LoopbackServer, fetcher: ImageFetcher
+) -> None:
+    # Headers and pixels are parsed in the worker processes (test_pipeline, test_hostile),
+    # never on the event loop: a PNG signature followed by garbage passes the fetch.
+    garbage = b"\x89PNG\r\n\x1a\n" + b"garbage" * 20
+    server.route("/g.png", Reply(200, garbage))
+    assert await fetcher.fetch_image(server.url("/g.png")) == garbage
+
+
+async def test_a_large_body_is_spooled_to_a_file_not_held(
+    server: LoopbackServer, fetcher: ImageFetcher
+) -> None:
+    big = PNG + bytes(900_000) * 1  # under the fixture's max_bytes (1,000,000)
+    server.route("/big.png", Reply(200, big))
+    body = await fetcher.fetch_once(server.url("/big.png"))
+    try:
+        assert body.size == len(big) and body.head == big[:16]
+        assert body.getvalue() == big
+        assert max(len(c) for c in body.chunks(100_000)) == 100_000
+    finally:
+        body.close()
+    assert body.closed
 
 
 async def test_oversized_streamed_body_is_cut(
@@ -243,6 +282,67 @@ async def test_redirect_to_another_scheme_is_refused(
         await fetcher.fetch_image(server.url("/ftp.png"))
 
 
+async def test_redirect_to_another_port_of_an_allowed_host_is_never_requested(
+    server: LoopbackServer, image_settings: ImageSettings
+) -> None:
+    other = LoopbackServer().start()  # the same host, 127.0.0.1, another port
+    try:
+        other.route("/s.png", Reply(200, PNG))
+        server.route("/p.png", Reply(302, headers={"Location": other.url("/s.png")}))
+        async with make_client(image_settings) as client:
+            fetcher = ImageFetcher(client, image_settings)
+            with pytest.raises(DisallowedHostError) as info:
+                await fetcher.fetch_image(server.url("/p.png"))
+        assert info.value.reason == "redirect_disallowed_host" and info.value.permanent
+        assert other.log == []
+    finally:
+        other.stop()
+
+
+async def test_https_to_http_redirect_is_refused() -> None:
+    """An allowed https host redirecting to http on the same host (and the default
+    port of each): the http URL is another origin, never requested."""
+    seen: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(302, headers={"Location": "http://img.test/a.png"})
+
+    settings = ImageSettings(allowed_hosts=("img.test",))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        fetcher = ImageFetcher(client, settings)
+        with pytest.raises(DisallowedHostError) as info:
+            await fetcher.fetch_image("https://img.test/a.png")
+    assert info.value.reason == "redirect_disallowed_host"
+    assert seen == ["https://img.test/a.png"]
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://user:pw@127.0.0.1:{port}/s.png",
+        "http://127.0.0.1:{port}@evil.example/s.png",
+        "http://127.0.0.1:{port}\\@evil.example/s.png",
+    ],
+)
+async def test_redirect_with_userinfo_is_refused(
+    server: LoopbackServer, fetcher: ImageFetcher, location: str
+) -> None:
+    server.route("/u.png", Reply(302, headers={"Location": location.format(port=server.port)}))
+    server.route("/s.png", Reply(200, PNG))
+    with pytest.raises(DisallowedHostError):
+        await fetcher.fetch_image(server.url("/u.png"))
+    assert server.paths() == ["/u.png"]
+
+
+async def test_userinfo_in_the_first_url_is_refused_without_a_request(
+    server: LoopbackServer, fetcher: ImageFetcher
+) -> None:
+    with pytest.raises(DisallowedHostError):
+        await fetcher.fetch_image(f"http://user@127.0.0.1:{server.port}/a.png")
+    assert server.log == []
+
+
 async def test_redirect_loop_stops_after_three(
     server: LoopbackServer, fetcher: ImageFetcher
 ) -> None:
@@ -295,7 +395,7 @@ async def test_backoff_grows_exponentially_within_caps(
     import random
 
     sleeps: list[float] = []
-    settings = ImageSettings(**{**image_settings.__dict__, "retries": 6})
+    settings = replace(image_settings, retries=6)
     fetcher = ImageFetcher(
         client,
         settings,
@@ -319,3 +419,39 @@ def test_sniff() -> None:
     assert sniff_image_type(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
     assert sniff_image_type(b"RIFF\0\0\0\0WAVE") is None
     assert sniff_image_type(b"") is None
+
+
+async def test_a_big_body_never_sits_in_the_daemons_memory(
+    server: LoopbackServer, image_settings: ImageSettings, client: httpx.AsyncClient
+) -> None:
+    block = bytes(65536)
+
+    def chunks() -> Iterator[bytes]:
+        yield PNG[:16] + block[16:]
+        for _ in range(20 * 1024 * 1024 // 65536 - 1):
+            yield block
+
+    server.route("/huge.png", Reply(200, chunks=chunks))
+    fetcher = ImageFetcher(client, replace(image_settings, max_bytes=25 * 1024 * 1024))
+    _reset_peak()
+    before = _peak_kib()
+    body = await fetcher.fetch_once(server.url("/huge.png"))
+    try:
+        assert body.size == 20 * 1024 * 1024 and body.head == PNG[:16]
+        assert _peak_kib() - before < 8 * 1024  # 1 MiB in memory, the rest in a file
+    finally:
+        body.close()
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current
+
+
+def _peak_kib() -> int:
+    import re
+
+    with open("/proc/self/status") as f:
+        found = re.search(r"VmHWM:\s+(\d+)", f.read())
+    assert found is not None
+    return int(found.group(1))

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from syncd.images import thumbnail as thumbnail_module
+from syncd.images import render
 from syncd.images.fetch import ImageFetcher
 from syncd.images.settings import ImageSettings
 from syncd.images.thumbnail import ThumbnailPool, make_thumbnail
 
-from .helpers import encode, gradient, noise_rgb
+from .helpers import encode, fitted_box, gradient, noise_rgb
 
 
 def painting_like(width: int, height: int) -> Image.Image:
@@ -39,16 +39,40 @@ def decoded(data: bytes) -> Image.Image:
 def test_an_exact_halving_is_a_2x2_box_average() -> None:
     src = painting_like(1024, 768)
     t = make_thumbnail(encode(src))
-    assert (t.width, t.height) == (512, 384) and t.mime_type == "image/png"
-    assert decoded(t.data).tobytes() == src.reduce(2).tobytes()
+    assert t.mime_type == "image/png"
+    out = decoded(t.data)
+    assert out.crop(fitted_box(src.size)).tobytes() == src.reduce(2).tobytes()
 
 
 def test_a_non_integer_ratio_is_reduced_then_resampled_with_lanczos() -> None:
     src = painting_like(1500, 1000)
     t = make_thumbnail(encode(src))
-    assert (t.width, t.height) == (512, 341)
+    box = fitted_box(src.size)
+    assert box == (0, 85, 512, 426)
     expected = src.reduce(2).resize((512, 341), Image.Resampling.LANCZOS)
-    assert decoded(t.data).tobytes() == expected.tobytes()
+    assert decoded(t.data).crop(box).tobytes() == expected.tobytes()
+
+
+def test_a_large_image_is_reduced_a_strip_at_a_time_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = painting_like(1600, 1200)
+    whole = make_thumbnail(encode(src))
+    monkeypatch.setattr(render, "STRIP_BYTES", 64 * 1024)  # 10 rows at a time, not 1200
+    crops: list[tuple[int, int, int, int]] = []
+    real_crop = Image.Image.crop
+
+    def counting_crop(
+        self: Image.Image, box: tuple[int, int, int, int] | None = None
+    ) -> Image.Image:
+        if box is not None and self.size == src.size:
+            crops.append(box)
+        return real_crop(self, box)
+
+    monkeypatch.setattr(Image.Image, "crop", counting_crop)
+    strips = make_thumbnail(encode(src))
+    assert len(crops) > 100
+    assert strips.data == whole.data
 
 
 def test_thumbnails_are_deterministic() -> None:
@@ -58,20 +82,20 @@ def test_thumbnails_are_deterministic() -> None:
 
 def test_optimize_is_tried_only_near_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bool] = []
-    real = thumbnail_module._encode_png
+    real = render._encode_png
 
     def counting(im: Image.Image, *, optimize: bool = False) -> bytes:
         calls.append(optimize)
         return real(im, optimize=optimize)
 
-    monkeypatch.setattr(thumbnail_module, "_encode_png", counting)
-    t = make_thumbnail(encode(noise_rgb(1024, 1024)))  # PNG ~768 KB: hopeless
+    monkeypatch.setattr(render, "_encode_png", counting)
+    t = make_thumbnail(encode(noise_rgb(1024, 1024)), max_bytes=300_000)  # ~770 KB: hopeless
     assert t.mime_type == "image/jpeg"
     assert calls == [False]
 
     calls.clear()
-    png = real(noise_rgb(120, 120))
-    t = make_thumbnail(encode(noise_rgb(120, 120)), max_bytes=len(png) - 1)  # just over
+    png = real(render.letterbox(noise_rgb(512, 512), 512))
+    t = make_thumbnail(encode(noise_rgb(512, 512)), max_bytes=len(png) - 1)  # just over
     assert calls == [False, True]
 
 
@@ -123,7 +147,7 @@ async def test_fetcher_bounds_requests_in_flight() -> None:
             return httpx.Response(404)
         return httpx.Response(200, stream=httpx.ByteStream(png))
 
-    settings = ImageSettings(allowed_hosts=("img.test",))
+    settings = ImageSettings(allowed_hosts=("img.test",))  # https://img.test:443
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         fetcher = ImageFetcher(client, settings, max_concurrent=3)
         urls = [f"https://img.test/{i}.png" for i in range(20)]

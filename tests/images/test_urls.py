@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,33 +24,46 @@ S = ImageSettings()
 DO = "sfo3.digitaloceanspaces.com"
 
 
-def test_user_sub_is_percent_encoded() -> None:
+U = f"https://user-aesthetic-computer.{DO}"
+G = f"https://art-aesthetic-computer.{DO}"
+
+
+def test_user_painting_candidates_where_uploads_go_then_the_oldest_objects() -> None:
     src = painting_source(user="auth0|abc", slug="2023.1.2.3.4.5.678", settings=S)
-    assert src == PaintingSource(
-        image_url=f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/2023.1.2.3.4.5.678.png",
-        recording_url=f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/2023.1.2.3.4.5.678.zip",
+    assert src.image_urls == (
+        f"{U}/auth0%7Cabc/painting/2023.1.2.3.4.5.678.png",
+        f"{U}/auth0%7Cabc/2023.1.2.3.4.5.678.png",
     )
-
-
-def test_new_style_slug_already_contains_the_user() -> None:
-    src = painting_source(user="auth0|abc", slug="auth0|abc/painting/2024.5.6", settings=S)
-    assert (
-        src.image_url == f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/painting/2024.5.6.png"
+    assert src.recording_urls == (
+        f"{U}/auth0%7Cabc/painting/2023.1.2.3.4.5.678.zip",
+        f"{U}/auth0%7Cabc/2023.1.2.3.4.5.678.zip",
     )
-    assert src.recording_url == (
-        f"https://user-aesthetic-computer.{DO}/auth0%7Cabc/painting/2024.5.6.zip"
+    assert src.image_url == src.image_urls[0]
+    assert src.recording_url == src.recording_urls[0]
+
+
+@pytest.mark.parametrize(
+    "slug", ["auth0|abc/painting/2024.5.6", "auth0%7Cabc/painting/2024.5.6", "2024.5.6"]
+)
+def test_a_slug_with_the_painting_prefix_names_the_same_object(slug: str) -> None:
+    src = painting_source(user="auth0|abc", slug=slug, settings=S)
+    assert src.image_urls == (
+        f"{U}/auth0%7Cabc/painting/2024.5.6.png",
+        f"{U}/auth0%7Cabc/2024.5.6.png",
     )
-
-
-def test_new_style_slug_with_the_user_already_encoded() -> None:
-    src = painting_source(user="auth0|abc", slug="auth0%7Cabc/painting/x", settings=S)
-    assert src.image_url.endswith("/auth0%7Cabc/painting/x.png")
+    assert src.recording_urls[0] == f"{U}/auth0%7Cabc/painting/2024.5.6.zip"
 
 
 def test_new_style_slug_naming_another_user_is_refused() -> None:
     with pytest.raises(UnsafeSlugError) as info:
         painting_source(user="auth0|abc", slug="auth0|zzz/painting/x", settings=S)
     assert info.value.reason == "slug_user_mismatch"
+
+
+def test_configured_key_templates_are_tried_in_their_order() -> None:
+    settings = ImageSettings(user_keys=("{user}/{name}", "old/{user}-{name}"))
+    src = painting_source(user="a b", slug="x", settings=settings)
+    assert src.image_urls == (f"{U}/a%20b/x.png", f"{U}/old/a%20b-x.png")
 
 
 @pytest.mark.parametrize("slug", ["a/b", "a/painting/b/c", "auth0|abc/drawing/x", "auth0|abc//x"])
@@ -59,19 +74,20 @@ def test_other_slashes_are_refused(slug: str) -> None:
 
 def test_guest_plain_slug() -> None:
     src = painting_source(user=None, slug="abc123", settings=S)
-    assert src.image_url == f"https://art-aesthetic-computer.{DO}/abc123.png"
-    assert src.recording_url == f"https://art-aesthetic-computer.{DO}/abc123.zip"
+    assert src == PaintingSource(f"{G}/abc123.png", f"{G}/abc123.zip")
+    assert src.image_urls == (f"{G}/abc123.png",)
+    assert src.recording_urls == (f"{G}/abc123.zip",)
 
 
 def test_guest_image_colon_recording() -> None:
     src = painting_source_from_doc({"slug": "image:recording"}, S)
-    assert src.image_url == f"https://art-aesthetic-computer.{DO}/image.png"
-    assert src.recording_url == f"https://art-aesthetic-computer.{DO}/recording.zip"
+    assert src.image_urls == (f"{G}/image.png",)
+    assert src.recording_urls == (f"{G}/recording.zip",)
 
 
 def test_user_slug_with_colon_is_encoded_as_one_segment() -> None:
     src = painting_source(user="u", slug="a:b", settings=S)
-    assert src.image_url.endswith("/u/a%3Ab.png")
+    assert src.image_url.endswith("/u/painting/a%3Ab.png")
 
 
 @pytest.mark.parametrize(
@@ -125,13 +141,18 @@ def test_invalid_user(user: object) -> None:
 
 def test_user_with_slash_is_encoded_not_a_path() -> None:
     src = painting_source(user="a/b", slug="s", settings=S)
-    assert src.image_url.endswith("/a%2Fb/s.png")
+    assert src.image_urls[1].endswith("/a%2Fb/s.png")
 
 
-def test_bucket_override() -> None:
+def test_the_documents_bucket_wins() -> None:
     settings = ImageSettings(allowed_hosts=(*S.allowed_hosts, f"old-bucket.{DO}"))
     src = painting_source_from_doc({"user": "u", "slug": "s", "bucket": "old-bucket"}, settings)
-    assert src.image_url == f"https://old-bucket.{DO}/u/s.png"
+    assert src.image_urls == (
+        f"https://old-bucket.{DO}/u/painting/s.png",
+        f"https://old-bucket.{DO}/u/s.png",
+    )
+    guest = painting_source_from_doc({"slug": "g", "bucket": "old-bucket"}, settings)
+    assert guest.image_urls == (f"https://old-bucket.{DO}/g.png",)
 
 
 def test_bucket_override_to_an_unlisted_host_is_refused() -> None:
@@ -154,14 +175,18 @@ def test_disallowed_host_from_template() -> None:
         painting_source(user="u", slug="s", settings=settings)
 
 
-def test_sandbox_template_and_port_insensitive_hosts() -> None:
+def test_the_sandbox_origin_with_its_port() -> None:
+    template = "http://127.0.0.1:9000/{bucket}/{key}"
     settings = ImageSettings(
-        url_template="http://127.0.0.1:9000/{bucket}/{key}",
-        recording_template="http://127.0.0.1:9000/{bucket}/{key}",
-        allowed_hosts=("127.0.0.1:1234",),
+        url_template=template,
+        recording_template=template,
+        allowed_hosts=("http://127.0.0.1:9000",),
     )
     src = painting_source(user="auth0|x", slug="s", settings=settings)
-    assert src.image_url == "http://127.0.0.1:9000/user-aesthetic-computer/auth0%7Cx/s.png"
+    assert src.image_url == "http://127.0.0.1:9000/user-aesthetic-computer/auth0%7Cx/painting/s.png"
+    for other in ("http://127.0.0.1:9001", "127.0.0.1", "https://127.0.0.1:9000"):
+        with pytest.raises(DisallowedHostError):
+            painting_source(user="u", slug="s", settings=replace(settings, allowed_hosts=(other,)))
 
 
 def test_separate_recording_template() -> None:
@@ -177,18 +202,30 @@ def test_separate_recording_template() -> None:
     ("url", "ok"),
     [
         ("https://A.example/x", True),
-        ("https://a.example:8443/x", True),
+        ("https://a.example:443/x", True),
         ("https://a.example./x", True),
+        ("https://a.example:8443/x", False),  # another port of an allowed host
+        ("http://a.example/x", False),  # the bare entry means https only
+        ("http://a.example:443/x", False),
         ("ftp://a.example/x", False),
         ("https://user:pw@a.example/x", False),
+        ("https://user@a.example/x", False),
+        ("https://a.example@evil.example/x", False),
         ("https://a.example.evil/x", False),
         ("https://evil/a.example", False),
         ("https://[::1]/x", False),
         ("not a url", False),
+        ("http://b.example:8080/x", True),
+        ("http://b.example:8081/x", False),
+        ("https://b.example:8080/x", False),
+        ("https://c.example/x", True),  # "https://c.example" = port 443
+        ("https://c.example:443/x", True),
+        ("http://c.example/x", False),
     ],
 )
-def test_host_matching(url: str, ok: bool) -> None:
-    assert is_allowed_url(url, ["a.example"]) is ok
+def test_host_matching_is_scheme_host_and_port(url: str, ok: bool) -> None:
+    allowed = ["a.example", "http://b.example:8080", "https://c.example"]
+    assert is_allowed_url(url, allowed) is ok
 
 
 @given(st.text(max_size=40), st.one_of(st.none(), st.text(min_size=1, max_size=20)))
@@ -200,12 +237,12 @@ def test_any_slug_either_fails_cleanly_or_stays_on_allowed_hosts(
     except ImageError as exc:
         assert exc.reason
         return
-    for url in (src.image_url, src.recording_url):
-        assert url is not None
+    assert len(src.image_urls) == (1 if user is None else 2)
+    for url in (*src.image_urls, *src.recording_urls):
         assert is_allowed_url(url, S.allowed_hosts)
         path = url.split(DO, 1)[1]
         # No dot segment (what URL resolution would collapse); a user such as "0.." is
         # one literal segment, not a traversal.
         assert not {".", ".."} & set(path.split("/"))
         assert "?" not in path and "#" not in path and "\\" not in path
-        assert path.count("/") == 1 if user is None else path.count("/") in (2, 4)
+        assert path.count("/") == 1 if user is None else path.count("/") in (2, 3)

@@ -74,7 +74,7 @@ def test_layout_matches_syncd_url_builder(tmp_path: Path) -> None:
     settings = ImageSettings(
         url_template="http://127.0.0.1:1/{bucket}/{key}",
         recording_template="http://127.0.0.1:1/{bucket}/{key}",
-        allowed_hosts=("127.0.0.1",),
+        allowed_hosts=("http://127.0.0.1:1",),
     )
     cases: list[tuple[str | None, str]] = [
         (SUB, "2025.03.01.12.00.00.123"),

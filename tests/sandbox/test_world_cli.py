@@ -86,7 +86,7 @@ def test_config_loads_as_syncd_reads_it(world_dir: Path, info: dict[str, Any]) -
     assert cfg.state.directory == str(world_dir / "state")
     assert cfg.images.url_template == f"{info['images']['base_url']}/{{bucket}}/{{key}}"
     assert cfg.images.recording_template == cfg.images.url_template
-    assert cfg.images.allowed_hosts == ("127.0.0.1",)
+    assert cfg.images.allowed_hosts == (info["images"]["base_url"],)  # http://127.0.0.1:PORT
     assert cfg.metrics.listen == f"127.0.0.1:{info['metrics_port']}"
     assert cfg.logging.level == "info"
 

@@ -75,7 +75,7 @@ def test_config_is_generated_and_loads(world: SandboxWorld) -> None:
     assert cfg.state.directory == str(world.state_dir)
     assert cfg.images.url_template == f"{world.image_base_url}/{{bucket}}/{{key}}"
     assert cfg.images.recording_template == cfg.images.url_template
-    assert cfg.images.allowed_hosts == ("127.0.0.1",)
+    assert cfg.images.allowed_hosts == (world.image_base_url,)  # http://127.0.0.1:PORT
     assert cfg.metrics.listen == f"127.0.0.1:{world.metrics_port}"
     changed = world.write_config({"pds": {"max_writes_per_call": 7}})
     assert changed.pds.max_writes_per_call == 7

@@ -39,8 +39,10 @@ def test_painting_record_fields_and_image_source() -> None:
     assert d.fields["imageUrl"] == "https://aesthetic.computer/media/paintings/Xy1"
     assert d.fields["acUrl"] == "https://aesthetic.computer/#Xy1"
     assert d.image is not None
-    assert d.image.image_url == (
-        "https://user-aesthetic-computer.sfo3.digitaloceanspaces.com/auth0%7C63effeeb/2023.8.21.19.42.03.043.png"
+    # platform-facts §1: where uploads go first, then where the oldest objects sit.
+    assert d.image.image_urls == (
+        "https://user-aesthetic-computer.sfo3.digitaloceanspaces.com/auth0%7C63effeeb/painting/2023.8.21.19.42.03.043.png",
+        "https://user-aesthetic-computer.sfo3.digitaloceanspaces.com/auth0%7C63effeeb/2023.8.21.19.42.03.043.png",
     )
 
 

@@ -1,18 +1,23 @@
-"""Thumbnail throughput: ``python -m syncd.images.bench [-n N] [--size 1024]``.
+"""Thumbnail throughput: ``python -m bench.thumbnails [-n N] [--size 1024] [--workers W]``.
 
 Generates N painting-like PNGs (flat background, filled shapes, brush strokes,
 a little grain) plus the same number of pure-noise PNGs, then reports
-thumbnails per second single-threaded and through ThumbnailPool (threads and
-processes). Deterministic (seeded).
+thumbnails per second made in this process, one at a time (``make_thumbnail``),
+and through :class:`~syncd.images.thumbnail.ThumbnailPool` (boxed worker
+processes, what the daemon uses), with the CPU time each thumbnail cost (for the
+pool: this process's and the workers'; a steadier figure than the rate on a
+shared machine). It also measures what the process boundary costs: the round
+trip of a job that does nothing with 200 KB and 3 MB inputs.
+Deterministic (seeded). Moved here from ``syncd/images/bench.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
 import random
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -20,7 +25,8 @@ from functools import partial
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from syncd.images.thumbnail import PoolKind, Thumbnail, ThumbnailPool, make_thumbnail
+from syncd.images.thumbnail import Thumbnail, ThumbnailPool, make_thumbnail
+from syncd.images.worker import WorkerPool
 
 
 def painting(size: int, seed: int) -> bytes:
@@ -68,12 +74,18 @@ def _serial(datas: list[bytes]) -> list[Thumbnail]:
     return [make_thumbnail(d) for d in datas]
 
 
-async def _pooled(datas: list[bytes], pool: ThumbnailPool) -> list[Thumbnail]:
-    return list(await asyncio.gather(*(pool.make(d) for d in datas)))
+def worker_cpu(data: bytes) -> float:
+    """Runs in a worker: the CPU seconds it has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def _run_pooled(datas: list[bytes], pool: ThumbnailPool) -> list[Thumbnail]:
-    return asyncio.run(_pooled(datas, pool))
+def _workers_cpu(pool: WorkerPool) -> float:
+    """CPU seconds used by all of ``pool``'s workers (each idle worker is asked in turn)."""
+    # By its module's name: run as ``-m``, this module is ``__main__`` here, not there.
+    from bench.thumbnails import worker_cpu as job
+
+    return sum(pool.call(job, b"", {}) for _ in range(pool.size))
 
 
 def _timed(fn: Callable[[], list[Thumbnail]]) -> tuple[float, list[Thumbnail]]:
@@ -82,7 +94,7 @@ def _timed(fn: Callable[[], list[Thumbnail]]) -> tuple[float, list[Thumbnail]]:
     return time.perf_counter() - started, out
 
 
-def _describe(name: str, seconds: float, thumbs: list[Thumbnail]) -> str:
+def _describe(name: str, seconds: float, thumbs: list[Thumbnail], cpu: float) -> str:
     counts: dict[str, int] = {}
     for t in thumbs:
         counts[t.mime_type.split("/")[1]] = counts.get(t.mime_type.split("/")[1], 0) + 1
@@ -90,9 +102,19 @@ def _describe(name: str, seconds: float, thumbs: list[Thumbnail]) -> str:
     sizes = [len(t.data) for t in thumbs]
     return (
         f"  {name:<22} {len(thumbs) / seconds:7.1f} thumbnails/s  "
-        f"({seconds:6.2f} s; {kinds}; "
+        f"{cpu / len(thumbs) * 1000:6.1f} ms CPU each  ({seconds:6.2f} s; {kinds}; "
         f"median {statistics.median(sizes) / 1024:.0f} KiB, max {max(sizes) / 1024:.0f} KiB)"
     )
+
+
+def _round_trip(pool: WorkerPool, data: bytes, n: int) -> float:
+    """Median seconds for ``len`` of ``data`` in a worker: the cost of the boundary."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        pool.call(len, data, {})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def run(n: int, size: int, workers: int) -> None:
@@ -102,14 +124,20 @@ def run(n: int, size: int, workers: int) -> None:
         avg = sum(map(len, datas)) / len(datas) / 1024
         print(f"{label} PNGs (average {avg:.0f} KiB):")
         make_thumbnail(datas[0])  # warm up imports/codecs
+        cpu = time.process_time()
         seconds, thumbs = _timed(partial(_serial, datas))
-        print(_describe("single-threaded", seconds, thumbs))
-        kinds: tuple[PoolKind, ...] = ("thread", "process")
-        for kind in kinds:
-            with ThumbnailPool(workers, kind=kind) as pool:
-                asyncio.run(_pooled(datas[: workers * 2], pool))  # start workers
-                seconds, thumbs = _timed(partial(_run_pooled, datas, pool))
-            print(_describe(f"ThumbnailPool({kind})", seconds, thumbs))
+        print(_describe("in-process, serial", seconds, thumbs, time.process_time() - cpu))
+        with ThumbnailPool(workers) as pool:
+            pool.make_many(datas[: workers * 2])  # start the workers
+            cpu = time.process_time() + _workers_cpu(pool.worker_pool)
+            seconds, thumbs = _timed(partial(pool.make_many, datas))
+            cpu = time.process_time() + _workers_cpu(pool.worker_pool) - cpu
+        print(_describe("ThumbnailPool", seconds, thumbs, cpu))
+    with WorkerPool(1) as one:
+        one.call(len, b"warm up", {})
+        for kib in (200, 3072):
+            cost = _round_trip(one, bytes(kib * 1024), 20)
+            print(f"worker round trip, {kib:>4} KiB in, nothing done: {cost * 1000:6.2f} ms")
 
 
 def main() -> None:
