@@ -15,8 +15,11 @@ fix for each:
 - **stale**: the record's mirrored fields differ from what the document produces
   today → update it through the publish path;
 - **blob**: a painting whose ``thumbnail`` is not a blob within the lexicon
-  limits, or whose blob CID differs from the one the ledger recorded → update
-  (the writer makes and uploads the thumbnail again);
+  limits, whose blob CID differs from the one the ledger recorded, whose
+  thumbnail was made the old way (not the platform's 512x512), or which was
+  published without one while its image was missing and the image exists now →
+  update (the writer makes and uploads the thumbnail again, the record's other
+  fields unchanged);
 - **ledger**: syncd's ledger row is missing, pending or wrong → rewrite it
   (or drop it for a document that has no record here);
 - **backref**: the document's ``atproto.rkey``/``uri``/``cid`` do not name its
@@ -323,13 +326,17 @@ def compare(
     ledger: Mapping[str, LedgerEntry],
     wiped: Mapping[str, tuple[str, str]] | None = None,
     public_base_url: str = "https://aesthetic.computer",
-    thumbnail_max_bytes: int = 102400,
+    thumbnail_max_bytes: int = 1_048_576,
+    thumbnails: Mapping[str, str] | None = None,
 ) -> CollectionReport:
     """Everything that differs between ``records`` and ``docs`` (see the module doc).
 
-    ``ledger``: this account's rows for ``collection`` (doc key → row).
+    ``ledger``: this account's rows for ``collection`` (doc key → row);
+    ``thumbnails``: painting record key → why its thumbnail must be made again (made
+    the old way, or its image was missing and exists now), as the caller found out.
     """
     wiped = wiped or {}
+    thumbnails = thumbnails or {}
     report = CollectionReport(did, collection, nsid, records=len(records), documents=len(docs))
     diffs = report.differences
 
@@ -410,7 +417,12 @@ def compare(
         link = thumbnail_link(rec.value)
         blob = None
         if nsid == PAINTING_NSID:
-            blob = thumbnail_problem(rec.value, thumbnail_max_bytes)
+            if link is None and "thumbnail" not in rec.value:
+                # Published without a thumbnail (the image was missing): a difference only
+                # once the image exists (the caller looked: ``thumbnails``).
+                blob = thumbnails.get(rec.rkey)
+            else:
+                blob = thumbnail_problem(rec.value, thumbnail_max_bytes) or thumbnails.get(rec.rkey)
             if blob is None and entry is not None and entry.blob_cid not in (None, link):
                 blob = f"ledger blob {entry.blob_cid} differs from the record's {link}"
         if changed:

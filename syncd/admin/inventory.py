@@ -68,6 +68,7 @@ class DocState:
     atproto: dict[str, Any] | None  # the document's back-reference (`atproto`), as stored
     doc_id: Any = None
     when: datetime | None = None  # for re-deriving a key with a salt (collisions)
+    image_urls: tuple[str, ...] = ()  # a painting's image: its candidate URLs, in order
 
     @property
     def publishable(self) -> bool:
@@ -81,10 +82,13 @@ def doc_state(collection: str, doc: dict[str, Any], ctx: MappingContext) -> DocS
     problem: str | None = where.invalid.reason if where.invalid is not None else None
     fields: dict[str, Any] | None = None
     fingerprint: str | None = None
+    image_urls: tuple[str, ...] = ()
     if where.public:
         try:
             draft = MAPPINGS[collection].draft(doc, ctx)
             fields, fingerprint = draft.fields, draft.fingerprint
+            if draft.image is not None:
+                image_urls = draft.image.image_urls
         except MappingError as exc:
             problem = exc.reason
     when: datetime | None
@@ -105,6 +109,7 @@ def doc_state(collection: str, doc: dict[str, Any], ctx: MappingContext) -> DocS
         atproto=dict(at) if isinstance(at, dict) else None,
         doc_id=doc["_id"],
         when=when,
+        image_urls=image_urls,
     )
 
 

@@ -9,13 +9,15 @@ handled one at a time, so memory is bounded by one account's collection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from syncd.admin.diff import KINDS, CollectionReport, compare
+from syncd.admin.diff import KINDS, CollectionReport, compare, thumbnail_link
 from syncd.admin.fixes import ApplyResult, apply_report
 from syncd.admin.inventory import (
+    DocState,
     RepoRecord,
     account_doc_states,
     all_accounts,
@@ -23,8 +25,10 @@ from syncd.admin.inventory import (
     resolve_account,
 )
 from syncd.admin.progress import Reporter
+from syncd.images import ImageError, is_platform_thumbnail
 from syncd.mappings import MAPPINGS
 from syncd.pds.sessions import Account
+from syncd.state import LedgerEntry
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -121,6 +125,9 @@ async def inspect_with_records(
     docs = await account_doc_states(engine, collection, account)
     store = engine.store
     ledger = {e.doc_key: e for e in store.ledger_iter(collection=collection, did=account.did)}
+    thumbnails: dict[str, str] = {}
+    if collection == "paintings":
+        thumbnails = await thumbnail_facts(engine, account.did, records, docs, ledger)
     return records, compare(
         did=account.did,
         collection=collection,
@@ -131,7 +138,71 @@ async def inspect_with_records(
         wiped=store.wiped_keys(collection, account.did),
         public_base_url=engine.mapping_ctx.public_base_url,
         thumbnail_max_bytes=engine.config.images.thumbnail_max_bytes,
+        thumbnails=thumbnails,
     )
+
+
+#: Thumbnails read back (getBlob) or images probed (HEAD) at once.
+THUMBNAIL_CHECKS = 8
+
+
+async def thumbnail_facts(
+    engine: Engine,
+    did: str,
+    records: Sequence[RepoRecord],
+    docs: Mapping[str, DocState],
+    ledger: Mapping[str, LedgerEntry],
+) -> dict[str, str]:
+    """Painting record key -> why its thumbnail must be made again.
+
+    * a thumbnail syncd did not make with this version (no ledger row confirms it)
+      is read back and checked for the platform's shape (512x512, platform-facts §2):
+      records made the old way, or by another writer, are reported;
+    * a record without a thumbnail (its image was missing) is reported once the
+      image exists at one of its candidate keys (a HEAD each).
+    Nothing is rewritten here: ``--apply`` re-makes what is reported.
+    """
+    by_ref = {s.ref: s for s in docs.values() if s.ref is not None and s.publishable}
+    shapes: dict[str, bool | None] = {}
+    out: dict[str, str] = {}
+    sem = asyncio.Semaphore(THUMBNAIL_CHECKS)
+
+    async def check(rec: RepoRecord) -> None:
+        state = by_ref.get(rec.ref) if rec.ref is not None else None
+        if state is None:
+            return
+        link = thumbnail_link(rec.value)
+        async with sem:
+            if link is None:
+                if "thumbnail" in rec.value or not state.image_urls:
+                    return
+                try:
+                    found = await engine.image_fetcher.first_recording(state.image_urls)
+                except ImageError:
+                    return  # unreachable now: nothing to report
+                if found is not None:
+                    out[rec.rkey] = "no thumbnail (its image was missing) and the image exists now"
+                return
+            entry = ledger.get(state.key)
+            if (
+                entry is not None
+                and not entry.pending
+                and entry.rkey == rec.rkey
+                and entry.fingerprint == state.fingerprint
+                and entry.blob_cid == link
+            ):
+                return  # made by this version of syncd
+            if link not in shapes:
+                data = await engine.repo.get_blob(did, link)
+                shapes[link] = None if data is None else is_platform_thumbnail(data)
+        shape = shapes[link]
+        if shape is None:
+            out[rec.rkey] = f"thumbnail blob {link} is not on the PDS"
+        elif not shape:
+            out[rec.rkey] = "thumbnail made the old way (not the platform's 512x512)"
+
+    await asyncio.gather(*(check(r) for r in records))
+    return out
 
 
 async def reconcile(

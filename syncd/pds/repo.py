@@ -207,6 +207,19 @@ class Repo:
                 return None
             raise
 
+    async def get_blob(self, did: str, cid: str) -> bytes | None:
+        """A blob's bytes (public ``com.atproto.sync.getBlob``); None when the PDS has none."""
+        try:
+            return await self.xrpc.query_bytes("com.atproto.sync.getBlob", {"did": did, "cid": cid})
+        except XrpcError as exc:
+            if exc.status in (400, 404) and exc.error in (
+                "BlobNotFound",
+                "NotFound",
+                "InvalidRequest",
+            ):
+                return None
+            raise
+
     async def list_records(
         self, did: str, nsid: str, *, cursor: str | None = None, limit: int = 100
     ) -> tuple[list[dict[str, Any]], str | None]:

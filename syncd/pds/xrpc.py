@@ -85,6 +85,22 @@ class XrpcClient:
     ) -> dict[str, Any]:
         return await self._call("GET", method, params=params, token=token)
 
+    async def query_bytes(self, method: str, params: Mapping[str, Any]) -> bytes:
+        """GET ``method`` whose answer is bytes, not JSON (``com.atproto.sync.getBlob``)."""
+        started = time.perf_counter()
+        try:
+            response = await self._http.get(f"/xrpc/{method}", params=dict(params))
+        except httpx.TimeoutException as exc:
+            self._observe(method, "timeout", started)
+            raise TransportError(method, "timeout", type(exc).__name__) from None
+        except httpx.TransportError as exc:
+            self._observe(method, "transport_error", started)
+            raise TransportError(method, "transport_error", type(exc).__name__) from None
+        self._observe(method, str(response.status_code), started)
+        if response.status_code != 200:
+            raise self._error(method, response)
+        return response.content
+
     async def procedure(
         self,
         method: str,

@@ -139,5 +139,5 @@ def assert_converged(world: SandboxWorld) -> None:
                         "image/png",
                         "image/jpeg",
                     )
-                    assert 0 < thumb["size"] <= 102400
+                    assert 0 < thumb["size"] <= 1_048_576
             assert set(records) == set(expected), (name, coll, set(records) ^ set(expected))

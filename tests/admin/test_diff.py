@@ -66,6 +66,7 @@ def compare(
     wiped: dict[str, tuple[str, str]] | None = None,
     *,
     collection: str = "moods",
+    thumbnails: dict[str, str] | None = None,
 ) -> diff.CollectionReport:
     states = {s.key: s for s in (state(d, collection) for d in docs)}
     return diff.compare(
@@ -76,6 +77,7 @@ def compare(
         docs=states,
         ledger={r.doc_key: r for r in rows},
         wiped=wiped,
+        thumbnails=thumbnails,
     )
 
 
@@ -201,8 +203,7 @@ def blob(link: str = "bafkgood", size: int = 1000, mime: str = "image/png") -> d
 
 def test_painting_blob_mismatches() -> None:
     for thumb, why in [
-        (None, "no thumbnail"),
-        (blob(size=200_000), "exceeds"),
+        (blob(size=2_000_000), "exceeds"),
         (blob(mime="image/gif"), "mime"),
         ({"$type": "blob"}, "ref.$link"),
     ]:
@@ -231,6 +232,31 @@ def test_painting_blob_mismatches() -> None:
     report = compare([painting_record(doc, key, blob())], [doc], [row], collection="paintings")
     assert report.counts()["blob"] == 1
     assert report.publish[0].forget_blobs == ("bafkgood", "bafkother")
+
+
+def test_a_painting_without_thumbnail_differs_only_once_its_image_exists() -> None:
+    doc = painting()
+    key = derive_rkey(WHEN, doc["_id"])
+    rec = painting_record(doc, key, None)  # published while the image was missing
+    assert compare([rec], [synced(doc, key)], collection="paintings").counts()["blob"] == 0
+    found = {key: "no thumbnail (its image was missing) and the image exists now"}
+    report = compare([rec], [doc], collection="paintings", thumbnails=found)
+    assert report.counts()["blob"] == 1
+    (p,) = report.publish
+    assert (p.action, p.rkey) == ("update", key)  # the record's key and fields stay
+
+
+def test_an_old_way_thumbnail_is_reported_and_remade() -> None:
+    doc = painting()
+    key = derive_rkey(WHEN, doc["_id"])
+    old = {key: "thumbnail made the old way (not the platform's 512x512)"}
+    report = compare(
+        [painting_record(doc, key, blob())], [doc], collection="paintings", thumbnails=old
+    )
+    assert report.counts()["blob"] == 1 and report.counts()["stale"] == 0
+    assert "old way" in report.differences[0].detail
+    (p,) = report.publish
+    assert p.action == "update" and p.forget_blobs == ("bafkgood",)
 
 
 def test_restrict_to_missing_is_what_restore_does() -> None:
