@@ -59,6 +59,9 @@ def collect(config: Config) -> dict[str, Any]:
             "handles": handles,
             "records_total": sum(sum(v.values()) for v in records.values()),
             "pending": store.pending_count(),
+            # Paintings published without a thumbnail (their image was missing):
+            # `syncd reconcile --apply` attaches it once the image exists.
+            "without_thumbnail": store.without_blob_count("paintings"),
             "skipped": skipped,
             "dead_letters": {"counts": store.dead_letter_counts(), "recent": dead},
             "cluster": cluster(config) if config.state.backend == "mongodb" else None,
@@ -114,6 +117,12 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         f"records mirrored: {report['records_total']} (pending confirmation: {report['pending']})"
     )
+    if report.get("without_thumbnail"):
+        lines.append(
+            f"paintings without a thumbnail (image missing when published): "
+            f"{report['without_thumbnail']} (`syncd reconcile --apply` attaches them once "
+            "the image exists)"
+        )
     handles = report.get("handles") or {}
     for coll, per in sorted(report["records"].items()):
         for did, n in sorted(per.items()):
