@@ -60,6 +60,17 @@ class BackfillProgress:
 
 
 @dataclass(frozen=True)
+class ParkedAccount:
+    """An account that cannot write now: its documents wait, by key, until ``until``."""
+
+    did: str
+    reason: str
+    until: float
+    since: float
+    documents: int
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     collection: str
     doc_key: str
@@ -219,6 +230,16 @@ class Store(Protocol):
         self, collection: str | None = None, limit: int | None = None
     ) -> list[DeadLetter]: ...
     def dead_letter_counts(self) -> dict[str, int]: ...
+
+    def park(
+        self, did: str, reason: str, until: float, keys: Iterable[tuple[str, str]]
+    ) -> None: ...
+    def parked_accounts(self) -> list[ParkedAccount]: ...
+    def parked_page(
+        self, did: str, before: float, limit: int, after: tuple[str, str] | None = None
+    ) -> list[tuple[str, str]]: ...
+    def unpark(self, did: str, keys: Iterable[tuple[str, str]], before: float) -> None: ...
+    def unpark_account(self, did: str, before: float) -> bool: ...
 
     def skip(self, collection: str, doc_key: str, reason: str) -> None: ...
     def unskip(self, collection: str, doc_key: str) -> None: ...

@@ -50,6 +50,7 @@ from syncd.state.model import (
     DeadLetter,
     LedgerEntry,
     Lookup,
+    ParkedAccount,
     Position,
     StateOp,
 )
@@ -123,11 +124,14 @@ class MongoStateStore:
         self._skipped = db[PREFIX + "skipped"]
         self._wiped = db[PREFIX + "wiped_keys"]
         self._sessions = db[PREFIX + "sessions"]
+        self._parked_accounts = db[PREFIX + "parked_accounts"]
+        self._parked = db[PREFIX + "parked"]
         self._depth = 0
         self._buffer: list[tuple[Collection[dict[str, Any]], _Op]] = []
         self._ledger.create_index([("did", ASCENDING), ("nsid", ASCENDING), ("rkey", ASCENDING)])
         self._ledger.create_index([("c", ASCENDING), ("k", ASCENDING)])
         self._dead.create_index([("retryable", ASCENDING), ("_id", ASCENDING)])
+        self._parked.create_index([("did", ASCENDING), ("_id", ASCENDING)])
 
     def close(self) -> None:
         if self._own_client:
@@ -518,6 +522,60 @@ class MongoStateStore:
         self._read()
         rows = self._dead.aggregate([{"$group": {"_id": "$c", "n": {"$sum": 1}}}])
         return {r["_id"]: int(r["n"]) for r in rows}
+
+    # -- parked accounts ---------------------------------------------------------
+    def park(self, did: str, reason: str, until: float, keys: Iterable[tuple[str, str]]) -> None:
+        now = time.time()
+        with self.transaction():
+            self._write(
+                self._parked_accounts,
+                UpdateOne(
+                    {"_id": did},
+                    {"$set": {"reason": reason, "until": until}, "$setOnInsert": {"since": now}},
+                    upsert=True,
+                ),
+            )
+            for c, k in keys:
+                doc = {"did": did, "c": c, "k": k, "parked_at": now}
+                self._write(
+                    self._parked, UpdateOne({"_id": f"{did}/{c}/{k}"}, {"$set": doc}, upsert=True)
+                )
+
+    def parked_accounts(self) -> list[ParkedAccount]:
+        self._read()
+        out = []
+        for a in self._parked_accounts.find({}).sort("_id", ASCENDING):
+            n = self._parked.count_documents({"did": a["_id"]})
+            out.append(
+                ParkedAccount(a["_id"], a["reason"], float(a["until"]), float(a["since"]), n)
+            )
+        return out
+
+    def parked_page(
+        self, did: str, before: float, limit: int, after: tuple[str, str] | None = None
+    ) -> list[tuple[str, str]]:
+        self._read()
+        query: dict[str, Any] = {"did": did, "parked_at": {"$lte": before}}
+        if after is not None:
+            query["_id"] = {"$gt": f"{did}/{after[0]}/{after[1]}"}
+        cursor = self._parked.find(query).sort("_id", ASCENDING).limit(limit)
+        return [(str(d["c"]), str(d["k"])) for d in cursor]
+
+    def unpark(self, did: str, keys: Iterable[tuple[str, str]], before: float) -> None:
+        with self.transaction():
+            for c, k in keys:
+                self._write(
+                    self._parked,
+                    DeleteOne({"_id": f"{did}/{c}/{k}", "parked_at": {"$lte": before}}),
+                )
+
+    def unpark_account(self, did: str, before: float) -> bool:
+        self._read()
+        if self._parked.find_one({"did": did}, {"_id": 1}) is None:
+            self._write(
+                self._parked_accounts, DeleteOne({"_id": did, "until": {"$lte": before}})
+            )
+        return self._parked_accounts.find_one({"_id": did}, {"_id": 1}) is None
 
     # -- skipped ---------------------------------------------------------------
     def skip(self, collection: str, doc_key: str, reason: str) -> None:

@@ -41,6 +41,7 @@ from syncd.state.model import (
     DeadLetter,
     LedgerEntry,
     Lookup,
+    ParkedAccount,
     Position,
     StateError,
     StateOp,
@@ -108,6 +109,19 @@ CREATE TABLE IF NOT EXISTS wiped_keys (
     PRIMARY KEY (collection, doc_key, did)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_due ON dead_letters (retryable, collection, doc_key);
+CREATE TABLE IF NOT EXISTS parked_accounts (
+    did TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    until REAL NOT NULL,
+    since REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parked (
+    did TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    doc_key TEXT NOT NULL,
+    parked_at REAL NOT NULL,
+    PRIMARY KEY (did, collection, doc_key)
+);
 CREATE TABLE IF NOT EXISTS sessions (
     did TEXT PRIMARY KEY,
     refresh_jwt TEXT NOT NULL,
@@ -563,6 +577,66 @@ class StateStore:
             r[0]: int(r[1])
             for r in self._db.execute("SELECT collection, n FROM dead_letter_counts WHERE n > 0")
         }
+
+    # -- parked accounts (cannot write now: their documents wait, by key) ----------
+    def park(self, did: str, reason: str, until: float, keys: Iterable[tuple[str, str]]) -> None:
+        """Park ``did`` until ``until`` (the reason and the time are the newest; ``since``
+        is when this parking began) and its documents ``keys``."""
+        now = time.time()
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO parked_accounts (did, reason, until, since) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(did) DO UPDATE SET reason=excluded.reason, until=excluded.until",
+                (did, reason, until, now),
+            )
+            self._db.executemany(
+                "INSERT INTO parked (did, collection, doc_key, parked_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(did, collection, doc_key) DO UPDATE SET parked_at=excluded.parked_at",
+                [(did, c, k, now) for c, k in keys],
+            )
+
+    def parked_accounts(self) -> list[ParkedAccount]:
+        return [
+            ParkedAccount(r[0], r[1], float(r[2]), float(r[3]), int(r[4]))
+            for r in self._db.execute(
+                "SELECT a.did, a.reason, a.until, a.since, "
+                "(SELECT COUNT(*) FROM parked p WHERE p.did = a.did) "
+                "FROM parked_accounts a ORDER BY a.did"
+            )
+        ]
+
+    def parked_page(
+        self, did: str, before: float, limit: int, after: tuple[str, str] | None = None
+    ) -> list[tuple[str, str]]:
+        """The account's documents parked at or before ``before``, in key order."""
+        a = after or ("", "")
+        return [
+            (str(r[0]), str(r[1]))
+            for r in self._db.execute(
+                "SELECT collection, doc_key FROM parked WHERE did=? AND parked_at <= ? "
+                "AND (collection, doc_key) > (?, ?) ORDER BY collection, doc_key LIMIT ?",
+                (did, before, a[0], a[1], limit),
+            )
+        ]
+
+    def unpark(self, did: str, keys: Iterable[tuple[str, str]], before: float) -> None:
+        """Forget parked documents that have been routed again (unless parked anew since)."""
+        self._db.executemany(
+            "DELETE FROM parked WHERE did=? AND collection=? AND doc_key=? AND parked_at <= ?",
+            [(did, c, k, before) for c, k in keys],
+        )
+
+    def unpark_account(self, did: str, before: float) -> bool:
+        """Drop the account's parking unless it was parked again until after ``before``, or
+        still has documents parked; True when it is gone."""
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM parked_accounts WHERE did=? AND until <= ? AND NOT EXISTS "
+                "(SELECT 1 FROM parked WHERE did=?)",
+                (did, before, did),
+            )
+            row = self._db.execute("SELECT 1 FROM parked_accounts WHERE did=?", (did,)).fetchone()
+        return row is None
 
     # -- skipped (e.g. owner without an ATProto account) -----------------------
     def skip(self, collection: str, doc_key: str, reason: str) -> None:

@@ -74,7 +74,13 @@ def mongo_store(backend: Backend) -> Iterator[Factory]:
     yield from _mongo_factory(backend)
 
 
-@pytest.fixture(params=["sqlite", "mongodb-sandbox", "mongodb-real"])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("mongodb-sandbox", marks=pytest.mark.slow),
+        pytest.param("mongodb-real", marks=pytest.mark.slow),
+    ]
+)
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Factory]]:
     if request.param == "sqlite":
         opened: list[Store] = []
@@ -396,3 +402,33 @@ def test_renewals_survive_a_blocked_event_loop(backend: Backend) -> None:
         asyncio.run(scenario())
     finally:
         sync.close()
+
+
+def test_parked_accounts(make_store: tuple[str, Factory]) -> None:
+    """An account that cannot write: its documents wait by key; re-parking wins over an
+    unpark that started before it."""
+    _, make = make_store
+    s = make()
+    t0 = time.time()
+    s.park("did:plc:a", "rate_limited", t0 + 60, [("pieces", f"p{i:02d}") for i in range(12)])
+    s.park("did:plc:b", "auth", t0 + 600, [("moods", "m1")])
+    accounts = {a.did: a for a in make().parked_accounts()}
+    assert accounts["did:plc:a"].documents == 12 and accounts["did:plc:a"].reason == "rate_limited"
+    assert accounts["did:plc:b"].until == pytest.approx(t0 + 600)
+    started = time.time()  # an unpark begins (the window has reset)
+    first = s.parked_page("did:plc:a", started, 5)
+    assert first == [("pieces", f"p{i:02d}") for i in range(5)]
+    assert s.parked_page("did:plc:a", started, 5, after=first[-1])[0] == ("pieces", "p05")
+    assert s.parked_page("did:plc:a", t0 - 10, 5) == []  # none parked that early
+    s.unpark("did:plc:a", first, started)
+    assert not s.unpark_account("did:plc:a", started + 60)  # documents are still parked
+    time.sleep(0.01)
+    s.park("did:plc:a", "rate_limited", started + 3600, [("pieces", "p07")])  # parked anew
+    rest = s.parked_page("did:plc:a", started, 100)
+    assert ("pieces", "p07") not in rest  # parked after the unpark began
+    s.unpark("did:plc:a", [*rest, ("pieces", "p07")], started)
+    assert s.parked_page("did:plc:a", time.time(), 100) == [("pieces", "p07")]
+    s.unpark("did:plc:a", [("pieces", "p07")], time.time())
+    assert not s.unpark_account("did:plc:a", started + 60)  # parked again until later
+    assert s.unpark_account("did:plc:a", started + 3600)
+    assert [a.did for a in s.parked_accounts()] == ["did:plc:b"]
