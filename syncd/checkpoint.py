@@ -22,7 +22,7 @@ from typing import Any
 class Ticket:
     """One source item's completion. It may fan out into several parts (accounts)."""
 
-    __slots__ = ("_owner", "done", "parts", "payload", "started")
+    __slots__ = ("_owner", "_waiter", "done", "parts", "payload", "started")
 
     def __init__(self, owner: Checkpointer, payload: Any, started: float) -> None:
         self._owner = owner
@@ -30,6 +30,7 @@ class Ticket:
         self.parts = 1
         self.done = False
         self.started = started
+        self._waiter: asyncio.Future[None] | None = None
 
     def add_part(self) -> None:
         self.parts += 1
@@ -42,6 +43,16 @@ class Ticket:
         if self.parts <= 0:
             self.done = True
             self._owner._completed()
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until every part is complete."""
+        if self.done:
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
 
 
 class Checkpointer:

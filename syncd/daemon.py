@@ -172,8 +172,10 @@ class Daemon:
         engine = self.engine
         self.health.register("source")
         pinger = WatchdogPinger(self.notifier, self.health)
+        await engine.parking.load()
         work = asyncio.create_task(self.work(), name="work")
         redrive = asyncio.create_task(redrive_loop(engine), name="redrive")
+        parking = asyncio.create_task(engine.parking.run(engine.stopping), name="parking")
         last_status = last_gauges = 0.0
         while not self.should_exit.is_set():
             if lease is not None and lease.lost.is_set():
@@ -209,10 +211,10 @@ class Daemon:
         if lease is None or not lease.lost.is_set():
             self.health.set_phase("stopping")
             self.notifier.stopping("stopping")
-        for task in (redrive, work):
+        for task in (parking, redrive, work):
             if not task.done():
                 task.cancel()
-        await asyncio.gather(work, redrive, return_exceptions=True)
+        await asyncio.gather(work, redrive, parking, return_exceptions=True)
 
     async def work(self) -> None:
         """Backfill when needed, then stream; rescan when the history was lost."""

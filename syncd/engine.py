@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -25,11 +26,13 @@ from syncd.images.thumbnail import ThumbnailPool
 from syncd.lease import LeaseLost
 from syncd.logs import register_secret_from_uri
 from syncd.mappings import MappingContext
+from syncd.parking import Parking, reason_label
 from syncd.pds.repo import Repo
 from syncd.pds.sessions import Account, SessionManager
 from syncd.pds.xrpc import XrpcClient
 from syncd.positions import Positions
 from syncd.router import Router, RouterDeps
+from syncd.source.publish import Publisher
 from syncd.state import open_store
 from syncd.state.aio import StateCalls
 from syncd.write import AccountWriter, WriterDeps
@@ -119,10 +122,15 @@ class Engine:
                 accounts=self.accounts,
                 mapping_ctx=self.mapping_ctx,
                 make_writer=self._make_writer,
-                credentials_changed=self.sessions.forget,
+                credentials_changed=self._credentials_changed,
                 owns=self.owns if partitioned else None,
             )
         )
+        self.publisher = Publisher(
+            self.db, self.positions, self.router.route_many, config.pipeline.queue_size
+        )
+        self.parking = Parking(self.calls, self._unpark)
+        self._parked_series: set[tuple[str, str]] = set()
         self._writer_deps = WriterDeps(
             calls=self.calls,
             repo=self.repo,
@@ -133,9 +141,18 @@ class Engine:
             mapping_ctx=self.mapping_ctx,
             max_writes=config.pds.max_writes_per_call,
             retry_cap=config.pds.retry_max_seconds,
+            parking=self.parking,
             on_done=self.router.op_done,
         )
         metrics.initialise(tuple(config.mongo.collections))
+
+    def _credentials_changed(self, account: Account) -> None:
+        """New credentials in ``users``: new sessions, and a parked account tries again now."""
+        self.sessions.forget(account)
+        self.parking.wake(account.did)
+
+    async def _unpark(self, keys: Sequence[tuple[str, str]]) -> None:
+        await self.publisher.republish(keys, operation="unpark")
 
     def _make_writer(self, account: Account) -> AccountWriter:
         return AccountWriter(account, self._writer_deps)
@@ -155,6 +172,15 @@ class Engine:
         if "paintings" in self.config.mongo.collections:
             missing = await self.calls(self.store.without_blob_count, "paintings")
             metrics.WITHOUT_THUMBNAIL.set(missing)
+        parked = {
+            (a.did, reason_label(a.reason)): a.documents
+            for a in await self.calls(self.store.parked_accounts)
+        }
+        for gone in self._parked_series - set(parked):
+            metrics.PARKED.remove(*gone)
+        for (did, reason), n in parked.items():
+            metrics.PARKED.labels(account=did, reason=reason).set(n)
+        self._parked_series = set(parked)
 
     async def operation_time(self) -> tuple[int, int]:
         """The cluster's current operation time: where a stream after a scan must start."""

@@ -152,6 +152,13 @@ WITHOUT_THUMBNAIL = Gauge(
     "Painting records syncd holds that have no thumbnail (image missing when written).",
     registry=REGISTRY,
 )
+PARKED = Gauge(
+    "syncd_parked_documents",
+    "Documents waiting for an account that cannot write now (rate limit spent, credentials "
+    "failing, refused by the PDS), by account and kind of reason.",
+    ["account", "reason"],
+    registry=REGISTRY,
+)
 REFUSED_KEYS = Counter(
     "syncd_refused_keys_total",
     "Record keys a document named (atproto.rkey) that belong to another document: ignored.",

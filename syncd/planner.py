@@ -80,6 +80,8 @@ class Plan:
     retire_certain: bool = False
     #: A key the document named that is another document's: ignored, and reported.
     refused_key: KeyCheck | None = None
+    #: The account could not write (``syncd.parking.Blocked``): the op is parked, not sent.
+    parked: Exception | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

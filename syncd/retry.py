@@ -82,6 +82,15 @@ class Abandoned(Exception):
     """Shutdown was requested while waiting to retry."""
 
 
+class TooLong(Exception):
+    """The server asked for a wait longer than the caller accepts (``max_wait``)."""
+
+    def __init__(self, wait: float, error: BaseException) -> None:
+        super().__init__(f"asked to wait {wait:.0f}s: {error}")
+        self.wait = wait
+        self.error = error
+
+
 def classify(exc: BaseException) -> Verdict:
     """What ``exc`` means for the loop that got it (see the module doc)."""
     if isinstance(exc, RateLimitedError):
@@ -152,9 +161,11 @@ async def retrying(
     cap: float = 60.0,
     on_error: Callable[[BaseException, Verdict], None] | None = None,
     what: str = "call",
+    max_wait: float | None = None,
 ) -> T:
     """Run ``call`` until it succeeds: ``RETRY``/``WAIT`` errors forever (until ``stop``);
-    ``REFUSED`` and ``ACCOUNT`` errors are raised for the caller to decide."""
+    ``REFUSED`` and ``ACCOUNT`` errors are raised for the caller to decide, and so is a
+    ``WAIT`` longer than ``max_wait`` (:class:`TooLong`)."""
     attempt = 0
     while True:
         if stop is not None and stop.is_set():
@@ -167,6 +178,8 @@ async def retrying(
                 raise
             if on_error is not None:
                 on_error(exc, verdict)
+            if max_wait is not None and verdict.wait is not None and verdict.wait > max_wait:
+                raise TooLong(verdict.wait, exc) from None
             wait = pause_for(verdict, attempt, cap=cap)
             attempt += 1
             log.warning(

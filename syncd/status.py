@@ -7,6 +7,7 @@ from typing import Any
 
 from syncd.config import Config
 from syncd.logs import redact
+from syncd.parking import describe as describe_parked
 from syncd.state import open_store
 
 
@@ -63,6 +64,7 @@ def collect(config: Config) -> dict[str, Any]:
             # `syncd reconcile --apply` attaches it once the image exists.
             "without_thumbnail": store.without_blob_count("paintings"),
             "skipped": skipped,
+            "parked": describe_parked(store.parked_accounts()),
             "dead_letters": {"counts": store.dead_letter_counts(), "recent": dead},
             "cluster": cluster(config) if config.state.backend == "mongodb" else None,
         }
@@ -133,6 +135,12 @@ def render(report: dict[str, Any]) -> str:
         for coll, per in sorted(report["skipped"].items()):
             for reason, n in sorted(per.items()):
                 lines.append(f"  {coll:<10} {reason:<30} {n:>8}")
+    for p in report.get("parked") or []:
+        who = (report.get("handles") or {}).get(p["did"]) or p["did"]
+        lines.append(
+            f"parked: {who}: {p['documents']} document(s) wait ({p['reason']}) "
+            f"for {p['in_seconds']}s more"
+        )
     if report.get("cluster"):
         lines.append(f"cluster {report['cluster']['cluster_name']}:")
         for p in report["cluster"]["partitions"]:

@@ -32,7 +32,6 @@ from syncd.pds.errors import XrpcError
 from syncd.pds.repo import delete_write
 from syncd.pds.sessions import Account
 from syncd.retry import Kind, classify, retrying
-from syncd.source.publish import emit, fetch_documents
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -136,9 +135,9 @@ async def publish_documents(
     for i in range(0, len(keys), page):
         chunk = list(keys[i : i + page])
         ids = [parse_doc_key(k) for k in chunk]
-        fresh = await fetch_documents(engine, collection, ids)
+        fresh = await engine.publisher.fetch(collection, ids)
         for key, doc_id in zip(chunk, ids, strict=True):
-            await emit(engine, collection, doc_id, fresh.get(key), operation="admin")
+            await engine.publisher.emit(collection, doc_id, fresh.get(key), operation="admin")
         while engine.positions.outstanding > 0:
             if on_progress is not None:
                 finished = done_before + len(chunk) - engine.positions.outstanding

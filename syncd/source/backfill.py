@@ -26,7 +26,6 @@ from syncd import metrics
 from syncd.ids import doc_key, parse_doc_key
 from syncd.positions import BackfillMark
 from syncd.retry import classify, pause_for, sleep_or_stop
-from syncd.source.publish import emit_many, group_size
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -101,7 +100,7 @@ class Backfill:
         engine = self.engine
         coll = engine.db[collection]
         page = engine.config.mongo.scan_batch_size
-        size = group_size(engine)
+        size = engine.publisher.group
         base = dict(extra_filter or {})
         started = time.monotonic()
         if phase == OBJECTID:
@@ -163,11 +162,11 @@ class Backfill:
             async for doc in coll.find(query).batch_size(page):
                 others.append((doc["_id"], doc))
                 if len(others) >= size:
-                    await emit_many(engine, collection, others, operation="backfill")
+                    await engine.publisher.emit_many(collection, others, operation="backfill")
                     scanned += len(others)
                     others = []
             if others:
-                await emit_many(engine, collection, others, operation="backfill")
+                await engine.publisher.emit_many(collection, others, operation="backfill")
                 scanned += len(others)
             if persist:
                 engine.positions.mark(BackfillMark(collection, None, DONE, scanned, True))
@@ -185,7 +184,7 @@ class Backfill:
         interrupted scan re-reads what was not routed."""
         if not group:
             return
-        await emit_many(self.engine, scan.collection, group, operation="backfill")
+        await self.engine.publisher.emit_many(scan.collection, group, operation="backfill")
         scan.last_id = group[-1][0]
         scan.scanned += len(group)
         scan.in_page += len(group)
@@ -227,5 +226,7 @@ class Backfill:
         }
         missing = [i for k, i in zip(keys, ids, strict=True) if k not in found]
         if missing:
-            await emit_many(engine, collection, [(i, None) for i in missing], operation="sweep")
+            await engine.publisher.emit_many(
+                collection, [(i, None) for i in missing], operation="sweep"
+            )
         return len(missing)

@@ -15,9 +15,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from syncd.ids import parse_doc_key
-from syncd.source.publish import emit_many, fetch_documents
-
 if TYPE_CHECKING:
     from syncd.engine import Engine
 
@@ -32,16 +29,12 @@ async def redrive_once(engine: Engine, *, older_than: float, page: int = 500) ->
     after: tuple[str, str] | None = None
     while letters := await engine.calls(engine.store.dead_letters_due, cutoff, page, after):
         after = (letters[-1].collection, letters[-1].doc_key)
-        due: dict[str, list[str]] = {}
-        for letter in letters:
-            if letter.collection in engine.config.mongo.collections:
-                due.setdefault(letter.collection, []).append(letter.doc_key)
-        for collection, keys in due.items():
-            ids = [parse_doc_key(k) for k in keys]
-            docs = await fetch_documents(engine, collection, ids)
-            group = [(i, docs.get(k)) for k, i in zip(keys, ids, strict=True)]
-            await emit_many(engine, collection, group, operation="redrive")
-            total += len(group)
+        keys = [
+            (d.collection, d.doc_key)
+            for d in letters
+            if d.collection in engine.config.mongo.collections
+        ]
+        total += await engine.publisher.republish(keys, operation="redrive", wait=False)
     if total:
         log.info("dead_letters_redriven", count=total)
     return total

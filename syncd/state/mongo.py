@@ -572,9 +572,7 @@ class MongoStateStore:
     def unpark_account(self, did: str, before: float) -> bool:
         self._read()
         if self._parked.find_one({"did": did}, {"_id": 1}) is None:
-            self._write(
-                self._parked_accounts, DeleteOne({"_id": did, "until": {"$lte": before}})
-            )
+            self._write(self._parked_accounts, DeleteOne({"_id": did, "until": {"$lte": before}}))
         return self._parked_accounts.find_one({"_id": did}, {"_id": 1}) is None
 
     # -- skipped ---------------------------------------------------------------

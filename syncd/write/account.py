@@ -22,6 +22,8 @@ The writer holds no engine: it is given exactly what it uses (:class:`WriterDeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +36,7 @@ from syncd import metrics
 from syncd.changes import Op, Problem
 from syncd.mappings import MAPPINGS, MappingContext, MappingError
 from syncd.mappings.base import when_of
+from syncd.parking import Blocked, Parking
 from syncd.pds.errors import XrpcError
 from syncd.pds.repo import Repo
 from syncd.pds.sessions import Account
@@ -80,7 +83,8 @@ class WriterDeps:
     mapping_ctx: MappingContext
     max_writes: int
     retry_cap: float
-    on_done: Callable[[Op, str], None]  # an op is finished (applied, failed, superseded)
+    parking: Parking  # accounts that cannot write now give way
+    on_done: Callable[[Op, str], None]  # an op is finished (applied, failed, superseded, parked)
 
 
 class AccountWriter:
@@ -170,7 +174,11 @@ class AccountWriter:
                     self._writeback.exception()  # retrieved (Abandoned at shutdown)
 
     async def _loop(self) -> None:
+        parking = self.deps.parking
         while True:
+            if parking.is_parked(self.did):
+                await self._park_queue()
+                continue
             if not self.queue.ready:
                 self._wake.clear()
                 await self._wake.wait()
@@ -208,6 +216,17 @@ class AccountWriter:
             if plans is None:
                 self._finish(batch)
                 continue
+            parked = [p for p in plans if p.parked is not None]
+            if parked:
+                # The account cannot write now: what was not sent waits by key, and the
+                # account gives way until it can (syncd.parking).
+                blocked = parked[0].parked
+                assert isinstance(blocked, Blocked)
+                await parking.park(self.did, blocked, [p.op for p in parked])
+                self._finish([p.op for p in parked])
+                held = {id(p.op) for p in parked}
+                batch = [op for op in batch if id(op) not in held]
+                plans = [p for p in plans if p.parked is None]
             previous = self._writeback
             if previous is not None:
                 try:
@@ -215,6 +234,25 @@ class AccountWriter:
                 except Abandoned:
                     return
             self._writeback = asyncio.create_task(self._write_back_then_finish(batch, plans))
+
+    async def _park_queue(self) -> None:
+        """Parked: hand every waiting op to the parking (by key), then wait until the
+        account may write again (or more ops arrive)."""
+        parking = self.deps.parking
+        ops = self.queue.drop_all()
+        if ops:
+            for op in ops:
+                task: asyncio.Task[ImageResult] | None = op.extra.get(IMAGE)
+                if task is not None and not task.done():
+                    task.cancel()
+            until = parking.until(self.did) or time.time()
+            reason = parking.reason(self.did) or "parked"
+            await parking.park(self.did, Blocked(reason, until), ops)
+            self._finish(ops)
+        if parking.is_parked(self.did):
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
 
     async def _write_back_then_finish(self, batch: list[Op], plans: list[Plan]) -> None:
         """The records are written: set ``atproto`` in MongoDB, then finish the ops (so
@@ -246,16 +284,22 @@ class AccountWriter:
         for p in plans:
             if p.refused_key is not None:
                 self._refused(p, p.refused_key)
-        to_send = [p for p in plans if p.action not in (NONE, CHECK) and p.failed is None]
+        to_send = [
+            p
+            for p in plans
+            if p.action not in (NONE, CHECK) and p.failed is None and p.parked is None
+        ]
         sent = {id(p) for p in to_send}
         if to_send:
             await calls(store.apply, pending_ops(to_send, did))
             await self.sender.send(to_send)
-        ops_, forgotten = commit_ops(plans, did)
+        ops_, forgotten = commit_ops([p for p in plans if p.parked is None], did)
         await calls(store.apply, ops_)
         for cid in forgotten:
             self.blobs.forget(cid)
         for p in plans:
+            if p.parked is not None:
+                continue
             if p.failed is not None:
                 log.warning(
                     "dead_letter", collection=p.collection, doc=p.key, reason=p.failed.reason
@@ -280,6 +324,9 @@ class AccountWriter:
             async with sem:
                 try:
                     check = await self.sender.check_key(p, found.holders.get((p.nsid, p.rkey)))
+                except Blocked as blocked:
+                    p.parked = blocked
+                    return p
                 except XrpcError as exc:
                     kind = classify(exc).kind
                     reason = "account_unavailable" if kind is Kind.ACCOUNT else "key_check_failed"

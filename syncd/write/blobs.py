@@ -16,6 +16,7 @@ import structlog
 
 from syncd import metrics
 from syncd.images import Thumbnail
+from syncd.parking import PARK_AFTER
 from syncd.pds.errors import XrpcError
 from syncd.pds.repo import Repo
 from syncd.pds.sessions import Account
@@ -70,6 +71,7 @@ class Blobs:
             stop=self._stopping,
             on_error=count_error(collection),
             what="uploadBlob",
+            max_wait=PARK_AFTER,
         )
         link = uploaded.get("ref", {}).get("$link")
         if link and link != cid:

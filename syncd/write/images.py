@@ -30,6 +30,7 @@ from syncd.images import (
     prepare_painting_blob,
 )
 from syncd.pds.errors import XrpcError
+from syncd.retry import TooLong
 from syncd.write.blobs import Blobs
 
 #: Painting images prepared ahead of their batch or being prepared, in all.
@@ -95,7 +96,7 @@ class ImageStage:
                         result.link = await blobs.upload(
                             collection, prepared.thumbnail, prepared.cid
                         )
-                    except XrpcError:
+                    except (XrpcError, TooLong):
                         pass  # the batch uploads, and records the failure
         except BaseException:
             self._budget.release()

@@ -20,9 +20,10 @@ from syncd.images import Thumbnail
 from syncd.lexicon import LexiconError
 from syncd.mappings import MappingContext
 from syncd.mappings.paintings import Paintings
+from syncd.parking import blocked_by
 from syncd.pds.errors import XrpcError
 from syncd.planner import WRITES, Plan
-from syncd.retry import Kind, classify
+from syncd.retry import Kind, TooLong, classify
 from syncd.write.blobs import Blobs, blob_ref
 from syncd.write.images import ImageResult, ImageStage
 
@@ -41,9 +42,13 @@ async def ensure_blob(
     if force or not await blobs.known(cid):
         try:
             link = await blobs.upload(p.collection, thumb, cid)
+        except TooLong as exc:
+            assert isinstance(exc.error, XrpcError)
+            p.parked = blocked_by(exc.error, exc.wait)
+            return None
         except XrpcError as exc:
             if classify(exc).kind is Kind.ACCOUNT:
-                p.failed = Problem("dead", "account_unavailable", exc.error, retryable=True)
+                p.parked = blocked_by(exc)
             else:
                 p.failed = Problem("dead", "blob_rejected", exc.reason, retryable=exc.status == 413)
             return None
@@ -107,7 +112,7 @@ async def build_records(
 
         await asyncio.gather(*(attach(p) for p in paintings))
     for p in writes:
-        if p.failed is not None:
+        if p.failed is not None or p.parked is not None:
             continue
         draft = p.op.draft
         assert draft is not None

@@ -19,14 +19,15 @@ Errors are classified by the one retry policy (:mod:`syncd.retry`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import structlog
 
 from syncd import metrics
 from syncd.changes import Problem
 from syncd.ids import ref_for
+from syncd.parking import PARK_AFTER, Blocked, blocked_by
 from syncd.pds.errors import XrpcError
 from syncd.pds.ratelimit import writes_that_fit
 from syncd.pds.repo import Repo, create_write, delete_write, update_write
@@ -45,10 +46,11 @@ from syncd.planner import (
     KeyCheck,
     Plan,
 )
-from syncd.retry import Abandoned, Kind, classify, pause_for, retrying, sleep_or_stop
+from syncd.retry import Abandoned, Kind, TooLong, classify, pause_for, retrying, sleep_or_stop
 from syncd.write.blobs import Blobs, count_error
 from syncd.write.records import ensure_blob
 
+T = TypeVar("T")
 log = structlog.get_logger("syncd.writer")
 #: Single calls of one batch in flight at once.
 SINGLE_CONCURRENCY = 8
@@ -128,12 +130,8 @@ class Sender:
         ledger gives that key to in this repository (``None``: none)."""
         if holder not in (None, p.key):
             return KeyCheck(p.rkey, FOREIGN, detail=f"the ledger gives it to {holder}")
-        found = await retrying(
-            lambda: self._repo.get_record(self.did, p.nsid, p.rkey),
-            stop=self._stopping,
-            cap=self._cap,
-            on_error=count_error(p.collection),
-            what="getRecord",
+        found = await self._retrying(
+            lambda: self._repo.get_record(self.did, p.nsid, p.rkey), p, "getRecord"
         )
         if found is None:
             return KeyCheck(p.rkey, FREE)
@@ -148,10 +146,18 @@ class Sender:
 
     # -- sending ---------------------------------------------------------------------
     async def send(self, plans: list[Plan]) -> None:
-        """Send every plan; failures are recorded on the plan (``p.failed``)."""
+        """Send every plan; failures are recorded on the plan (``p.failed``), and when the
+        account cannot write now, the plans not sent are marked parked (``p.parked``)."""
         singles = [p for p in plans if not batchable(p)]
-        for chunk in chunks([p for p in plans if batchable(p)], self._max_writes):
-            singles.extend(await self._apply(chunk))
+        pending = list(chunks([p for p in plans if batchable(p)], self._max_writes))
+        while pending:
+            chunk = pending.pop(0)
+            try:
+                singles.extend(await self._apply(chunk))
+            except Blocked as blocked:
+                for p in [*chunk, *(q for c in pending for q in c), *singles]:
+                    p.parked = blocked
+                return
         if singles:
             sem = asyncio.Semaphore(SINGLE_CONCURRENCY)
 
@@ -202,8 +208,7 @@ class Sender:
                 self._count(chunk, exc)
                 verdict = classify(exc)
                 if verdict.kind is Kind.ACCOUNT:
-                    self._account_failed(chunk, exc)
-                    return []
+                    raise blocked_by(exc) from None
                 if verdict.kind is Kind.REFUSED:
                     # The PDS refuses a batch with a create on an existing key (or an
                     # update/delete of a missing one) with a 500 naming no write; a 4xx
@@ -224,6 +229,10 @@ class Sender:
                     if 0 < fit < len(chunk):
                         # The budget left still takes part of the batch: send that now.
                         return await self._apply(chunk[:fit]) + await self._apply(chunk[fit:])
+                    if verdict.wait is not None and verdict.wait > PARK_AFTER:
+                        # The budget is spent for longer than is worth holding a slot:
+                        # the account gives way (syncd.parking).
+                        raise blocked_by(exc, verdict.wait) from None
                 wait = pause_for(verdict, attempt, cap=self._cap)
                 attempt += 1
                 await sleep_or_stop(wait, self._stopping)
@@ -256,10 +265,12 @@ class Sender:
                 await self._delete(p, p.rkey)
             if p.retire is not None:
                 await self._delete(p, p.retire)
+        except Blocked as blocked:
+            p.parked = blocked
         except XrpcError as exc:
             metrics.WRITE_ERRORS.labels(collection=p.collection, reason=exc.reason).inc()
             if classify(exc).kind is Kind.ACCOUNT:
-                self._account_failed([p], exc)
+                p.parked = blocked_by(exc)
                 return
             p.failed = Problem("dead", "pds_rejected", f"{exc.error}: {exc.message}"[:500])
             log.warning("record_rejected", collection=p.collection, doc=p.key, error=exc.error)
@@ -268,29 +279,31 @@ class Sender:
         assert p.record is not None
         record = p.record
         account = self._account()
-        p.uri, p.cid = await retrying(
-            lambda: self._repo.put_record(account, p.nsid, p.rkey, record),
-            stop=self._stopping,
-            cap=self._cap,
-            on_error=count_error(p.collection),
-            what="putRecord",
+        p.uri, p.cid = await self._retrying(
+            lambda: self._repo.put_record(account, p.nsid, p.rkey, record), p, "putRecord"
         )
 
     async def _delete(self, p: Plan, rkey: str) -> None:
         account = self._account()
-        await retrying(
-            lambda: self._repo.delete_record(account, p.nsid, rkey),
-            stop=self._stopping,
-            cap=self._cap,
-            on_error=count_error(p.collection),
-            what="deleteRecord",
+        await self._retrying(
+            lambda: self._repo.delete_record(account, p.nsid, rkey), p, "deleteRecord"
         )
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], p: Plan, what: str) -> T:
+        """The retry policy, with a wait too long for the account turned into :class:`Blocked`."""
+        try:
+            return await retrying(
+                call,
+                stop=self._stopping,
+                cap=self._cap,
+                on_error=count_error(p.collection),
+                what=what,
+                max_wait=PARK_AFTER,
+            )
+        except TooLong as exc:
+            assert isinstance(exc.error, XrpcError)
+            raise blocked_by(exc.error, exc.wait) from None
 
     def _count(self, chunk: list[Plan], exc: XrpcError) -> None:
         for coll in {p.collection for p in chunk}:
             metrics.WRITE_ERRORS.labels(collection=coll, reason=exc.reason).inc()
-
-    def _account_failed(self, plans: Iterable[Plan], exc: XrpcError) -> None:
-        log.error("account_unavailable", did=self.did, error=exc.error)
-        for p in plans:
-            p.failed = Problem("dead", "account_unavailable", exc.error, retryable=True)

@@ -27,7 +27,7 @@ UNSET = {"$unset": {"atproto.rkey": "", "atproto.uri": "", "atproto.cid": ""}}
 def writeback_request(p: Plan, did: str) -> UpdateOne | None:
     """The conditional update ``p`` needs, or None."""
     doc = p.op.change.doc
-    if p.failed is not None or p.writeback is None or doc is None:
+    if p.failed is not None or p.parked is not None or p.writeback is None or doc is None:
         return None
     current = doc.get("atproto")
     whole_field = "atproto" in doc and not isinstance(current, dict)

@@ -109,6 +109,7 @@ def writer(images: FakeImages, done: list[Op]) -> AccountWriter:
         mapping_ctx=MappingContext(),
         max_writes=200,
         retry_cap=1.0,
+        parking=None,  # type: ignore[arg-type]
         on_done=lambda o, did: done.append(o),
     )
     return AccountWriter(ACCOUNT, deps)
