@@ -42,6 +42,8 @@ PARK_AFTER = 15.0
 AUTH_RETRY = 600.0
 #: An account the PDS refuses (deactivated, taken down) is tried again after this long.
 REFUSED_RETRY = 3600.0
+#: What the PDS answers (to a login too) for an account it will not write for.
+REFUSALS = frozenset({"AccountDeactivated", "AccountTakedown", "RepoDeactivated", "RepoTakendown"})
 #: Parked documents re-read and routed at once when an account is unparked.
 UNPARK_PAGE = 200
 
@@ -63,7 +65,7 @@ def blocked_by(exc: XrpcError, wait: float | None = None) -> Blocked:
     now = time.time()
     if wait is not None:
         return Blocked("rate_limited", now + wait)
-    if isinstance(exc, AccountUnavailableError):
+    if isinstance(exc, AccountUnavailableError) or exc.error in REFUSALS:
         return Blocked(f"refused: {exc.error}", now + REFUSED_RETRY)
     return Blocked(f"auth: {exc.error}", now + AUTH_RETRY)
 

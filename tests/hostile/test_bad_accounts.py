@@ -1,6 +1,7 @@
 """Owners syncd cannot write for: no ATProto account, unknown user, wrong password,
-deactivated PDS account, taken-down PDS account. Each is skipped or dead-lettered with a
-clear reason; every other account is unaffected."""
+deactivated PDS account, taken-down PDS account. Each is skipped, or its account is parked
+with a clear reason (its documents wait by key, not as dead letters: they are not the
+documents' fault); every other account is unaffected."""
 
 from __future__ import annotations
 
@@ -51,16 +52,21 @@ def test_bad_accounts_are_isolated(rig: Rig) -> None:
     try:
         dead = dict(db.execute("SELECT doc_key, reason || ': ' || detail FROM dead_letters"))
         skipped = dict(db.execute("SELECT doc_key, reason FROM skipped"))
+        parked = dict(db.execute("SELECT did, reason FROM parked_accounts"))
+        waiting = {r[0] for r in db.execute("SELECT doc_key FROM parked")}
     finally:
         db.close()
     key = {name: str(doc["_id"]) for name, doc in docs.items()}
     assert skipped[key["carol"]] == "no_atproto_account"
     assert skipped[key["unknown"]] == "unknown_user"
-    for name in ("dave", "erin", "frank"):
-        reason = dead.get(key[name], "")
-        clear = ("account_unavailable", "AccountDeactivated", "AccountTakedown", "RepoTakendown")
+    for acc, name in ((dave, "dave"), (erin, "erin"), (frank, "frank")):
+        reason = parked.get(acc.did or "", "")
+        clear = ("auth", "AccountDeactivated", "AccountTakedown", "RepoTakendown")
         assert any(word in reason for word in clear), (name, reason)
-    print(f"\nbad-account reasons: { {n: dead.get(key[n]) for n in ('dave', 'erin', 'frank')} }")
+        assert key[name] in waiting and key[name] not in dead, name
+    print(
+        f"\nbad-account reasons: { {n: parked.get(a.did or '') for a, n in ((dave, 'dave'), (erin, 'erin'), (frank, 'frank'))} }"
+    )
     tally.count("bad_documents", 5)
     assert rig.syncd.exited_unexpectedly() is None
     assert rig.syncd.stop() == 0
