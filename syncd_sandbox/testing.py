@@ -43,6 +43,7 @@ from syncd.config import Config, load
 from syncd_sandbox import tokens
 from syncd_sandbox.accounts import GUEST_NAME, WorldAccount, store_user
 from syncd_sandbox.images import ImageServer
+from syncd_sandbox.invariant import InvariantReport, check_invariant
 from syncd_sandbox.mongo_server import ChildMongo
 from syncd_sandbox.pds import PdsApi, PdsHandle, PdsProcess, unique_handle
 from syncd_sandbox.procs import free_port
@@ -108,6 +109,7 @@ class SandboxWorld:
         self.accounts: dict[str, WorldAccount] = {}
         self._config: Config | None = None
         self._overrides: dict[str, dict[str, Any]] = {}
+        self._tokens: dict[str, str] = {}
 
     # -- servers --------------------------------------------------------------
 
@@ -173,6 +175,7 @@ class SandboxWorld:
         if with_atproto:
             created = self.api.create_account(unique_handle(name))
             account = WorldAccount(name, sub, created.did, created.handle, created.password)
+            self._tokens[name] = created.access_jwt
         else:
             account = WorldAccount(name, sub)
         store_user(self.db, account)
@@ -185,6 +188,7 @@ class SandboxWorld:
         account = WorldAccount(
             GUEST_NAME, GUEST_USER_ID, created.did, created.handle, created.password
         )
+        self._tokens[GUEST_NAME] = created.access_jwt
         store_user(self.db, account, platform_handle=False)
         self.accounts[GUEST_NAME] = account
         return account
@@ -217,6 +221,14 @@ class SandboxWorld:
         acc = self.account(who)
         assert acc.did is not None and acc.password is not None
         return str(self.api.create_session(acc.did, acc.password)["accessJwt"])
+
+    def session_token(self, who: str) -> str:
+        """An access token of ``who`` ("art" for the guest) for writing straight to the PDS,
+        kept per account: the one ``createAccount`` returned, else one ``createSession``."""
+        name = self.account(who).name
+        if name not in self._tokens:
+            self._tokens[name] = self.access_token(name)
+        return self._tokens[name]
 
     # -- PDS reads ----------------------------------------------------------------
 
@@ -264,8 +276,14 @@ class SandboxWorld:
         seed: int = 0,
         data: bytes | None = None,
         recording: bool | bytes = False,
+        layout: str = "painting",
+        bucket: str | None = None,
+        pixel_art: bool = False,
     ) -> PaintingFiles:
-        """Serve a painting's PNG (and recording zip) for owner ``who`` (None: guest)."""
+        """Store a painting's PNG (and recording zip) for owner ``who`` (None: guest) where
+        the platform keeps it: ``{sub}/painting/{slug}.png`` in ``user-aesthetic-computer``
+        (``layout="old"``: the oldest ``{sub}/{slug}.png``), ``{image}.png`` in
+        ``art-aesthetic-computer`` for guests; ``bucket``: the document's own bucket."""
         return write_painting_files(
             self.image_dir,
             self.sub(who),
@@ -275,6 +293,9 @@ class SandboxWorld:
             seed=seed,
             data=data,
             recording=recording,
+            layout=layout,
+            bucket=bucket,
+            pixel_art=pixel_art,
         )
 
     def add_painting(
@@ -286,9 +307,17 @@ class SandboxWorld:
         width: int = 64,
         height: int = 64,
         recording: bool = False,
+        layout: str = "painting",
+        pixel_art: bool = False,
+        data: bytes | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Insert a ``paintings`` document (and write its image unless ``image=False``)."""
+        """Insert a ``paintings`` document and store its image (see :meth:`write_image`).
+
+        ``image=False``: the document's image is missing from storage. ``layout="old"``:
+        the image sits at the oldest ``{sub}/{slug}.png`` key. A ``bucket`` field in
+        ``fields`` is the document's own bucket and the files go there.
+        """
         doc = make_painting(self.sub(who), slug, **fields)
         if image:
             self.write_image(
@@ -297,7 +326,11 @@ class SandboxWorld:
                 width=width,
                 height=height,
                 seed=zlib.crc32(doc["slug"].encode()),
+                data=data,
                 recording=recording,
+                layout=layout,
+                bucket=doc.get("bucket"),
+                pixel_art=pixel_art,
             )
         self.db.paintings.insert_one(doc)
         return doc
@@ -306,6 +339,11 @@ class SandboxWorld:
         if docs:
             self.db[collection].insert_many(list(docs))
         return list(docs)
+
+    def check_invariant(self, **kwargs: Any) -> InvariantReport:
+        """The independent invariant checker on this world (MongoDB + PDS + image store)."""
+        kwargs.setdefault("image_url_template", self.images.url_template)
+        return check_invariant(self.db, self.pds.url, **kwargs)
 
     # -- teardown ---------------------------------------------------------------------
 
