@@ -39,7 +39,7 @@ from syncd_sandbox.procs import (
     stop_record,
     wait_ready_file,
 )
-from syncd_sandbox.seed import COLLECTIONS, SEEDS, demo_dataset
+from syncd_sandbox.seed import COLLECTIONS, SEEDS, create_legacy_records, demo_dataset
 from syncd_sandbox.syncd_config import sandbox_sections, write_config
 
 DATABASE = "aesthetic"
@@ -307,6 +307,13 @@ class World:
                     for name, docs in ds.documents.items():
                         if docs:
                             db[name].insert_many(docs)
+                    sessions: dict[str, tuple[str, str]] = {}
+                    for doc, _ in ds.legacy_moods:
+                        acc = next(a for a in accounts.values() if a.sub == doc["user"])
+                        if acc.sub not in sessions and acc.did and acc.password:
+                            token = api.create_session(acc.did, acc.password)["accessJwt"]
+                            sessions[acc.sub] = (acc.did, str(token))
+                    create_legacy_records(db, api, sessions, ds)
                 else:
                     for name in COLLECTIONS:
                         db.create_collection(name)
