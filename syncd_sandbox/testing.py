@@ -32,6 +32,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from pymongo.database import Database
 from syncd.config import Config, load
 from syncd_sandbox import tokens
 from syncd_sandbox.accounts import GUEST_NAME, WorldAccount, store_user
+from syncd_sandbox.hooks import HookOptions, PlatformHooks
 from syncd_sandbox.images import ImageServer
 from syncd_sandbox.invariant import InvariantReport, check_invariant
 from syncd_sandbox.mongo_server import ChildMongo
@@ -109,6 +111,7 @@ class SandboxWorld:
         self.accounts: dict[str, WorldAccount] = {}
         self._config: Config | None = None
         self._overrides: dict[str, dict[str, Any]] = {}
+        self._hooks: list[PlatformHooks] = []
         self._tokens: dict[str, str] = {}
 
     # -- servers --------------------------------------------------------------
@@ -345,9 +348,60 @@ class SandboxWorld:
         kwargs.setdefault("image_url_template", self.images.url_template)
         return check_invariant(self.db, self.pds.url, **kwargs)
 
+    # -- the platform's own writers ------------------------------------------------------
+
+    def start_hooks(
+        self,
+        *,
+        delay_ms: tuple[int, int] = (20, 200),
+        writeback_delay_ms: tuple[int, int] = (20, 200),
+        lose_fraction: float = 0.0,
+        seed: int | None = None,
+        **options: Any,
+    ) -> PlatformHooks:
+        """Start the platform's inline writers on this world (see :mod:`syncd_sandbox.hooks`):
+        every public insert from now on gets a record with a PDS-picked key after
+        ``delay_ms``, and its ``atproto.rkey``/``uri`` after ``writeback_delay_ms`` -- except a
+        ``lose_fraction`` of them. Stopped by :meth:`PlatformHooks.stop` or at teardown."""
+        hooks = PlatformHooks(
+            self.mongo_uri,
+            self.database,
+            self.pds.url,
+            self.images.url_template,
+            HookOptions(
+                delay_ms=delay_ms,
+                writeback_delay_ms=writeback_delay_ms,
+                lose_fraction=lose_fraction,
+                seed=seed,
+                **options,
+            ),
+        ).start()
+        self._hooks.append(hooks)
+        return hooks
+
+    @contextmanager
+    def hooks(self, **options: Any) -> Iterator[PlatformHooks]:
+        """``with world.hooks(delay_ms=(10, 50), lose_fraction=0.2, seed=1) as h:`` --
+        :meth:`start_hooks` for the block; ``h.stats``, ``h.created``, ``h.wait_idle()``."""
+        hooks = self.start_hooks(**options)
+        try:
+            yield hooks
+        finally:
+            self._stop_hooks(hooks)
+
+    def _stop_hooks(self, hooks: PlatformHooks) -> None:
+        if hooks in self._hooks:
+            self._hooks.remove(hooks)
+            hooks.stop()
+
     # -- teardown ---------------------------------------------------------------------
 
     def close(self, *, drop: bool = True) -> None:
+        for hooks in list(self._hooks):
+            try:
+                self._stop_hooks(hooks)
+            except Exception:  # the Mongo sandbox may be down after a chaos test
+                pass
         self.images.stop()
         self.api.close()
         if drop and not os.environ.get(KEEP_ENV):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from syncd_sandbox.images import painting_objects
 from syncd_sandbox.invariant import check_invariant
 from syncd_sandbox.pds import PdsApi
 from syncd_sandbox.procs import ProcessRecord, read_cmdline
-from syncd_sandbox.seed import COLLECTIONS, is_public
+from syncd_sandbox.seed import COLLECTIONS, is_public, make_mood
 
 
 def sandbox(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -233,6 +234,44 @@ def test_fault_drop_connections(world_dir: Path, db: Any) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["fault"] == "dropConnections"
     assert db.paintings.count_documents({}) > 0  # clients reconnect
+
+
+def test_platform_hooks_on_and_off(world_dir: Path, info: dict[str, Any], db: Any) -> None:
+    on = sandbox(
+        "hooks", "--dir", str(world_dir), "on", "--delay-ms", "5:20",
+        "--writeback-delay-ms", "5:20", "--seed", "3",
+    )  # fmt: skip
+    assert on.returncode == 0, on.stdout + on.stderr
+    again = sandbox("hooks", "--dir", str(world_dir), "on")
+    assert again.returncode == 1 and "already on" in again.stderr
+    status = sandbox("status", "--dir", str(world_dir))
+    assert status.returncode == 0 and status.stdout.count("healthy") == 4, status.stdout
+    fifi = info["accounts"]["fifi"]["sub"]
+    mood = make_mood(fifi, "said while the platform's writers are on")
+    db.moods.insert_one(mood)
+
+    def written() -> Any:
+        doc = db.moods.find_one({"_id": mood["_id"]})
+        return doc.get("atproto") if doc else None
+
+    deadline = time.monotonic() + 30
+    while not written() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    at = written()
+    assert at and at["uri"].endswith("/" + at["rkey"]), at
+    record = PdsApi(info["pds"]["url"]).get_record(
+        info["accounts"]["fifi"]["did"], "computer.aesthetic.mood", at["rkey"]
+    )
+    assert record is not None and record["value"]["ref"] == str(mood["_id"])
+    pid = json.loads((world_dir / "world.json").read_text())["processes"]["hooks"]["pid"]
+    off = sandbox("hooks", "--dir", str(world_dir), "off")
+    assert off.returncode == 0, off.stdout + off.stderr
+    stats = json.loads(off.stdout)["stats"]
+    assert stats["records_created"] == 1 and stats["writebacks_written"] == 1
+    assert stats["sessions_created"] == 1
+    assert read_cmdline(pid) is None
+    assert "hooks" not in json.loads((world_dir / "world.json").read_text())["processes"]
+    assert sandbox("hooks", "--dir", str(world_dir), "on", "--lose-fraction", "2").returncode == 2
 
 
 def test_bad_usage_exits_2(world_dir: Path) -> None:
