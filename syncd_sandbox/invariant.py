@@ -102,7 +102,7 @@ class Expectation:
     record: dict[str, Any] | None = None  # expected value, without the thumbnail
     image_size: tuple[int, int] | None = None  # the source image, when it exists and decodes
     backref: Any = None
-    image: bytes | None = None  # the source image's bytes (paintings that have one)
+    image: bytes | None = field(default=None, repr=False)  # the source image (paintings)
     image_url: str | None = None  # where it was found
 
 

@@ -115,3 +115,17 @@ def test_options_are_checked() -> None:
         HookOptions(delay_ms=(50, 10))
     with pytest.raises(ValueError):
         HookOptions(collections=("tapes",))
+
+
+def test_hooks_resume_after_mongo_restarts(world: SandboxWorld) -> None:
+    alice = world.sub("alice") or ""
+    with world.hooks(**FAST) as hooks:
+        world.insert("moods", make_mood(alice, "before the restart"))
+        assert hooks.wait_idle(30)
+        world.restart_mongo(pause_seconds=0.5)
+        world.insert("moods", make_mood(alice, "after the restart"))
+        world.wait_for(lambda: hooks.stats.get("records_created") == 2, timeout=30)
+        assert hooks.wait_idle(30)
+    moods = sorted(r["value"]["mood"] for r in world.list_records("alice", platform.MOOD))
+    assert moods == ["after the restart", "before the restart"]
+    assert hooks.stats["writebacks_written"] == 2
