@@ -4,10 +4,18 @@
     syncd-sandbox status --dir DIR [--json]
     syncd-sandbox down --dir DIR
     syncd-sandbox fault --dir DIR KIND [options]
+    syncd-sandbox hooks --dir DIR on [--delay-ms MIN:MAX] [--writeback-delay-ms MIN:MAX]
+                                     [--lose-fraction F] [--seed N]
+    syncd-sandbox hooks --dir DIR off
 
 Fault kinds: drop-connections, fail-getmore --count N, not-writable-primary
 --count N, history-loss [--keep N], pause --seconds S, restart-mongo
 [--down-seconds S], restart-pds.
+
+``hooks on`` runs the platform's own inline record writers beside the world
+(platform-facts §6): every public insert gets a record with a PDS-picked key and,
+a moment later, its ``atproto.rkey`` back (a ``--lose-fraction`` never does);
+counters in ``DIR/hooks.stats.json``. ``hooks off`` stops them and prints them.
 
 Exit codes: 0 done, 1 failed, 2 bad usage.
 """
@@ -21,6 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from syncd_sandbox.hooks import STATS_FILE, add_option_arguments, options_from_args
 from syncd_sandbox.procs import SandboxProcessError
 from syncd_sandbox.seed import SEEDS
 from syncd_sandbox.world import World, WorldError
@@ -106,7 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="restart-mongo: time the server stays down",
     )
+
+    hooks = sub.add_parser(
+        "hooks", help="switch the platform's own inline record writers on or off"
+    )
+    hooks.add_argument("--dir", required=True)
+    hooks.add_argument("state", choices=("on", "off"))
+    add_option_arguments(hooks)
     return parser
+
+
+def _cmd_hooks(args: argparse.Namespace) -> int:
+    world = World.load(args.dir)
+    if args.state == "on":
+        try:
+            options = options_from_args(args)
+        except ValueError as exc:
+            print(f"syncd-sandbox: {exc}", file=sys.stderr)
+            return 2
+        record = world.hooks_on(options)
+        print(
+            f"platform hooks on (pid {record.pid}): delay {options.delay_ms} ms, "
+            f"write-back {options.writeback_delay_ms} ms, lost {options.lose_fraction:.0%}; "
+            f"stats in {world.dir / STATS_FILE}"
+        )
+        return 0
+    stats = world.hooks_off()
+    print(json.dumps({"hooks": "off", "stats": stats.get("stats", {})}, indent=2))
+    return 0
 
 
 def _summary(world: World) -> str:
@@ -204,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_down(args)
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "hooks":
+            return _cmd_hooks(args)
         return _cmd_fault(args, parser)
     except WorldError as exc:
         print(f"syncd-sandbox: {exc}", file=sys.stderr)

@@ -12,9 +12,10 @@ a hidden name is refused, so a request can never reach outside ``ROOT``.
 
 Run it in a thread (:class:`ImageServer`, tests) or as a background process
 (``python -m syncd_sandbox.images --root DIR --port N --ready-file F``).
-Layout helpers (:func:`user_painting_keys`, :func:`guest_painting_keys`,
-:func:`key_path`) mirror the layout in source-system.md, so writers and the
-server agree on where a painting's PNG and recording zip live.
+Layout helpers (:func:`painting_objects`, :func:`painting_keys`, :func:`key_path`)
+follow platform-facts.md §1 -- written from the facts, never from syncd's URL
+builder -- so writers, the invariant checker and the platform hooks agree on
+where a painting's PNG and recording zip live.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,38 +54,141 @@ class UnsafeKeyError(ValueError):
     """A bucket or key that would not map to a file under the image root."""
 
 
-def _enc(segment: str) -> str:
-    return quote(segment, safe="")
+# -- where the platform stores a painting (platform-facts.md §1) ---------------------------
+#
+# Written from the facts, not from syncd: a signed-in user's upload
+# ``painting-<slug>.png`` has its first ``-`` turned into ``/`` under the user's
+# directory, so the object is ``{sub, URL-encoded}/painting/{slug}.png`` (recording
+# ``.zip`` beside it); a stored slug may already be ``{sub}/painting/{name}`` (the
+# same object); the oldest objects sit at ``{sub}/{slug}.png``; guests use
+# ``art-aesthetic-computer`` and ``{image}.png`` / ``{recording}.zip`` for a slug
+# ``image:recording``; a document's own ``bucket`` wins over the default.
+
+LAYOUTS = ("painting", "old")  # {sub}/painting/{slug}.png (today) and {sub}/{slug}.png (oldest)
 
 
-def user_painting_keys(user: str, slug: str) -> tuple[str, str]:
-    """(PNG key, recording zip key) of a user's painting, URL-encoded as syncd builds them.
+@dataclass(frozen=True)
+class StoredObject:
+    """One object in the object store: ``bucket`` and its URL-encoded ``key``."""
 
-    ``slug`` is either a plain name or the newer ``{user}/painting/{name}`` form.
+    bucket: str
+    key: str
+
+    def url(self, template: str) -> str:
+        """The object's URL from a template with ``{bucket}`` and ``{key}``."""
+        return template.replace("{bucket}", self.bucket).replace("{key}", self.key)
+
+
+@dataclass(frozen=True)
+class PaintingObjects:
+    """Where a painting's image and recording may be, in the order to try them."""
+
+    images: tuple[StoredObject, ...]
+    recordings: tuple[StoredObject, ...]
+
+
+def encode_sub(sub: str) -> str:
+    """A user sub as it appears in an object key: URL-encoded (``auth0|x`` -> ``auth0%7Cx``)."""
+    return quote(sub, safe="")
+
+
+def _enc_path(name: str) -> str:
+    # A slug is a path inside the user's directory: each segment URL-encoded.
+    return quote(name, safe="/")
+
+
+def check_slug(slug: object) -> str:
+    """The slug if it can name an object; source-system.md: a slug containing ``..`` or a
+    leading ``/`` is invalid and must never reach a URL (an empty slug names nothing)."""
+    if not isinstance(slug, str) or not slug:
+        raise UnsafeKeyError("a painting slug must be a non-empty string")
+    if slug.startswith("/") or ".." in slug:
+        raise UnsafeKeyError(f"slug {slug[:60]!r} contains '..' or starts with '/'")
+    return slug
+
+
+_BUCKET_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+def painting_bucket(user: str | None, bucket: object = None) -> str:
+    """The bucket of a painting: the document's own ``bucket`` when it has one (``None``
+    and ``""`` mean none, as a JavaScript ``doc.bucket || default`` reads them), else
+    ``user-aesthetic-computer`` for users and ``art-aesthetic-computer`` for guests.
+
+    A ``bucket`` that is not a plain name (a non-string, ``/``, ``..``, spaces...) would
+    change the URL's shape and is refused like an unsafe slug.
     """
-    if "/" in slug:
-        owner, mid, name = slug.split("/", 2)
-        if mid != "painting" or owner not in (user, _enc(user)):
-            raise UnsafeKeyError(f"slug {slug!r} is not {{user}}/painting/{{name}}")
-        base = f"{_enc(user)}/painting/{_enc(name)}"
+    if bucket is None or bucket == "":
+        return GUEST_BUCKET if user is None else USER_BUCKET
+    if (
+        not isinstance(bucket, str)
+        or ".." in bucket
+        or len(bucket) > 63
+        or not set(bucket) <= _BUCKET_OK
+    ):
+        raise UnsafeKeyError(f"bucket {str(bucket)[:40]!r} is not a plain bucket name")
+    return bucket
+
+
+def user_painting_objects(sub: str, slug: str, bucket: str = USER_BUCKET) -> PaintingObjects:
+    """Candidates for a signed-in user's painting: ``{sub}/painting/{name}`` first, then
+    (for a plain slug) the oldest ``{sub}/{slug}`` location."""
+    check_slug(slug)
+    owner = encode_sub(sub)
+    name: str | None = None
+    for prefix in (f"{sub}/painting/", f"{owner}/painting/"):
+        if slug.startswith(prefix) and len(slug) > len(prefix):
+            name = slug[len(prefix) :]
+            break
+    if name is not None:  # a newer slug already names {sub}/painting/{name}
+        bases = [f"{owner}/painting/{_enc_path(name)}"]
     else:
-        base = f"{_enc(user)}/{_enc(slug)}"
-    return f"{base}.png", f"{base}.zip"
+        bases = [f"{owner}/painting/{_enc_path(slug)}", f"{owner}/{_enc_path(slug)}"]
+    return PaintingObjects(
+        images=tuple(StoredObject(bucket, f"{b}.png") for b in bases),
+        recordings=tuple(StoredObject(bucket, f"{b}.zip") for b in bases),
+    )
 
 
-def guest_painting_keys(slug: str) -> tuple[str, str]:
-    """(PNG key, recording zip key) of a guest painting; ``image:recording`` splits in two."""
+def guest_painting_objects(slug: str, bucket: str = GUEST_BUCKET) -> PaintingObjects:
+    """A guest painting: ``{image}.png`` and ``{recording}.zip`` for a slug
+    ``image:recording`` (without ``:`` both are the slug)."""
+    check_slug(slug)
     image, sep, recording = slug.partition(":")
     if not sep:
         recording = image
-    return f"{_enc(image)}.png", f"{_enc(recording)}.zip"
+    return PaintingObjects(
+        images=(StoredObject(bucket, f"{_enc_path(image)}.png"),),
+        recordings=(StoredObject(bucket, f"{_enc_path(recording)}.zip"),),
+    )
 
 
-def painting_keys(user: str | None, slug: str) -> tuple[str, str, str]:
-    """(bucket, PNG key, zip key) for a painting document's ``user`` and ``slug``."""
+def painting_objects(user: str | None, slug: str, bucket: object = None) -> PaintingObjects:
+    """Where a painting document (its ``user``, ``slug``, ``bucket``) keeps its files."""
+    where = painting_bucket(user, bucket)
     if user is None:
-        return (GUEST_BUCKET, *guest_painting_keys(slug))
-    return (USER_BUCKET, *user_painting_keys(user, slug))
+        return guest_painting_objects(slug, where)
+    return user_painting_objects(user, slug, where)
+
+
+def painting_keys(
+    user: str | None, slug: str, *, layout: str = "painting", bucket: object = None
+) -> tuple[str, str, str]:
+    """(bucket, PNG key, zip key) where a writer puts a painting's files.
+
+    ``layout="painting"`` (default) is today's ``{sub}/painting/{slug}``;
+    ``layout="old"`` is the oldest ``{sub}/{slug}`` location (plain user slugs only).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    objects = painting_objects(user, slug, bucket)
+    index = 0 if layout == "painting" else 1
+    if index >= len(objects.images):
+        raise ValueError(
+            f"no {layout!r} location for a {'guest' if user is None else 'prefixed'} slug"
+        )
+    image, recording = objects.images[index], objects.recordings[index]
+    return image.bucket, image.key, recording.key
 
 
 def _segments(path: str) -> list[str]:

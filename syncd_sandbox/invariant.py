@@ -1,30 +1,33 @@
-"""The invariant syncd exists for, checked from the outside (MongoDB and the PDS, never syncd's state).
+"""The invariant syncd exists for, checked from the outside by an independent witness.
+
+The checker reads MongoDB and the PDS (never syncd's state) and decides what
+must be true from the platform's facts (``platform-facts.md``, written down in
+:mod:`syncd_sandbox.platform`, :mod:`syncd_sandbox.images` and
+:mod:`syncd_sandbox.thumbs`). It imports nothing from ``syncd``: a mistake
+syncd and the world shared would be invisible to every test.
 
 Once the system is quiet and syncd has caught up:
 
 * every public, valid document has **exactly one** record, in its owner's
-  repository (the guest account for documents without ``user``), with the
-  content it would produce now (for paintings: a thumbnail blob that exists,
-  decodes, is at most 102,400 bytes and at most 512 px, with the source's
-  aspect ratio, and ``recordingUrl`` exactly when the recording zip exists);
-* no record exists for any other document (not public, invalid, owned by a
-  user without an ATProto account, or gone);
-* every ``atproto.rkey`` back-reference in MongoDB names that record, and a
-  document without a record carries none (a non-TID value there is garbage
-  from the source, not a reference, and is left alone).
+  repository (the ``art-guest`` account for documents without ``user``), equal
+  to the record the platform would write: painting ``$type, slug, code,
+  imageUrl, acUrl, when, ref`` plus ``recordingUrl`` exactly when the recording
+  zip exists at one of its keys and ``thumbnail`` exactly when the image exists
+  at one of its keys (a 512×512 ``contain``-on-black PNG, nearest-neighbour for
+  small sources, at most 1,048,576 bytes, on the PDS); mood ``mood, when,
+  ref``; piece ``slug, when, ref``; kidlisp ``code, source, acUrl, when, ref``;
+* no record exists for any other document (not public, over a published
+  limit or otherwise invalid, owned by a user without an ATProto account, or
+  gone);
+* every record key is a TID;
+* every ``atproto.rkey`` back-reference names that record (``atproto.uri``,
+  when present, its URI), and a document without a record carries none (a
+  non-TID value there is garbage from the source and is left alone).
 
-How "the content it would produce now" is computed -- and why partly with
-syncd's own code: the record's *fields* are built with ``syncd.mappings``
-(the field mapping is specified by the platform and unit-tested on its own;
-re-implementing it here would only copy it). Everything that decides *whether*
-and *where* a record must exist is decided here independently: visibility
-(:func:`is_public`), ownership (read from ``users``), the ``ref``/``when``
-cross-check (computed from ``_id`` and ``when`` directly), whether the painting
-image and recording exist (fetched here over HTTP), and the thumbnail checks
-(the blob is read back from the PDS and decoded with Pillow). A mapping or
-lexicon rejection (``MappingError``/``LexiconError``) means "invalid: no record
-may exist"; the hostile-input tests check separately that each such document is
-dead-lettered with a reason.
+A legacy record carrying ``mongoId`` instead of ``ref`` belongs to the
+document it names: it is not an orphan, together with a ``ref`` record it is a
+duplicate, and as the document's only record it is ``stale`` (syncd must
+rewrite it with ``ref``).
 
 ``wait_until_quiet`` polls the checker until it holds (or fails with the last
 report). syncd's ``/metrics`` is only used to know when it has caught up.
@@ -32,23 +35,19 @@ report). syncd's ``/metrics`` is only used to know when it has caught up.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import httpx
 from bson import CodecOptions, DatetimeConversion, ObjectId
-from PIL import Image
 from pymongo.database import Database
 
-from syncd import lexicon
-from syncd.config import Config
-from syncd.images.urls import painting_source_from_doc
-from syncd.mappings import MAPPINGS, MappingContext, MappingError
-from syncd.rkey import is_tid
+from syncd_sandbox import platform, thumbs
+from syncd_sandbox.images import PaintingObjects, UnsafeKeyError, painting_objects
 
 KINDS = (
     "missing",
@@ -58,16 +57,9 @@ KINDS = (
     "stale",
     "bad_backref",
     "nonpublic_published",
+    "bad_rkey",
+    "unverifiable",
 )
-HIDING_FLAGS = ("nuked", "deleted", "private", "draft", "hidden")
-THUMB_MAX_BYTES = 102_400
-THUMB_MAX_SIDE = 512
-_PLACEHOLDER_BLOB = {
-    "$type": "blob",
-    "ref": {"$link": "bafkreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
-    "mimeType": "image/png",
-    "size": 1,
-}
 
 # Expectation states
 PUBLISH, HIDDEN, INVALID, NO_ACCOUNT, EXEMPT = (
@@ -77,6 +69,12 @@ PUBLISH, HIDDEN, INVALID, NO_ACCOUNT, EXEMPT = (
     "no_account",
     "exempt",
 )
+
+_COLLECTION_OF = {nsid: coll for coll, nsid in platform.NSIDS.items()}
+# Thumbnails that passed, by (blob CID, source sha256, declared mime type and size): the
+# same blob of the same source is checked once per process, not on every poll.
+_PASSED: set[tuple[str, str, Any, Any]] = set()
+_PASSED_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -102,8 +100,10 @@ class Expectation:
     did: str | None = None
     reason: str = ""
     record: dict[str, Any] | None = None  # expected value, without the thumbnail
-    image_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None  # the source image, when it exists and decodes
     backref: Any = None
+    image: bytes | None = field(default=None, repr=False)  # the source image (paintings)
+    image_url: str | None = None  # where it was found
 
 
 @dataclass
@@ -125,6 +125,9 @@ class InvariantReport:
             out[v.kind] = out.get(v.kind, 0) + 1
         return out
 
+    def of_kind(self, kind: str) -> list[Violation]:
+        return [v for v in self.violations if v.kind == kind]
+
     def summary(self, limit: int = 20) -> str:
         head = (
             f"{len(self.violations)} violation(s) {self.by_kind()} over "
@@ -142,40 +145,35 @@ class InvariantViolation(AssertionError):
         self.report = report
 
 
-def is_public(doc: Mapping[str, Any]) -> bool:
-    """The source system's visibility rule, written down independently of syncd."""
-    if any(doc.get(flag) for flag in HIDING_FLAGS):
-        return False
-    vis = doc.get("visibility")
-    return vis is None or vis == "public"
+def is_public(doc: Mapping[str, Any], collection: str = "paintings") -> bool:
+    """platform-facts.md §4 (see :func:`syncd_sandbox.platform.not_public_reason`)."""
+    return platform.is_public(collection, doc)
 
 
 def expected_when(value: Any) -> str | None:
-    if not isinstance(value, datetime):
+    try:
+        return platform.when_string(value)
+    except platform.Invalid:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def checker_db(db: Database[Any]) -> Database[Any]:
     """``db`` with codec options that can read any document (hostile dates, bad UTF-8).
 
-    UUIDs stay ``Binary`` (the default representation), as syncd reads them."""
+    Invalid UTF-8 is read with ``surrogateescape``, so a text field that held it is
+    recognisable (it does not encode back) and invalid. UUIDs stay ``Binary``."""
     return db.with_options(
         codec_options=CodecOptions(
             tz_aware=True,
             tzinfo=UTC,
             datetime_conversion=DatetimeConversion.DATETIME_AUTO,
-            unicode_decode_error_handler="replace",
+            unicode_decode_error_handler="surrogateescape",
         )
     )
 
 
-def _doc_key(doc_id: Any) -> str:
-    from syncd.ids import doc_key
-
-    return doc_key(doc_id)
+class _Unverifiable(Exception):
+    """The image store did not answer 200 or 404: nothing can be concluded yet."""
 
 
 class _Http:
@@ -183,7 +181,7 @@ class _Http:
         self.pds_url = pds_url.rstrip("/")
         self.client = client or httpx.Client(timeout=15.0, trust_env=False)
         self._own = client is None
-        self.image_cache: dict[str, tuple[int, bytes | None]] = {}
+        self.cache: dict[str, tuple[int, bytes | None]] = {}
 
     def close(self) -> None:
         if self._own:
@@ -213,238 +211,297 @@ class _Http:
         )
         return r.content if r.status_code == 200 else None
 
-    def fetch(self, url: str, *, head: bool = False) -> tuple[int, bytes | None]:
+    def fetch(self, url: str, *, head: bool = False, attempts: int = 3) -> tuple[int, bytes | None]:
+        """(status, body) of a 200 or 404; raises :class:`_Unverifiable` otherwise."""
         key = ("HEAD " if head else "GET ") + url
-        hit = self.image_cache.get(key)
+        hit = self.cache.get(key)
         if hit is not None:
             return hit
+        status = 0
+        for attempt in range(attempts):
+            try:
+                r = self.client.request("HEAD" if head else "GET", url)
+                status = r.status_code
+                if status in (200, 404):
+                    out = (status, None if head or status != 200 else r.content)
+                    self.cache[key] = out
+                    return out
+            except httpx.HTTPError:
+                status = 0
+            time.sleep(0.05 * (attempt + 1))
+        raise _Unverifiable(f"{'HEAD' if head else 'GET'} {url}: {status or 'no answer'}")
+
+
+def _accounts(db: Database[Any], users_collection: str) -> dict[str, tuple[str, str] | None]:
+    """Every ``users`` entry: sub -> (did, password) of its ATProto account, or None."""
+    return {str(u["_id"]): platform.account_of(u) for u in db[users_collection].find({})}
+
+
+def _first_image(http: _Http, objects: PaintingObjects, template: str) -> tuple[str, bytes] | None:
+    for obj in objects.images:
+        url = obj.url(template)
+        status, body = http.fetch(url)
+        if status == 200:
+            return url, body or b""
+    return None
+
+
+def _has_recording(http: _Http, objects: PaintingObjects, template: str) -> bool:
+    found = False
+    unsure: _Unverifiable | None = None
+    for obj in objects.recordings:
         try:
-            r = self.client.request("HEAD" if head else "GET", url)
-            out = (r.status_code, None if head else r.content)
-        except httpx.HTTPError:
-            out = (0, None)
-        if out[0] in (200, 404):
-            self.image_cache[key] = out
-        return out
-
-
-def _image_size(data: bytes | None) -> tuple[int, int] | None:
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.size
-    except Exception:
-        return None
-
-
-def _usable_accounts(db: Database[Any], users_collection: str) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for u in db[users_collection].find({}, {"atproto": 1}):
-        out[str(u["_id"])] = u.get("atproto") if isinstance(u.get("atproto"), dict) else {}
-    return out
+            if http.fetch(obj.url(template), head=True)[0] == 200:
+                found = True
+                break
+        except _Unverifiable as exc:
+            unsure = exc
+    if not found and unsure is not None:
+        raise unsure
+    return found
 
 
 def expectation_for(
     collection: str,
     doc: Mapping[str, Any],
     *,
-    users: Mapping[str, Mapping[str, Any]],
-    ctx: MappingContext,
-    guest_id: str,
-    exempt_dids: frozenset[str],
+    users: Mapping[str, tuple[str, str] | None],
+    image_url_template: str,
+    guest_id: str = platform.GUEST_USER_ID,
+    exempt_dids: frozenset[str] = frozenset(),
     http: _Http,
 ) -> Expectation:
-    """Decide what the PDS must hold for ``doc``."""
-    mapping = MAPPINGS[collection]
+    """Decide, from the platform's facts alone, what the PDS must hold for ``doc``.
+
+    Raises :class:`_Unverifiable` when the image store cannot say whether a file exists.
+    """
     doc_id = doc.get("_id")
     ref = str(doc_id) if isinstance(doc_id, ObjectId) else None
     at = doc.get("atproto")
-    backref = at.get("rkey") if isinstance(at, dict) else None
+    backref = at.get("rkey") if isinstance(at, Mapping) else None
 
     def exp(state: str, reason: str = "", did: str | None = None, **kw: Any) -> Expectation:
         return Expectation(collection, doc_id, ref, state, did, reason, backref=backref, **kw)
 
     try:
-        owner = mapping.owner(doc)
-    except MappingError as exc:
+        owner = platform.owner_of(collection, doc)
+    except platform.Invalid as exc:
         return exp(INVALID, exc.reason)
-    user = users.get(guest_id if owner is None else owner)
-    did: str | None = None
-    if user is not None:
-        d, pw = user.get("did"), user.get("password")
-        if isinstance(d, str) and d and isinstance(pw, str) and pw:
-            did = d
+    account = users.get(guest_id if owner is None else owner)
+    did = account[0] if account else None
     if did is not None and did in exempt_dids:
         return exp(EXEMPT, "exempt account", did)
-    if not is_public(doc):
-        return exp(HIDDEN, "not public", did)
+    hidden = platform.not_public_reason(collection, doc)
+    if hidden is not None:
+        return exp(HIDDEN, f"not public: {hidden}", did)
     if did is None:
-        return exp(NO_ACCOUNT, "unknown user" if user is None else "no ATProto account")
+        known = (guest_id if owner is None else owner) in users
+        return exp(NO_ACCOUNT, "no ATProto account" if known else "unknown user")
     try:
-        draft = mapping.draft(doc, ctx)
-    except MappingError as exc:
+        record = platform.record_for(collection, doc)
+    except platform.Invalid as exc:
         return exp(INVALID, exc.reason, did)
-    record: dict[str, Any] = {"$type": draft.nsid, **draft.fields}
-    # Independent cross-checks of the two fields every record carries.
-    if ref is None or record.get("ref") != ref:
-        return exp(INVALID, "unsupported_id", did)
-    if record.get("when") != expected_when(doc.get("when")):
-        return exp(INVALID, "when", did)
-    image_size: tuple[int, int] | None = None
-    if collection == "paintings":
-        try:
-            src = painting_source_from_doc(doc, ctx.images)
-        except Exception as exc:
-            return exp(INVALID, f"image url: {exc}", did)
-        status, data = http.fetch(src.image_url)
-        if status != 200:
-            return exp(INVALID, f"image HTTP {status}", did)
-        image_size = _image_size(data)
-        if image_size is None:
-            return exp(INVALID, "image does not decode", did)
-        if src.recording_url is not None and http.fetch(src.recording_url, head=True)[0] == 200:
-            record["recordingUrl"] = MAPPINGS["paintings"].recording_url(draft.fields, ctx)  # type: ignore[attr-defined]
-        probe = dict(record, thumbnail=_PLACEHOLDER_BLOB)
-    else:
-        probe = record
+    if collection != "paintings":
+        return exp(PUBLISH, "", did, record=record)
     try:
-        lexicon.validate(draft.nsid, probe)
-    except lexicon.LexiconError as exc:
-        return exp(INVALID, f"lexicon: {exc}", did)
-    return exp(PUBLISH, "", did, record=record, image_size=image_size)
+        objects = painting_objects(owner, record["slug"], doc.get("bucket"))
+    except UnsafeKeyError as exc:
+        return exp(INVALID, f"image location: {exc}", did)
+    found = _first_image(http, objects, image_url_template)
+    if _has_recording(http, objects, image_url_template):
+        record["recordingUrl"] = platform.painting_recording_url(record["code"])
+        try:
+            platform.check_limits(platform.PAINTING, record)
+        except platform.Invalid as exc:
+            return exp(INVALID, exc.reason, did)
+    if found is None:
+        return exp(PUBLISH, "image missing: no thumbnail", did, record=record)
+    url, data = found
+    img = thumbs.decode(data)
+    if img is None:  # the platform cannot make a thumbnail of it either
+        return exp(PUBLISH, "image does not decode: no thumbnail", did, record=record)
+    return exp(PUBLISH, "", did, record=record, image_size=img.size, image=data, image_url=url)
+
+
+def _config_value(config: Any, section: str, name: str) -> Any:
+    return getattr(getattr(config, section, None), name, None)
+
+
+Held = tuple[str, str, str, dict[str, Any]]  # (did, rkey, uri, value)
 
 
 def check_invariant(
     db: Database[Any],
     pds_url: str,
     *,
-    config: Config,
+    config: Any = None,
+    image_url_template: str | None = None,
+    collections: Sequence[str] | None = None,
+    users_collection: str = platform.USERS,
+    guest_user_id: str = platform.GUEST_USER_ID,
     extra_dids: Iterable[str] = (),
     exempt_dids: Iterable[str] = (),
     http_client: httpx.Client | None = None,
 ) -> InvariantReport:
     """Read MongoDB (``db``, sync pymongo) and the PDS and list every violation.
 
-    Repositories scanned: every DID in ``users`` plus ``extra_dids`` (accounts
-    that lost their ``users`` entry). Documents owned by ``exempt_dids``
-    (accounts made unwritable on purpose: wrong password, deactivated) and the
-    records in those repositories are not checked.
+    ``image_url_template`` (``http://HOST:PORT/{bucket}/{key}``) says where the object
+    store is; ``collections`` which collections are mirrored (default: all four). Both
+    may instead come from ``config`` (anything with ``images.url_template`` and
+    ``mongo.collections``, e.g. the world's loaded ``syncd.toml``); plain parameters win.
+
+    Repositories scanned: every DID in ``users`` plus ``extra_dids`` (accounts that
+    lost their ``users`` entry). Documents owned by ``exempt_dids`` (accounts made
+    unwritable on purpose) and the records in those repositories are not checked.
     """
+    template = image_url_template or _config_value(config, "images", "url_template")
+    if not isinstance(template, str) or "{key}" not in template:
+        raise ValueError("check_invariant needs image_url_template (or a config that has one)")
+    wanted = collections or _config_value(config, "mongo", "collections") or platform.COLLECTIONS
+    colls = [c for c in wanted if c in platform.NSIDS]
     db = checker_db(db)
     exempt = frozenset(exempt_dids)
-    ctx = MappingContext(
-        public_base_url=config.records.public_base_url.rstrip("/"), images=config.images
-    )
-    users = _usable_accounts(db, config.mongo.users_collection)
-    dids = {str(a["did"]) for a in users.values() if isinstance(a.get("did"), str) and a["did"]}
+    users = _accounts(db, users_collection)
+    dids = {a[0] for a in users.values() if a is not None}
     dids.update(extra_dids)
     http = _Http(pds_url, http_client)
     report = InvariantReport()
     try:
-        # 1. What the PDS holds: (nsid, ref) -> [(did, rkey, uri, value)]
-        held: dict[tuple[str, str], list[tuple[str, str, str, dict[str, Any]]]] = {}
-        for did in sorted(dids - exempt):
-            for coll in config.mongo.collections:
-                nsid = MAPPINGS[coll].nsid
-                for rec in http.list_records(did, nsid):
-                    report.records_checked += 1
-                    value = rec.get("value") or {}
-                    ref = value.get("ref")
-                    uri = str(rec.get("uri", ""))
-                    rkey = uri.rsplit("/", 1)[-1]
-                    held.setdefault((nsid, str(ref)), []).append((did, rkey, uri, value))
-        # 2. What MongoDB says must be there.
-        seen_refs: set[tuple[str, str]] = set()
-        blob_ok: dict[tuple[str, str], str | None] = {}
-        for coll in config.mongo.collections:
-            nsid = MAPPINGS[coll].nsid
+        held = _read_pds(http, sorted(dids - exempt), colls, report)
+        seen: set[tuple[str, str]] = set()
+        for coll in colls:
             for doc in db[coll].find({}):
-                report.documents_checked += 1
-                e = expectation_for(
-                    coll,
-                    doc,
-                    users=users,
-                    ctx=ctx,
-                    guest_id=config.mongo.guest_user_id,
-                    exempt_dids=exempt,
-                    http=http,
+                _check_document(
+                    coll, doc, held, seen, users, template, guest_user_id, exempt, http, report
                 )
-                key = _doc_key(doc.get("_id"))
-                report.expectations[(coll, key)] = e
-                if e.ref is not None:
-                    seen_refs.add((nsid, e.ref))
-                have = held.get((nsid, e.ref), []) if e.ref is not None else []
-                if e.state == EXEMPT:
-                    continue
-                if e.state != PUBLISH:
-                    for did, rkey, _, _ in have:
-                        kind = "nonpublic_published" if e.state == HIDDEN else "orphan"
-                        report.violations.append(
-                            Violation(kind, coll, key, did, f"record {rkey} ({e.reason})")
-                        )
-                    if isinstance(e.backref, str) and is_tid(e.backref):
-                        report.violations.append(
-                            Violation(
-                                "bad_backref",
-                                coll,
-                                key,
-                                None,
-                                f"atproto.rkey={e.backref!r} but no record ({e.reason})",
-                            )
-                        )
-                    continue
-                report.expected_records += 1
-                mine = [h for h in have if h[0] == e.did]
-                others = [h for h in have if h[0] != e.did]
-                for did, rkey, _, _ in others:
-                    report.violations.append(
-                        Violation("wrong_repo", coll, key, did, f"record {rkey}; owner is {e.did}")
-                    )
-                if not mine:
-                    report.violations.append(Violation("missing", coll, key, e.did, ""))
-                    continue
-                if len(mine) > 1:
-                    report.violations.append(
-                        Violation("duplicate", coll, key, e.did, f"rkeys {[h[1] for h in mine]}")
-                    )
-                    continue
-                did, rkey, uri, value = mine[0]
-                problem = _compare(e, value, did, http, blob_ok, report)
-                if problem:
-                    report.violations.append(Violation("stale", coll, key, did, problem))
-                at = doc.get("atproto")
-                if e.backref != rkey or (isinstance(at, dict) and at.get("uri") not in (None, uri)):
-                    report.violations.append(
-                        Violation(
-                            "bad_backref",
-                            coll,
-                            key,
-                            did,
-                            f"atproto.rkey={e.backref!r} uri={at.get('uri') if isinstance(at, dict) else None!r}; record {uri}",
-                        )
-                    )
-        # 3. Records with no document behind them.
-        for (nsid, ref), recs in held.items():
-            if (nsid, ref) in seen_refs:
+        for (nsid, ident), recs in held.items():
+            if (nsid, ident) in seen:
                 continue
             for did, rkey, _, _ in recs:
                 report.violations.append(
-                    Violation("orphan", nsid, ref, did, f"record {rkey}: no such document")
+                    Violation(
+                        "orphan",
+                        _COLLECTION_OF[nsid],
+                        ident,
+                        did,
+                        f"record {rkey}: no such document",
+                    )
                 )
     finally:
         http.close()
     return report
 
 
-def _compare(
-    e: Expectation,
-    value: Mapping[str, Any],
-    did: str,
+def _read_pds(
+    http: _Http, dids: Sequence[str], colls: Sequence[str], report: InvariantReport
+) -> dict[tuple[str, str], list[Held]]:
+    """What the PDS holds: (nsid, ref or legacy mongoId) -> records."""
+    held: dict[tuple[str, str], list[Held]] = {}
+    for did in dids:
+        for coll in colls:
+            nsid = platform.NSIDS[coll]
+            for rec in http.list_records(did, nsid):
+                report.records_checked += 1
+                value = rec.get("value") or {}
+                uri = str(rec.get("uri", ""))
+                rkey = uri.rsplit("/", 1)[-1]
+                ident = platform.record_identity(value)
+                if not platform.is_tid(rkey):
+                    report.violations.append(
+                        Violation(
+                            "bad_rkey", coll, str(ident), did, f"record key {rkey!r} is not a TID"
+                        )
+                    )
+                held.setdefault((nsid, str(ident)), []).append((did, rkey, uri, value))
+    return held
+
+
+def _check_document(
+    coll: str,
+    doc: Mapping[str, Any],
+    held: Mapping[tuple[str, str], list[Held]],
+    seen: set[tuple[str, str]],
+    users: Mapping[str, tuple[str, str] | None],
+    template: str,
+    guest_user_id: str,
+    exempt: frozenset[str],
     http: _Http,
-    blob_ok: dict[tuple[str, str], str | None],
     report: InvariantReport,
+) -> None:
+    nsid = platform.NSIDS[coll]
+    report.documents_checked += 1
+    key = platform.doc_key(doc.get("_id"))
+    try:
+        e = expectation_for(
+            coll,
+            doc,
+            users=users,
+            image_url_template=template,
+            guest_id=guest_user_id,
+            exempt_dids=exempt,
+            http=http,
+        )
+    except _Unverifiable as exc:
+        report.violations.append(Violation("unverifiable", coll, key, None, str(exc)))
+        if isinstance(doc.get("_id"), ObjectId):
+            seen.add((nsid, str(doc["_id"])))
+        return
+    report.expectations[(coll, key)] = e
+    if e.ref is not None:
+        seen.add((nsid, e.ref))
+    have = held.get((nsid, e.ref), []) if e.ref is not None else []
+    if e.state == EXEMPT:
+        return
+    if e.state != PUBLISH:
+        for did, rkey, _, _ in have:
+            kind = "nonpublic_published" if e.state == HIDDEN else "orphan"
+            report.violations.append(Violation(kind, coll, key, did, f"record {rkey} ({e.reason})"))
+        if platform.is_tid(e.backref):
+            report.violations.append(
+                Violation(
+                    "bad_backref",
+                    coll,
+                    key,
+                    None,
+                    f"atproto.rkey={e.backref!r} but no record may exist ({e.reason})",
+                )
+            )
+        return
+    report.expected_records += 1
+    mine = [h for h in have if h[0] == e.did]
+    for did, rkey, _, _ in have:
+        if did != e.did:
+            report.violations.append(
+                Violation("wrong_repo", coll, key, did, f"record {rkey}; owner is {e.did}")
+            )
+    if not mine:
+        report.violations.append(Violation("missing", coll, key, e.did, e.reason))
+        return
+    if len(mine) > 1:
+        report.violations.append(
+            Violation("duplicate", coll, key, e.did, f"rkeys {[h[1] for h in mine]}")
+        )
+        return
+    did, rkey, uri, value = mine[0]
+    problem = _compare(e, value, did, http, report)
+    if problem:
+        report.violations.append(Violation("stale", coll, key, did, f"record {rkey}: {problem}"))
+    at = doc.get("atproto")
+    at_uri = at.get("uri") if isinstance(at, Mapping) else None
+    if e.backref != rkey or at_uri not in (None, uri):
+        report.violations.append(
+            Violation(
+                "bad_backref",
+                coll,
+                key,
+                did,
+                f"atproto.rkey={e.backref!r} uri={at_uri!r}; record {uri}",
+            )
+        )
+
+
+def _compare(
+    e: Expectation, value: Mapping[str, Any], did: str, http: _Http, report: InvariantReport
 ) -> str | None:
     assert e.record is not None
     got = dict(value)
@@ -452,52 +509,32 @@ def _compare(
     if got != e.record:
         diff = {
             k: (e.record.get(k), got.get(k))
-            for k in set(got) | set(e.record)
+            for k in sorted(set(got) | set(e.record))
             if e.record.get(k) != got.get(k)
         }
         return f"fields differ (expected, got): {str(diff)[:300]}"
-    if e.collection != "paintings":
-        return None if thumb is None else "unexpected thumbnail"
-    if not isinstance(thumb, dict):
-        return "no thumbnail blob"
-    ref = thumb.get("ref")
-    cid = ref.get("$link") if isinstance(ref, dict) else None
-    if not isinstance(cid, str):
-        return f"thumbnail without a CID: {thumb!r:.100}"
-    k = (did, cid)
-    if k not in blob_ok:
-        report.blobs_checked += 1
-        blob_ok[k] = _check_thumbnail(http.get_blob(did, cid), thumb, e.image_size)
-    return blob_ok[k]
-
-
-def _check_thumbnail(
-    data: bytes | None, thumb: Mapping[str, Any], source: tuple[int, int] | None
-) -> str | None:
-    if data is None:
+    if e.image is None:
+        return None if thumb is None else f"a thumbnail although {e.reason}"
+    if not isinstance(thumb, Mapping):
+        return "no thumbnail although the image exists"
+    link = thumb.get("ref")
+    cid = link.get("$link") if isinstance(link, Mapping) else None
+    if not isinstance(cid, str) or thumb.get("$type") != "blob":
+        return f"thumbnail is not a blob: {thumb!r:.100}"
+    report.blobs_checked += 1
+    blob = http.get_blob(did, cid)
+    if blob is None:
         return "thumbnail blob not on the PDS"
-    if len(data) > THUMB_MAX_BYTES:
-        return f"thumbnail is {len(data)} bytes"
-    if thumb.get("size") != len(data):
-        return f"blob size {thumb.get('size')} != {len(data)}"
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            fmt, (w, h) = im.format, im.size
-    except Exception as exc:
-        return f"thumbnail does not decode: {exc}"
-    mime = {"PNG": "image/png", "JPEG": "image/jpeg"}.get(fmt or "")
-    if mime is None or mime != thumb.get("mimeType"):
-        return f"thumbnail format {fmt} vs mimeType {thumb.get('mimeType')}"
-    if max(w, h) > THUMB_MAX_SIDE:
-        return f"thumbnail is {w}x{h}"
-    if source is not None:
-        sw, sh = source
-        if max(w, h) > max(sw, sh):
-            return f"thumbnail {w}x{h} larger than the source {sw}x{sh}"
-        if abs(w / h - sw / sh) > max(0.05 * sw / sh, 2.0 / min(w, h)):
-            return f"thumbnail {w}x{h} does not keep the source's aspect {sw}x{sh}"
-    return None
+    # A blob that passed for this source passes again if the record declares it the same.
+    cache_key = (cid, hashlib.sha256(e.image).hexdigest(), thumb.get("mimeType"), thumb.get("size"))
+    if cache_key in _PASSED:
+        return None
+    verdict = thumbs.check_thumbnail(blob, thumb, e.image)
+    if verdict is None:
+        if len(_PASSED) >= _PASSED_MAX:
+            _PASSED.clear()
+        _PASSED.add(cache_key)
+    return verdict
 
 
 def metrics_caught_up(metrics_url: str, timeout: float = 2.0) -> bool:

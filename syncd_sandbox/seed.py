@@ -3,14 +3,19 @@
 Generators (``make_painting``, ``make_mood``, ``make_piece``, ``make_kidlisp``)
 return documents with the real field names (moods keep their text in ``mood``;
 ``when`` is a timezone-aware UTC datetime, stored by pymongo as a BSON date;
-guest content has no ``user`` field). ``png_bytes``/``write_png`` make real
-PNGs and ``write_painting_files`` puts a painting's image (and recording zip)
-where the image server serves it.
+guest content has no ``user`` field). ``png_bytes``/``pixel_art_png_bytes``/
+``write_png`` make real PNGs and ``write_painting_files`` puts a painting's image
+(and recording zip) where the platform stores it (platform-facts.md §1:
+``{sub}/painting/{slug}.png`` by default, ``layout="old"`` for the oldest
+``{sub}/{slug}.png`` objects; see :mod:`syncd_sandbox.images`).
 
 ``demo_dataset`` builds a small realistic world: users with and without
-ATProto accounts, guest content, and every kind of non-public document
-(``nuked``, ``deleted`` moods, ``private``, ``draft``, ``hidden``,
-``visibility: "unlisted"``).
+ATProto accounts, guest content, pixel art next to large paintings, a WIP
+painting, a painting whose image is missing, one at the oldest key, one with a
+prefixed slug, every kind of non-public document (``nuked``, ``deleted`` moods,
+``status: "wip"``, ``private``, ``draft``, ``hidden``, ``visibility:
+"unlisted"``) and two legacy moods whose records carry ``mongoId`` (created on
+the PDS by :func:`create_legacy_records`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from typing import Any
 from bson import ObjectId
 from PIL import Image, ImageDraw
 
-from syncd_sandbox import tokens
+from syncd_sandbox import platform, tokens
 from syncd_sandbox.images import painting_keys, write_file
 
-COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
-GUEST_USER_ID = "art-guest"
+COLLECTIONS = platform.COLLECTIONS
+GUEST_USER_ID = platform.GUEST_USER_ID
 SEEDS = ("demo", "empty")
 
 Document = dict[str, Any]
@@ -131,6 +136,19 @@ def png_bytes(width: int = 64, height: int = 64, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def pixel_art_png_bytes(
+    width: int = 32, height: int = 32, seed: int = 0, colours: int = 6
+) -> bytes:
+    """Pixel art: every pixel one of a few colours at random (a crisp thumbnail shows each)."""
+    rng = random.Random(seed)
+    palette = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(colours)]
+    img = Image.new("RGB", (width, height))
+    img.putdata([rng.choice(palette) for _ in range(width * height)])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def noisy_png_bytes(width: int, height: int, seed: int = 0) -> bytes:
     """A PNG that compresses badly (random pixels): big files for size-limit tests."""
     rng = random.Random(seed)
@@ -179,16 +197,30 @@ def write_painting_files(
     seed: int = 0,
     data: bytes | None = None,
     recording: bool | bytes = False,
+    layout: str = "painting",
+    bucket: str | None = None,
+    pixel_art: bool = False,
 ) -> PaintingFiles:
-    """Put a painting's PNG (and optionally its recording zip) where the image server serves it."""
-    bucket, image_key, zip_key = painting_keys(user, slug)
-    body = data if data is not None else png_bytes(width, height, seed)
-    image_path = write_file(image_root, bucket, image_key, body)
+    """Put a painting's PNG (and optionally its recording zip) where the platform stores it.
+
+    ``layout="painting"``: ``{sub}/painting/{slug}.png`` (a prefixed slug names that
+    same object); ``layout="old"``: the oldest ``{sub}/{slug}.png``; guests:
+    ``{image}.png``/``{recording}.zip`` in ``art-aesthetic-computer``. ``bucket`` is the
+    document's own ``bucket`` field, if it has one.
+    """
+    bucket_name, image_key, zip_key = painting_keys(user, slug, layout=layout, bucket=bucket)
+    if data is not None:
+        body = data
+    elif pixel_art:
+        body = pixel_art_png_bytes(width, height, seed)
+    else:
+        body = png_bytes(width, height, seed)
+    image_path = write_file(image_root, bucket_name, image_key, body)
     recording_path: Path | None = None
     if recording is not False:
         zip_body = recording if isinstance(recording, bytes) else recording_zip_bytes(seed=seed)
-        recording_path = write_file(image_root, bucket, zip_key, zip_body)
-    return PaintingFiles(bucket, image_key, zip_key, image_path, recording_path, body)
+        recording_path = write_file(image_root, bucket_name, zip_key, zip_body)
+    return PaintingFiles(bucket_name, image_key, zip_key, image_path, recording_path, body)
 
 
 @dataclass(frozen=True)
@@ -209,6 +241,9 @@ class Dataset:
         default_factory=lambda: {name: [] for name in COLLECTIONS}
     )
     files: list[PaintingFiles] = field(default_factory=list)
+    # Moods whose records the platform's early code wrote with `mongoId` instead of `ref`:
+    # (mood document, whether the document names the record in `atproto.rkey`).
+    legacy_moods: list[tuple[Document, bool]] = field(default_factory=list)
 
     def add(self, collection: str, doc: Document) -> Document:
         self.documents[collection].append(doc)
@@ -244,10 +279,19 @@ def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None)
         return t0 + timedelta(minutes=minutes, milliseconds=rng.randrange(1000))
 
     def painting(
-        user: str | None, slug: str, minutes: int, size: tuple[int, int], **kw: Any
+        user: str | None,
+        slug: str,
+        minutes: int,
+        size: tuple[int, int] | None,
+        *,
+        recording: bool = False,
+        layout: str = "painting",
+        pixel_art: bool = False,
+        **kw: Any,
     ) -> None:
-        recording = bool(kw.pop("recording", False))
         ds.add("paintings", make_painting(user, slug, short_code(rng), at(minutes), **kw))
+        if size is None:  # the image is missing from storage
+            return
         ds.files.append(
             write_painting_files(
                 image_root,
@@ -257,25 +301,39 @@ def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None)
                 height=size[1],
                 seed=minutes,
                 recording=recording,
+                layout=layout,
+                pixel_art=pixel_art,
             )
         )
 
-    # paintings: a few sizes, one with a recording, one newer-style slug, guests.
-    painting(jeffrey, "2025.03.01.12.00.00.123", 0, (128, 128))
-    painting(jeffrey, "2025.03.01.12.05.10.456", 5, (1024, 768), recording=True)
+    # paintings: pixel art (16-128 px) next to large ones, a recording at each layout, a
+    # prefixed slug, the oldest {sub}/{slug}.png key, a missing image, a WIP, guests.
+    painting(jeffrey, "2025.03.01.12.00.00.123", 0, (32, 32), pixel_art=True)
+    painting(jeffrey, "2025.03.01.12.05.10.456", 5, (1024, 1024), recording=True)
     painting(jeffrey, f"{jeffrey}/painting/2025.03.01.12.07.00.001", 7, (300, 200))
-    painting(fifi, "2025.03.01.13.00.00.000", 60, (64, 64))
+    painting(
+        jeffrey,
+        "2023.8.21.19.42.03.043",
+        9,
+        (128, 128),
+        pixel_art=True,
+        layout="old",
+        recording=True,
+    )
+    painting(jeffrey, f"wip/{tokens.token_hex(6)}", 11, (64, 64), pixel_art=True, status="wip")
+    painting(fifi, "2025.03.01.13.00.00.000", 60, (16, 16), pixel_art=True)
     painting(fifi, "2025.03.01.13.02.00.000", 62, (800, 800), nuked=True)
-    painting(amelia, "2025.03.01.14.00.00.000", 120, (256, 512))
+    painting(amelia, "2025.03.01.14.00.00.000", 120, (1024, 512))
     painting(amelia, "2025.03.01.14.01.00.000", 121, (128, 128), private=True)
+    painting(amelia, "2025.03.01.14.05.00.000", 125, None)  # its PNG is not in storage
     painting(kaito, "2025.03.01.15.00.00.000", 180, (128, 128))
-    painting(None, "2025.03.01.16.00.00.000", 240, (200, 150))
+    painting(None, "2025.03.01.16.00.00.000", 240, (64, 48), pixel_art=True)
     painting(
         None, "2025.03.01.16.10.00.000:2025.03.01.16.10.00.000-rec", 250, (320, 240), recording=True
     )
     painting(None, "2025.03.01.16.20.00.000", 260, (100, 100), hidden=True)
 
-    # moods: text in `mood`; one deleted.
+    # moods: text in `mood`; one deleted; two legacy ones with `mongoId` records on the PDS.
     for i, (user, text) in enumerate(
         [
             (jeffrey, "painting all day"),
@@ -287,6 +345,11 @@ def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None)
     ):
         ds.add("moods", make_mood(user, text, at(300 + i)))
     ds.add("moods", make_mood(fifi, "never mind", at(310), deleted=True))
+    for i, (user, text, named) in enumerate(
+        [(jeffrey, "an early mood", True), (fifi, "an early mood, never named", False)]
+    ):
+        doc = ds.add("moods", make_mood(user, text, at(290 + i)))
+        ds.legacy_moods.append((doc, named))
 
     # pieces: some with code/source, guest ones without `user`.
     ds.add("pieces", make_piece(jeffrey, "wipe", at(400)))
@@ -317,11 +380,46 @@ def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None)
     return ds
 
 
+def legacy_mood_record(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A mood record as the platform's early code wrote it: ``mongoId`` instead of ``ref``."""
+    return {
+        "$type": platform.MOOD,
+        "mood": doc["mood"],
+        "when": platform.when_string(doc["when"]),
+        "mongoId": str(doc["_id"]),
+    }
+
+
+def create_legacy_records(
+    db: Any, api: Any, sessions: Mapping[str, tuple[str, str]], ds: Dataset
+) -> list[tuple[str, str]]:
+    """Create the data set's legacy mood records on the PDS (``createRecord``, the PDS
+    picks the key) and write ``atproto.rkey``/``uri`` back where the document names it.
+
+    ``sessions`` maps a user sub to (did, access token). Returns [(did, uri)].
+    """
+    made: list[tuple[str, str]] = []
+    for doc, named in ds.legacy_moods:
+        did, token = sessions[doc["user"]]
+        out = api.procedure(
+            "com.atproto.repo.createRecord",
+            {"repo": did, "collection": platform.MOOD, "record": legacy_mood_record(doc)},
+            token=token,
+        )
+        uri = str(out["uri"])
+        if named:
+            rkey = uri.rsplit("/", 1)[-1]
+            db.moods.update_one(
+                {"_id": doc["_id"]}, {"$set": {"atproto": {"rkey": rkey, "uri": uri}}}
+            )
+        made.append((did, uri))
+    return made
+
+
 NOT_PUBLIC_FLAGS = ("nuked", "deleted", "private", "draft", "hidden")
 
 
-def is_public(doc: Mapping[str, Any]) -> bool:
-    """Whether a seeded document is public by the source-system rules (any flag hides it)."""
-    if any(doc.get(flag) is True for flag in NOT_PUBLIC_FLAGS):
-        return False
-    return doc.get("visibility") != "unlisted"
+def is_public(doc: Mapping[str, Any], collection: str = "paintings") -> bool:
+    """Whether a seeded document is public (platform-facts.md §4, see
+    :func:`syncd_sandbox.platform.not_public_reason`)."""
+    return platform.is_public(collection, doc)

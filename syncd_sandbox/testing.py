@@ -32,6 +32,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ from pymongo.database import Database
 from syncd.config import Config, load
 from syncd_sandbox import tokens
 from syncd_sandbox.accounts import GUEST_NAME, WorldAccount, store_user
+from syncd_sandbox.hooks import HookOptions, PlatformHooks
 from syncd_sandbox.images import ImageServer
+from syncd_sandbox.invariant import InvariantReport, check_invariant
 from syncd_sandbox.mongo_server import ChildMongo
 from syncd_sandbox.pds import PdsApi, PdsHandle, PdsProcess, unique_handle
 from syncd_sandbox.procs import free_port
@@ -108,6 +111,8 @@ class SandboxWorld:
         self.accounts: dict[str, WorldAccount] = {}
         self._config: Config | None = None
         self._overrides: dict[str, dict[str, Any]] = {}
+        self._hooks: list[PlatformHooks] = []
+        self._tokens: dict[str, str] = {}
 
     # -- servers --------------------------------------------------------------
 
@@ -173,6 +178,7 @@ class SandboxWorld:
         if with_atproto:
             created = self.api.create_account(unique_handle(name))
             account = WorldAccount(name, sub, created.did, created.handle, created.password)
+            self._tokens[name] = created.access_jwt
         else:
             account = WorldAccount(name, sub)
         store_user(self.db, account)
@@ -185,6 +191,7 @@ class SandboxWorld:
         account = WorldAccount(
             GUEST_NAME, GUEST_USER_ID, created.did, created.handle, created.password
         )
+        self._tokens[GUEST_NAME] = created.access_jwt
         store_user(self.db, account, platform_handle=False)
         self.accounts[GUEST_NAME] = account
         return account
@@ -217,6 +224,14 @@ class SandboxWorld:
         acc = self.account(who)
         assert acc.did is not None and acc.password is not None
         return str(self.api.create_session(acc.did, acc.password)["accessJwt"])
+
+    def session_token(self, who: str) -> str:
+        """An access token of ``who`` ("art" for the guest) for writing straight to the PDS,
+        kept per account: the one ``createAccount`` returned, else one ``createSession``."""
+        name = self.account(who).name
+        if name not in self._tokens:
+            self._tokens[name] = self.access_token(name)
+        return self._tokens[name]
 
     # -- PDS reads ----------------------------------------------------------------
 
@@ -264,8 +279,14 @@ class SandboxWorld:
         seed: int = 0,
         data: bytes | None = None,
         recording: bool | bytes = False,
+        layout: str = "painting",
+        bucket: str | None = None,
+        pixel_art: bool = False,
     ) -> PaintingFiles:
-        """Serve a painting's PNG (and recording zip) for owner ``who`` (None: guest)."""
+        """Store a painting's PNG (and recording zip) for owner ``who`` (None: guest) where
+        the platform keeps it: ``{sub}/painting/{slug}.png`` in ``user-aesthetic-computer``
+        (``layout="old"``: the oldest ``{sub}/{slug}.png``), ``{image}.png`` in
+        ``art-aesthetic-computer`` for guests; ``bucket``: the document's own bucket."""
         return write_painting_files(
             self.image_dir,
             self.sub(who),
@@ -275,6 +296,9 @@ class SandboxWorld:
             seed=seed,
             data=data,
             recording=recording,
+            layout=layout,
+            bucket=bucket,
+            pixel_art=pixel_art,
         )
 
     def add_painting(
@@ -286,9 +310,17 @@ class SandboxWorld:
         width: int = 64,
         height: int = 64,
         recording: bool = False,
+        layout: str = "painting",
+        pixel_art: bool = False,
+        data: bytes | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Insert a ``paintings`` document (and write its image unless ``image=False``)."""
+        """Insert a ``paintings`` document and store its image (see :meth:`write_image`).
+
+        ``image=False``: the document's image is missing from storage. ``layout="old"``:
+        the image sits at the oldest ``{sub}/{slug}.png`` key. A ``bucket`` field in
+        ``fields`` is the document's own bucket and the files go there.
+        """
         doc = make_painting(self.sub(who), slug, **fields)
         if image:
             self.write_image(
@@ -297,7 +329,11 @@ class SandboxWorld:
                 width=width,
                 height=height,
                 seed=zlib.crc32(doc["slug"].encode()),
+                data=data,
                 recording=recording,
+                layout=layout,
+                bucket=doc.get("bucket"),
+                pixel_art=pixel_art,
             )
         self.db.paintings.insert_one(doc)
         return doc
@@ -307,9 +343,65 @@ class SandboxWorld:
             self.db[collection].insert_many(list(docs))
         return list(docs)
 
+    def check_invariant(self, **kwargs: Any) -> InvariantReport:
+        """The independent invariant checker on this world (MongoDB + PDS + image store)."""
+        kwargs.setdefault("image_url_template", self.images.url_template)
+        return check_invariant(self.db, self.pds.url, **kwargs)
+
+    # -- the platform's own writers ------------------------------------------------------
+
+    def start_hooks(
+        self,
+        *,
+        delay_ms: tuple[int, int] = (20, 200),
+        writeback_delay_ms: tuple[int, int] = (20, 200),
+        lose_fraction: float = 0.0,
+        seed: int | None = None,
+        **options: Any,
+    ) -> PlatformHooks:
+        """Start the platform's inline writers on this world (see :mod:`syncd_sandbox.hooks`):
+        every public insert from now on gets a record with a PDS-picked key after
+        ``delay_ms``, and its ``atproto.rkey``/``uri`` after ``writeback_delay_ms`` -- except a
+        ``lose_fraction`` of them. Stopped by :meth:`PlatformHooks.stop` or at teardown."""
+        hooks = PlatformHooks(
+            self.mongo_uri,
+            self.database,
+            self.pds.url,
+            self.images.url_template,
+            HookOptions(
+                delay_ms=delay_ms,
+                writeback_delay_ms=writeback_delay_ms,
+                lose_fraction=lose_fraction,
+                seed=seed,
+                **options,
+            ),
+        ).start()
+        self._hooks.append(hooks)
+        return hooks
+
+    @contextmanager
+    def hooks(self, **options: Any) -> Iterator[PlatformHooks]:
+        """``with world.hooks(delay_ms=(10, 50), lose_fraction=0.2, seed=1) as h:`` --
+        :meth:`start_hooks` for the block; ``h.stats``, ``h.created``, ``h.wait_idle()``."""
+        hooks = self.start_hooks(**options)
+        try:
+            yield hooks
+        finally:
+            self._stop_hooks(hooks)
+
+    def _stop_hooks(self, hooks: PlatformHooks) -> None:
+        if hooks in self._hooks:
+            self._hooks.remove(hooks)
+            hooks.stop()
+
     # -- teardown ---------------------------------------------------------------------
 
     def close(self, *, drop: bool = True) -> None:
+        for hooks in list(self._hooks):
+            try:
+                self._stop_hooks(hooks)
+            except Exception:  # the Mongo sandbox may be down after a chaos test
+                pass
         self.images.stop()
         self.api.close()
         if drop and not os.environ.get(KEEP_ENV):

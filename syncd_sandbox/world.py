@@ -11,6 +11,7 @@ Layout of DIR::
 
     world.json  syncd.toml  state/  images/{bucket}/{key}
     mongo/ mongo.log   pds/ pds.log   images.log   (and *.ready.json)
+    hooks.log  hooks.stats.json      (while the platform hooks have been on)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import httpx
 from pymongo import MongoClient
 
 from syncd_sandbox.accounts import WorldAccount, provision_guest, provision_user
+from syncd_sandbox.hooks import STATS_FILE, HookOptions, read_stats
 from syncd_sandbox.mongo_server import DetachedMongo, ping
 from syncd_sandbox.pds import PdsApi, PdsHandle, start_detached
 from syncd_sandbox.procs import (
@@ -39,7 +41,7 @@ from syncd_sandbox.procs import (
     stop_record,
     wait_ready_file,
 )
-from syncd_sandbox.seed import COLLECTIONS, SEEDS, demo_dataset
+from syncd_sandbox.seed import COLLECTIONS, SEEDS, create_legacy_records, demo_dataset
 from syncd_sandbox.syncd_config import sandbox_sections, write_config
 
 DATABASE = "aesthetic"
@@ -59,6 +61,9 @@ _OWNED = (
     "pds.ready.json",
     "images.log",
     "images.ready.json",
+    "hooks.log",
+    "hooks.ready.json",
+    STATS_FILE,
 )
 
 
@@ -238,7 +243,9 @@ class World:
 
     def down(self, timeout: float = 10.0) -> list[str]:
         """Stop every process this world started; returns the names that were running."""
-        stopped = [name for name, rec in self.processes().items() if stop_record(rec, timeout)]
+        # The platform hooks first: they write to Mongo and the PDS.
+        order = sorted(self.processes().items(), key=lambda item: item[0] != "hooks")
+        stopped = [name for name, rec in order if stop_record(rec, timeout)]
         self.info["state"] = "down"
         self.save()
         return stopped
@@ -282,6 +289,58 @@ class World:
         self.save()
         return handle.url
 
+    def hooks_on(
+        self, options: HookOptions | None = None, *, timeout: float = 20.0
+    ) -> ProcessRecord:
+        """Switch the platform's own inline writers on: ``python -m syncd_sandbox.hooks``
+        in the background (see :mod:`syncd_sandbox.hooks`); counters in ``hooks.stats.json``."""
+        current = self.processes().get("hooks")
+        if current is not None and current.is_running():
+            raise WorldError(f"the platform hooks are already on in {self.dir} (pid {current.pid})")
+        opts = options or HookOptions()
+        ready = self.dir / "hooks.ready.json"
+        ready.unlink(missing_ok=True)
+        log_path = self.dir / "hooks.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "syncd_sandbox.hooks",
+            "--dir",
+            str(self.dir),
+            "--ready-file",
+            str(ready),
+            "--delay-ms",
+            "{}:{}".format(*opts.delay_ms),
+            "--writeback-delay-ms",
+            "{}:{}".format(*opts.writeback_delay_ms),
+            "--lose-fraction",
+            str(opts.lose_fraction),
+        ]
+        if opts.seed is not None:
+            argv += ["--seed", str(opts.seed)]
+        proc = spawn(argv, log_path=log_path)
+        wait_ready_file(proc, ready, name="platform hooks", timeout=timeout, log_path=log_path)
+        record = ProcessRecord.capture("hooks", proc.pid, log_path)
+        self.info.setdefault("processes", {})["hooks"] = record.to_json()
+        self.info["hooks"] = {
+            "delay_ms": list(opts.delay_ms),
+            "writeback_delay_ms": list(opts.writeback_delay_ms),
+            "lose_fraction": opts.lose_fraction,
+            "seed": opts.seed,
+            "stats_file": str(self.dir / STATS_FILE),
+        }
+        self.save()
+        return record
+
+    def hooks_off(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Switch the platform hooks off; returns their final stats file (``{}`` if none)."""
+        record = self.processes().get("hooks")
+        if record is not None:
+            stop_record(record, timeout)
+            self.info["processes"].pop("hooks", None)
+            self.save()
+        return read_stats(self.dir)
+
     def fault(self, kind: str, **params: Any) -> Any:
         """Send a fault to the Mongo sandbox (``syncd_sandbox.mongo.faults.send_fault``)."""
         from syncd_sandbox.mongo.faults import send_fault
@@ -307,6 +366,13 @@ class World:
                     for name, docs in ds.documents.items():
                         if docs:
                             db[name].insert_many(docs)
+                    sessions: dict[str, tuple[str, str]] = {}
+                    for doc, _ in ds.legacy_moods:
+                        acc = next(a for a in accounts.values() if a.sub == doc["user"])
+                        if acc.sub not in sessions and acc.did and acc.password:
+                            token = api.create_session(acc.did, acc.password)["accessJwt"]
+                            sessions[acc.sub] = (acc.did, str(token))
+                    create_legacy_records(db, api, sessions, ds)
                 else:
                     for name in COLLECTIONS:
                         db.create_collection(name)
@@ -366,6 +432,8 @@ class World:
             if running:
                 if name == "mongo":
                     healthy = ping(self.mongo_uri)
+                elif name == "hooks":
+                    healthy = bool(read_stats(self.dir).get("running"))
                 elif name == "pds":
                     with PdsApi(self.pds_url) as api:
                         healthy = api.health()

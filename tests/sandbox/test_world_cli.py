@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import pytest
 from pymongo import MongoClient
 
 from syncd.config import load
-from syncd.images.urls import painting_source_from_doc
+from syncd_sandbox.images import painting_objects
+from syncd_sandbox.invariant import check_invariant
 from syncd_sandbox.pds import PdsApi
 from syncd_sandbox.procs import ProcessRecord, read_cmdline
-from syncd_sandbox.seed import COLLECTIONS, is_public
+from syncd_sandbox.seed import COLLECTIONS, is_public, make_mood
 
 
 def sandbox(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -142,30 +144,44 @@ def test_seeded_collections(info: dict[str, Any], db: Any) -> None:
     assert sum(is_public(d) for d in db.paintings.find()) >= 5
 
 
-def test_images_are_served_where_syncd_looks(
-    world_dir: Path, info: dict[str, Any], db: Any
-) -> None:
-    cfg = load(world_dir / "syncd.toml", environ={})
+def test_images_are_where_the_platform_keeps_them(info: dict[str, Any], db: Any) -> None:
+    """Every seeded painting's image is at one of its platform keys (platform-facts §1),
+    except the one whose image is missing; the recording zips likewise."""
+    template = info["images"]["url_template"]
     recordings = 0
+    missing = []
+    found_at: dict[str, str] = {}
     with httpx.Client(timeout=10) as http:
         for doc in db.paintings.find():
-            source = painting_source_from_doc(doc, cfg.images)
-            got = http.get(source.image_url)
-            assert got.status_code == 200, source.image_url
-            assert got.headers["content-type"] == "image/png"
-            assert got.content[:8] == b"\x89PNG\r\n\x1a\n"
-            head = http.head(source.image_url)
-            assert head.status_code == 200
-            assert int(head.headers["content-length"]) == len(got.content)
-            assert head.content == b""
-            assert source.recording_url is not None
-            rec = http.head(source.recording_url)
-            if rec.status_code == 200:
-                recordings += 1
-                assert rec.headers["content-type"] == "application/zip"
+            objects = painting_objects(doc.get("user"), doc["slug"], doc.get("bucket"))
+            for obj in objects.images:
+                url = obj.url(template)
+                got = http.get(url)
+                if got.status_code == 200:
+                    assert got.headers["content-type"] == "image/png"
+                    assert got.content[:8] == b"\x89PNG\r\n\x1a\n"
+                    head = http.head(url)
+                    assert head.status_code == 200 and head.content == b""
+                    assert int(head.headers["content-length"]) == len(got.content)
+                    found_at[doc["slug"]] = obj.key
+                    break
+                assert got.status_code == 404
             else:
-                assert rec.status_code == 404
-        assert recordings == 2
+                missing.append(doc)
+            for obj in objects.recordings:
+                rec = http.head(obj.url(template))
+                if rec.status_code == 200:
+                    recordings += 1
+                    assert rec.headers["content-type"] == "application/zip"
+                else:
+                    assert rec.status_code == 404
+        assert recordings == 3
+        assert len(missing) == 1 and is_public(missing[0])
+        jeffrey = info["accounts"]["jeffrey"]["sub"].replace("|", "%7C")
+        assert found_at["2023.8.21.19.42.03.043"] == f"{jeffrey}/2023.8.21.19.42.03.043.png"
+        assert found_at["2025.03.01.12.00.00.123"] == (
+            f"{jeffrey}/painting/2025.03.01.12.00.00.123.png"
+        )
         base = info["images"]["base_url"]
         assert http.get(f"{base}/user-aesthetic-computer/nobody/missing.png").status_code == 404
         assert http.head(f"{base}/art-aesthetic-computer/missing.png").status_code == 404
@@ -176,6 +192,35 @@ def test_images_are_served_where_syncd_looks(
             "/art-aesthetic-computer/.hidden.png",
         ):
             assert http.get(base + evil).status_code == 404, evil
+
+
+def test_the_demo_before_syncd(info: dict[str, Any], db: Any) -> None:
+    """What the witness sees before syncd ran: a record is missing for every public
+    document except the two legacy moods, whose mongoId records count as theirs (stale),
+    and nothing else is on the PDS."""
+    report = check_invariant(
+        db, info["pds"]["url"], image_url_template=info["images"]["url_template"]
+    )
+    legacy = {str(m["_id"]) for m in db.moods.find({"mood": {"$regex": "^an early mood"}})}
+    assert len(legacy) == 2
+    by_kind: dict[str, set[str]] = {}
+    for v in report.violations:
+        by_kind.setdefault(v.kind, set()).add(v.doc)
+    assert set(by_kind) == {"missing", "stale", "bad_backref"}, report.summary()
+    assert by_kind["stale"] == legacy
+    # The unnamed legacy mood's document carries no atproto.rkey for its record.
+    unnamed = db.moods.find_one({"mood": "an early mood, never named"})
+    assert "atproto" not in unnamed and by_kind["bad_backref"] == {str(unnamed["_id"])}
+    assert report.records_checked == 2
+    states: dict[str, int] = {}
+    for e in report.expectations.values():
+        states[e.state] = states.get(e.state, 0) + 1
+    # paintings 9 public / 4 hidden (wip, nuked, private, hidden) / 1 kaito; moods 6 / 1
+    # deleted / 1 kaito; pieces 4 / 2 (draft, nuked); kidlisp 4 / 2 (unlisted, nuked).
+    assert states == {"publish": 23, "hidden": 9, "no_account": 2}, states
+    assert len(by_kind["missing"]) == 23 - 2
+    wip = db.paintings.find_one({"status": "wip"})
+    assert report.expectations[("paintings", str(wip["_id"]))].reason == "not public: wip"
 
 
 def test_status_reports_healthy(world_dir: Path) -> None:
@@ -189,6 +234,44 @@ def test_fault_drop_connections(world_dir: Path, db: Any) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["fault"] == "dropConnections"
     assert db.paintings.count_documents({}) > 0  # clients reconnect
+
+
+def test_platform_hooks_on_and_off(world_dir: Path, info: dict[str, Any], db: Any) -> None:
+    on = sandbox(
+        "hooks", "--dir", str(world_dir), "on", "--delay-ms", "5:20",
+        "--writeback-delay-ms", "5:20", "--seed", "3",
+    )  # fmt: skip
+    assert on.returncode == 0, on.stdout + on.stderr
+    again = sandbox("hooks", "--dir", str(world_dir), "on")
+    assert again.returncode == 1 and "already on" in again.stderr
+    status = sandbox("status", "--dir", str(world_dir))
+    assert status.returncode == 0 and status.stdout.count("healthy") == 4, status.stdout
+    fifi = info["accounts"]["fifi"]["sub"]
+    mood = make_mood(fifi, "said while the platform's writers are on")
+    db.moods.insert_one(mood)
+
+    def written() -> Any:
+        doc = db.moods.find_one({"_id": mood["_id"]})
+        return doc.get("atproto") if doc else None
+
+    deadline = time.monotonic() + 30
+    while not written() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    at = written()
+    assert at and at["uri"].endswith("/" + at["rkey"]), at
+    record = PdsApi(info["pds"]["url"]).get_record(
+        info["accounts"]["fifi"]["did"], "computer.aesthetic.mood", at["rkey"]
+    )
+    assert record is not None and record["value"]["ref"] == str(mood["_id"])
+    pid = json.loads((world_dir / "world.json").read_text())["processes"]["hooks"]["pid"]
+    off = sandbox("hooks", "--dir", str(world_dir), "off")
+    assert off.returncode == 0, off.stdout + off.stderr
+    stats = json.loads(off.stdout)["stats"]
+    assert stats["records_created"] == 1 and stats["writebacks_written"] == 1
+    assert stats["sessions_created"] == 1
+    assert read_cmdline(pid) is None
+    assert "hooks" not in json.loads((world_dir / "world.json").read_text())["processes"]
+    assert sandbox("hooks", "--dir", str(world_dir), "on", "--lose-fraction", "2").returncode == 2
 
 
 def test_bad_usage_exits_2(world_dir: Path) -> None:

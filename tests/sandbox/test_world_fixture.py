@@ -86,7 +86,7 @@ def test_images_follow_the_storage_layout(world: SandboxWorld) -> None:
     files = world.write_image("alice", "2025.01.01.00.00.00.000", width=30, height=20)
     sub = world.accounts["alice"].sub
     assert files.bucket == "user-aesthetic-computer"
-    assert files.image_key == f"{sub.replace('|', '%7C')}/2025.01.01.00.00.00.000.png"
+    assert files.image_key == f"{sub.replace('|', '%7C')}/painting/2025.01.01.00.00.00.000.png"
     resp = httpx.get(world.images.url(files.bucket, files.image_key))
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "image/png"
@@ -108,13 +108,40 @@ def test_add_painting_writes_document_and_image(world: SandboxWorld) -> None:
     stored = world.db.paintings.find_one({"_id": doc["_id"]})
     assert stored is not None and stored["user"] == world.accounts["bob"].sub
     assert stored["when"].tzinfo is not None
-    url = world.config.images.url_template.format(
-        bucket="user-aesthetic-computer",
-        key=f"{world.accounts['bob'].sub.replace('|', '%7C')}/{doc['slug']}.png",
+    url = world.images.url(
+        "user-aesthetic-computer",
+        f"{world.accounts['bob'].sub.replace('|', '%7C')}/painting/{doc['slug']}.png",
     )
     img = httpx.get(url)
     assert img.status_code == 200
     assert Image.open(BytesIO(img.content)).size == (100, 50)
+    assert httpx.head(url.removesuffix(".png") + ".zip").status_code == 200
+
+
+def test_add_painting_variants(world: SandboxWorld) -> None:
+    enc = world.accounts["alice"].sub.replace("|", "%7C")
+    old = world.add_painting("alice", layout="old", pixel_art=True, width=16, height=16)
+    assert (
+        httpx.head(
+            world.images.url("user-aesthetic-computer", f"{enc}/{old['slug']}.png")
+        ).status_code
+        == 200
+    )
+    assert (
+        httpx.head(
+            world.images.url("user-aesthetic-computer", f"{enc}/painting/{old['slug']}.png")
+        ).status_code
+        == 404
+    )
+    gone = world.add_painting("alice", image=False)
+    assert world.db.paintings.find_one({"_id": gone["_id"]}) is not None
+    assert not list((world.image_dir / "user-aesthetic-computer").rglob(f"{gone['slug']}*"))
+    own = world.add_painting(None, "g:r", bucket="wand-bucket", recording=True)
+    assert own["bucket"] == "wand-bucket"
+    assert httpx.head(world.images.url("wand-bucket", "g.png")).status_code == 200
+    assert httpx.head(world.images.url("wand-bucket", "r.zip")).status_code == 200
+    wip = world.add_painting("alice", "wip/x1", status="wip")
+    assert wip["status"] == "wip"
 
 
 def test_image_faults(world: SandboxWorld) -> None:

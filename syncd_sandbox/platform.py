@@ -1,0 +1,241 @@
+"""The platform as ``platform-facts.md`` describes it, written down for the sandbox world.
+
+This module is the world's own reading of the facts -- visibility, ownership,
+the record each document must have, the published lexicon limits, record keys
+-- and imports nothing from ``syncd``: the invariant checker and the platform
+hooks use it, so a mistake syncd makes cannot hide behind a mistake the world
+copies from it.
+
+Decisions where the facts are silent (each one the conservative reading):
+
+* a visibility flag hides a document when it is *truthy* (``nuked: 1`` hides);
+* a ``user`` that is ``null`` is a guest document like a missing one (a
+  JavaScript ``doc.user`` check reads both the same); any other non-string
+  ``user`` is invalid; moods always have a ``user``;
+* a required text field must be a non-empty string; lengths are UTF-8 bytes
+  (the lexicon language's ``maxLength``); a string that held invalid UTF-8 in
+  MongoDB (read here with ``surrogateescape``) is invalid;
+* ``uri`` fields must be a scheme followed by non-space characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import bson
+from bson import ObjectId
+
+PAINTING = "computer.aesthetic.painting"
+MOOD = "computer.aesthetic.mood"
+PIECE = "computer.aesthetic.piece"
+KIDLISP = "computer.aesthetic.kidlisp"
+
+NSIDS: dict[str, str] = {
+    "paintings": PAINTING,
+    "moods": MOOD,
+    "pieces": PIECE,
+    "kidlisp": KIDLISP,
+}
+COLLECTIONS = tuple(NSIDS)
+USERS = "users"
+GUEST_USER_ID = "art-guest"
+SITE = "https://aesthetic.computer"
+
+# The published lexicons' limits (platform-facts.md §3), in UTF-8 bytes. A document whose
+# record would break one must have no record.
+LIMITS: dict[str, dict[str, int]] = {
+    PAINTING: {"slug": 128, "code": 10, "imageUrl": 512, "recordingUrl": 512, "ref": 24},
+    MOOD: {"mood": 5000, "ref": 24},
+    PIECE: {"slug": 100, "ref": 24},
+    KIDLISP: {"source": 50_000, "code": 10, "ref": 24},
+}
+THUMBNAIL_MAX_BYTES = 1_048_576
+THUMBNAIL_SIDE = 512
+THUMBNAIL_MIME_TYPES = ("image/png", "image/jpeg")
+
+# Flags that hide a document. platform-facts.md §4: `nuked` everywhere, `deleted` on
+# moods, `status: "wip"` on paintings; `private`, `draft`, `hidden`, `deleted` elsewhere and
+# a `visibility` other than "public" are honoured too (harmless, source-system.md).
+EXTRA_HIDING_FLAGS = ("private", "draft", "hidden", "deleted")
+
+_TID_RE = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
+_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
+
+class Invalid(ValueError):
+    """A document that cannot have a record; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_tid(value: object) -> bool:
+    """A record key in ATProto's TID syntax (13 base32-sortable characters, top bit 0)."""
+    return isinstance(value, str) and bool(_TID_RE.match(value))
+
+
+def doc_key(doc_id: Any) -> str:
+    """The key the checker's report uses for a document: the ObjectId's hex, otherwise
+    ``bson:`` + the URL-safe base64 of the BSON-encoded ``{"v": _id}``.
+
+    The same format as syncd's state store keys on purpose (tests join the report with
+    syncd's dead letters); it decides nothing about what must be published.
+    """
+    if isinstance(doc_id, ObjectId):
+        return str(doc_id)
+    try:
+        raw = bson.encode({"v": doc_id})
+    except (bson.errors.InvalidStringData, UnicodeEncodeError):
+        raw = bson.encode({"v": str(doc_id).encode("utf-8", "replace").decode("utf-8")})
+    return "bson:" + base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def not_public_reason(collection: str, doc: Mapping[str, Any]) -> str | None:
+    """Why a document is not public (platform-facts.md §4), or None when it is."""
+    if doc.get("nuked"):
+        return "nuked"
+    if collection == "paintings" and doc.get("status") == "wip":
+        return "wip"
+    for flag in EXTRA_HIDING_FLAGS:  # includes moods' `deleted`
+        if doc.get(flag):
+            return flag
+    visibility = doc.get("visibility")
+    if visibility is not None and visibility != "public":
+        return "visibility"
+    return None
+
+
+def is_public(collection: str, doc: Mapping[str, Any]) -> bool:
+    return not_public_reason(collection, doc) is None
+
+
+def owner_of(collection: str, doc: Mapping[str, Any]) -> str | None:
+    """The owner's user sub, or None for guest content (no ``user``). Raises :class:`Invalid`."""
+    user = doc.get("user")
+    if user is None:
+        if collection == "moods":
+            raise Invalid("mood without user")
+        return None
+    if not isinstance(user, str) or not user:
+        raise Invalid(f"user is a {type(user).__name__}, not a sub")
+    return user
+
+
+def account_of(user_doc: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(did, password) of a ``users`` document with a usable ATProto account."""
+    if user_doc is None:
+        return None
+    at = user_doc.get("atproto")
+    if not isinstance(at, Mapping):
+        return None
+    did, password = at.get("did"), at.get("password")
+    if isinstance(did, str) and did and isinstance(password, str) and password:
+        return did, password
+    return None
+
+
+def when_string(value: Any) -> str:
+    """A BSON date as the record's ``when``: RFC 3339, UTC, milliseconds, ``Z``."""
+    if not isinstance(value, datetime):
+        raise Invalid(f"when is a {type(value).__name__}, not a date")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def ref_of(doc: Mapping[str, Any]) -> str:
+    doc_id = doc.get("_id")
+    if not isinstance(doc_id, ObjectId):
+        raise Invalid(f"_id is a {type(doc_id).__name__}, not an ObjectId")
+    return str(doc_id)
+
+
+def _text(doc: Mapping[str, Any], field: str) -> str:
+    value = doc.get(field)
+    if not isinstance(value, str):
+        raise Invalid(f"{field} is a {type(value).__name__}, not a string")
+    if not value:
+        raise Invalid(f"{field} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{field} is not valid UTF-8 in MongoDB") from None
+    return value
+
+
+def check_limits(nsid: str, record: Mapping[str, Any]) -> None:
+    """Raise :class:`Invalid` when a field breaks the published lexicon's limits."""
+    for field, limit in LIMITS[nsid].items():
+        value = record.get(field)
+        if isinstance(value, str) and len(value.encode("utf-8")) > limit:
+            raise Invalid(f"{field} over {limit} bytes")
+    for field in ("imageUrl", "recordingUrl", "acUrl"):
+        value = record.get(field)
+        if isinstance(value, str) and not _URI_RE.match(value):
+            raise Invalid(f"{field} is not a URI")
+
+
+def painting_image_url(code: str) -> str:
+    return f"{SITE}/media/paintings/{code}"
+
+
+def painting_recording_url(code: str) -> str:
+    return f"{SITE}/media/paintings/{code}.zip"
+
+
+def record_for(collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The record a public document must have (platform-facts §3, source-system shapes).
+
+    Paintings: without ``thumbnail`` and ``recordingUrl``, which depend on the stored files.
+    Raises :class:`Invalid` for a document that cannot have one.
+    """
+    nsid = NSIDS[collection]
+    ref = ref_of(doc)
+    when = when_string(doc.get("when"))
+    record: dict[str, Any]
+    if collection == "paintings":
+        code = _text(doc, "code")
+        record = {
+            "$type": nsid,
+            "slug": _text(doc, "slug"),
+            "code": code,
+            "imageUrl": painting_image_url(code),
+            "acUrl": f"{SITE}/#{code}",
+            "when": when,
+            "ref": ref,
+        }
+    elif collection == "moods":
+        record = {"$type": nsid, "mood": _text(doc, "mood"), "when": when, "ref": ref}
+    elif collection == "pieces":
+        record = {"$type": nsid, "slug": _text(doc, "slug"), "when": when, "ref": ref}
+    elif collection == "kidlisp":
+        code = _text(doc, "code")
+        record = {
+            "$type": nsid,
+            "code": code,
+            "source": _text(doc, "source"),
+            "acUrl": f"{SITE}/${code}",
+            "when": when,
+            "ref": ref,
+        }
+    else:
+        raise KeyError(collection)
+    check_limits(nsid, record)
+    return record
+
+
+def record_identity(value: Mapping[str, Any]) -> str | None:
+    """Which document a record belongs to: its ``ref``, or a legacy record's ``mongoId``."""
+    ref = value.get("ref")
+    if isinstance(ref, str):
+        return ref
+    legacy = value.get("mongoId")
+    if isinstance(legacy, str):
+        return legacy
+    return None
