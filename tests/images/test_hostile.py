@@ -22,6 +22,9 @@ from syncd_sandbox import hostile_images as hostile
 from . import workerjobs
 from .helpers import assert_valid_thumbnail
 
+#: Starts processes (the PDS, the MongoDB sandbox, image workers, promtool, ...).
+pytestmark = pytest.mark.slow
+
 CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ("gif_comment_flood", hostile.gif_comment_flood, "image_too_many_blocks"),
     ("gif_frame_flood", hostile.gif_frame_flood, "image_too_many_frames"),

@@ -25,6 +25,9 @@ from syncd.images.thumbnail import ThumbnailPool
 from .helpers import assert_valid_thumbnail, encode, gradient
 from .server import LoopbackServer, Reply
 
+#: Starts processes (the PDS, the MongoDB sandbox, image workers, promtool, ...).
+pytestmark = pytest.mark.slow
+
 BIG = encode(gradient(1600, 1200))
 USER = "/user-aesthetic-computer/auth0%7Cabc"
 NEW = f"{USER}/painting/2024.1.1"  # where uploads go (platform-facts §1)

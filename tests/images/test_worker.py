@@ -21,6 +21,9 @@ from syncd_sandbox import hostile_images
 from . import workerjobs
 from .helpers import assert_valid_thumbnail, encode, gradient
 
+#: Starts processes (the PDS, the MongoDB sandbox, image workers, promtool, ...).
+pytestmark = pytest.mark.slow
+
 PNG = encode(gradient(300, 200))
 
 

@@ -16,6 +16,9 @@ from syncd.health import HealthState, start_health_server
 
 from .prometheus_server import PrometheusServer
 
+#: Starts processes (the PDS, the MongoDB sandbox, image workers, promtool, ...).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "syncd.json"

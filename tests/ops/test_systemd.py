@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+#: Starts processes (the PDS, the MongoDB sandbox, image workers, promtool, ...).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"

@@ -21,6 +21,9 @@ from syncd_sandbox.pds import PdsApi
 from syncd_sandbox.procs import ProcessRecord, read_cmdline
 from syncd_sandbox.seed import COLLECTIONS, is_public, make_mood
 
+#: Starts processes (the PDS, the MongoDB sandbox, image workers, promtool, ...).
+pytestmark = pytest.mark.slow
+
 
 def sandbox(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
