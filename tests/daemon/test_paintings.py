@@ -24,7 +24,7 @@ PAINTING = NSIDS["paintings"]
 def blob_image(world: SandboxWorld, who: str, record: dict[str, Any]) -> Image.Image:
     thumb = record["value"]["thumbnail"]
     data = world.api.get_blob(world.did(who), thumb["ref"]["$link"])
-    assert len(data) == thumb["size"] <= 102_400
+    assert len(data) == thumb["size"] <= 1_048_576
     image = Image.open(io.BytesIO(data))
     image.load()
     assert image.get_format_mimetype() == thumb["mimeType"]
@@ -45,8 +45,10 @@ def test_paintings_become_records_with_thumbnail_blobs(
     syncd.wait_idle()
     assert_mirrored(world, ("paintings",))
     alice = world.records_by_ref("alice", PAINTING)
-    assert blob_image(world, "alice", alice[str(big["_id"])]).size == (512, 384)
-    assert blob_image(world, "alice", alice[str(small["_id"])]).size == (100, 50)  # never upscaled
+    # The platform's thumbnail: always 512x512 (tests/daemon/test_platform_parity.py
+    # checks the letterbox and the pixel blocks).
+    assert blob_image(world, "alice", alice[str(big["_id"])]).size == (512, 512)
+    assert blob_image(world, "alice", alice[str(small["_id"])]).size == (512, 512)
     assert alice[str(big["_id"])]["value"]["recordingUrl"].endswith(
         f"/media/paintings/{big['code']}.zip"
     )
@@ -188,11 +190,13 @@ def test_hostile_paintings_are_dead_lettered_and_the_daemon_keeps_running(
     syncd.wait_idle()
     reasons = {d["id"]: d["reason"] for d in json_status(world)["dead_letters"]["recent"]}
     assert reasons[str(docs["traversal"]["_id"])] == "unsafe_slug"
-    assert reasons[str(docs["missing"]["_id"])] == "image_not_found"
     assert reasons[str(docs["not_image"]["_id"])] == "not_an_image"
     assert reasons[str(docs["redirect"]["_id"])] == "redirect_disallowed_host"
+    assert str(docs["missing"]["_id"]) not in reasons  # missing is not hostile
     assert foreign_hits == []  # the foreign host was never contacted
-    assert set(world.records_by_ref("alice", PAINTING)) == {str(docs["good"]["_id"])}
+    records = world.records_by_ref("alice", PAINTING)
+    assert set(records) == {str(docs["good"]["_id"]), str(docs["missing"]["_id"])}
+    assert "thumbnail" not in records[str(docs["missing"]["_id"])]["value"]
     assert syncd.alive and syncd.get("/healthz").status_code == 200
 
 
@@ -247,6 +251,6 @@ def test_a_blob_the_pds_dropped_is_uploaded_again(world: SandboxWorld, syncd: Sy
         ),
         30,
     )
-    assert blob_image(world, "alice", rec).size == (200, 200)
+    assert blob_image(world, "alice", rec).size == (512, 512)
     assert syncd.events("blob_gone_reuploading")
     assert json_status(world)["dead_letters"]["counts"] == {}
