@@ -289,6 +289,17 @@ class AccountWriter:
             for p in plans
             if p.action not in (NONE, CHECK) and p.failed is None and p.parked is None
         ]
+        for p in to_send:
+            log.debug(
+                "plan",
+                did=did,
+                collection=p.collection,
+                doc=p.key,
+                action=p.action,
+                rkey=p.rkey,
+                retire=p.retire,
+                named=p.seen_rkey,
+            )
         sent = {id(p) for p in to_send}
         if to_send:
             await calls(store.apply, pending_ops(to_send, did))

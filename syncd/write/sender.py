@@ -30,7 +30,7 @@ from syncd.ids import ref_for
 from syncd.parking import PARK_AFTER, Blocked, blocked_by
 from syncd.pds.errors import XrpcError
 from syncd.pds.ratelimit import writes_that_fit
-from syncd.pds.repo import Repo, create_write, delete_write, update_write
+from syncd.pds.repo import APPLY_WRITES, Repo, create_write, delete_write, update_write
 from syncd.pds.sessions import Account
 from syncd.planner import (
     BATCHABLE,
@@ -153,7 +153,12 @@ class Sender:
         while pending:
             chunk = pending.pop(0)
             try:
-                singles.extend(await self._apply(chunk))
+                leftover = await self._apply(chunk)
+                singles.extend(leftover)
+                held = {id(p) for p in leftover}
+                moved = [p for p in chunk if p.retire is not None and id(p) not in held]
+                if moved:
+                    await self._retire(moved)
             except Blocked as blocked:
                 for p in [*chunk, *(q for c in pending for q in c), *singles]:
                     p.parked = blocked
@@ -181,8 +186,6 @@ class Sender:
                 writes.append(update_write(p.nsid, p.rkey, p.record))
             else:
                 writes.append(delete_write(p.nsid, p.rkey))
-            if p.retire is not None:
-                writes.append(delete_write(p.nsid, p.retire))
         attempt = 0
         while True:
             if self._stopping.is_set():
@@ -202,6 +205,11 @@ class Sender:
                         sending=fit,
                     )
                     return await self._apply(chunk[:fit]) + await self._apply(chunk[fit:])
+            log.debug(
+                "apply_writes",
+                did=self.did,
+                writes=[(w["$type"].rsplit("#", 1)[1], w["rkey"]) for w in writes],
+            )
             try:
                 results = await self._repo.apply_writes(self._account(), writes)
             except XrpcError as exc:
@@ -241,6 +249,24 @@ class Sender:
                 if p.action in WRITES:
                     p.uri, p.cid = results[i].get("uri"), results[i].get("cid")
             return []
+
+    async def _retire(self, plans: list[Plan]) -> None:
+        """A move's second commit: delete syncd's old records once the named ones hold the
+        content. Never in the same commit: the reference PDS loses the named record when
+        one ``applyWrites`` updates it and deletes an identical one (the two share a
+        block, which the commit removes; tests/sandbox/test_pds.py pins it)."""
+        writes = [delete_write(p.nsid, p.retire) for p in plans if p.retire is not None]
+        account = self._account()
+        try:
+            await self._retrying(
+                lambda: self._repo.apply_writes(account, writes), plans[0], APPLY_WRITES
+            )
+        except XrpcError as exc:
+            if classify(exc).kind is Kind.ACCOUNT:
+                raise blocked_by(exc) from None
+            for p in plans:  # refused (one was gone already): idempotent single deletes
+                assert p.retire is not None
+                await self._delete(p, p.retire)
 
     async def _single(self, p: Plan) -> None:
         try:

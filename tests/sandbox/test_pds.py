@@ -178,6 +178,52 @@ def test_apply_writes_update_or_delete_of_missing_key_fails_with_500(
     assert api.list_records(account.did, NSID) == []
 
 
+def test_one_commit_that_writes_and_deletes_identical_records_loses_the_written_one(
+    api: PdsApi, account: Account
+) -> None:
+    """Found running syncd beside the platform's writers: moving a document's record onto
+    the key the platform picked writes content identical to the record it replaces. In
+    one applyWrites (either order) the written record's block goes with the deleted
+    one: getRecord no longer finds it, the MST still has the key, and a later putRecord
+    there fails with a 500 ("There is already a value at key"). In two commits both
+    records behave. syncd therefore deletes a moved record in a second commit."""
+    base = {"$type": NSID, "when": "2025-03-01T12:00:00.000Z", "ref": "r"}
+
+    def pair(text: str) -> tuple[str, str, dict[str, Any]]:
+        named, mine, value = new_tid(), new_tid(), dict(base, mood=text)
+        other = dict(base, mood=f"the platform's {text}")
+        writes = [{**_create(named), "value": other}, {**_create(mine), "value": value}]
+        body = {"repo": account.did, "writes": writes}
+        resp = _xrpc(api, account, "com.atproto.repo.applyWrites", body)
+        assert resp.status_code == 200, resp.text
+        return named, mine, value
+
+    def update(rkey: str, value: dict[str, Any]) -> dict[str, Any]:
+        op = "com.atproto.repo.applyWrites#update"
+        return {"$type": op, "collection": NSID, "rkey": rkey, "value": value}
+
+    def delete(rkey: str) -> dict[str, Any]:
+        return {"$type": "com.atproto.repo.applyWrites#delete", "collection": NSID, "rkey": rkey}
+
+    for order in ("update first", "delete first"):
+        named, mine, value = pair(order)
+        writes = [update(named, value), delete(mine)]
+        if order == "delete first":
+            writes.reverse()
+        body = {"repo": account.did, "writes": writes}
+        assert _xrpc(api, account, "com.atproto.repo.applyWrites", body).status_code == 200
+        assert api.get_record(account.did, NSID, named) is None, order  # lost
+        put = {"repo": account.did, "collection": NSID, "rkey": named, "record": value}
+        assert _xrpc(api, account, "com.atproto.repo.putRecord", put).status_code == 500, order
+    named, mine, value = pair("two commits")
+    for write in (update(named, value), delete(mine)):
+        body = {"repo": account.did, "writes": [write]}
+        assert _xrpc(api, account, "com.atproto.repo.applyWrites", body).status_code == 200
+    got = api.get_record(account.did, NSID, named)
+    assert got is not None and got["value"] == value
+    assert api.get_record(account.did, NSID, mine) is None
+
+
 def test_put_record_upserts_and_delete_is_idempotent(api: PdsApi, account: Account) -> None:
     rkey = new_tid()
     value = {"$type": NSID, "mood": "put", "when": "2025-03-01T12:00:00.000Z", "ref": "r1"}

@@ -38,6 +38,7 @@ class FakePds:
         self.calls: list[str] = []
         self.next_429: list[dict[str, str]] = []  # headers of 429s to answer next
         self.refuse_with: tuple[int, str] | None = None  # every write answered so
+        self.lost_in_one_commit = False
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         method = request.url.path.rsplit(".", 1)[-1]
@@ -56,7 +57,12 @@ class FakePds:
             )
         body = json.loads(request.content)
         if method == "applyWrites":
-            for w in body["writes"]:  # all or nothing: check first
+            writes = body["writes"]
+            written = [w["value"] for w in writes if "value" in w]
+            deleted = [self.records.get(w["rkey"]) for w in writes if "#delete" in w["$type"]]
+            if any(v in written for v in deleted if v is not None):
+                self.lost_in_one_commit = True  # the reference PDS loses the written record
+            for w in writes:  # all or nothing: check first
                 exists = w["rkey"] in self.records
                 kind = w["$type"].rsplit("#", 1)[1]
                 if (kind == "create") == exists:
@@ -136,12 +142,16 @@ async def test_a_refused_batch_is_settled_by_single_idempotent_calls(
     assert pds.records["k1"]["mood"] == "k1" and all(p.failed is None for p in plans)
 
 
-async def test_a_move_writes_the_named_record_and_deletes_the_old_one_together(
+async def test_a_move_writes_the_named_record_then_deletes_the_old_one(
     sender: Sender, pds: FakePds
 ) -> None:
-    pds.records.update({"named": {"ref": str(OID)}, "mine": {"ref": str(OID)}})
-    await sender.send([plan(UPDATE, "named", retire="mine")])
-    assert pds.calls == ["applyWrites"] and set(pds.records) == {"named"}
+    # syncd's old record holds exactly the content the named one gets: in one commit the
+    # reference PDS would lose the named record (tests/sandbox/test_pds.py), so two.
+    p = plan(UPDATE, "named", retire="mine")
+    pds.records.update({"named": {"ref": str(OID), "by": "platform"}, "mine": p.record})
+    await sender.send([p, plan(CREATE, "other")])
+    assert pds.calls == ["applyWrites", "applyWrites"] and not pds.lost_in_one_commit
+    assert set(pds.records) == {"named", "other"} and pds.records["named"] == p.record
 
 
 async def test_an_uncertain_move_uses_single_calls(sender: Sender, pds: FakePds) -> None:
