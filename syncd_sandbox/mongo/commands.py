@@ -353,10 +353,13 @@ class Commands:
                 return dict(cached)
         reply, changes = body()
         if changes:
+            req.wrote = True
             self.sb.commit_changes(changes)
             await self.sb.durable()
         if key is not None:
-            self.sb.remember_retry(key, reply)
+            # A copy: the dispatcher adds to the reply (``writeConcernError`` of a fail
+            # point), and a retry must get the write's own result, not the failure's.
+            self.sb.remember_retry(key, dict(reply))
         return reply
 
     async def insert(self, req: Request, conn: Connection) -> dict[str, Any]:
@@ -564,6 +567,14 @@ class Commands:
             raise CommandError(43, f"cursor id {cursor_id} not found")
         batch = cmd.get("batchSize")
         cursor.last_used = time.monotonic()
+        req.change_stream = cursor.is_change_stream
+        checkout = self.sb.faults.fail_get_more
+        data = checkout.take("getMore", conn.app_name) if checkout.mode != "off" else None
+        if data is not None:
+            raise CommandError(
+                _int(data.get("errorCode"), 1),
+                "Hit the 'failGetMoreAfterCursorCheckout' failpoint",
+            )
         if isinstance(cursor, FindCursor):
             docs = cursor.next_batch(_int(batch, 0))
             if cursor.exhausted:
@@ -916,15 +927,23 @@ class Commands:
         if req.db != "admin":
             raise CommandError(13, "configureFailPoint may only be run against the admin database.")
         name = cmd.get("configureFailPoint")
-        if name != "failCommand":
-            raise CommandError(
-                2, f"Unknown fail point (sandbox supports only failCommand): {name!r}"
-            )
         data = cmd.get("data") or {}
         if not isinstance(data, dict):
             raise CommandError(14, "failpoint data must be an object")
-        self.sb.faults.fail_command.configure(cmd.get("mode", "off"), data)
-        return {"count": 0}
+        faults = self.sb.faults
+        if name == "failCommand":
+            point, commands = faults.fail_command, None
+        elif name == "failGetMoreAfterCursorCheckout":
+            point, commands = faults.fail_get_more, ["getMore"]
+        else:
+            raise CommandError(
+                2,
+                f"Cannot find failpoint named {name!r} (the sandbox has failCommand and "
+                "failGetMoreAfterCursorCheckout)",
+            )
+        count = point.times_entered
+        point.configure(cmd.get("mode", "off"), data, commands)
+        return {"count": count}
 
     async def sandbox_fault(self, req: Request, conn: Connection) -> dict[str, Any]:
         cmd = req.command

@@ -33,11 +33,7 @@ from .commands import (
     FindCursor,
 )
 from .connection import CloseConnection, Connection
-from .errors import (
-    RESUMABLE_CHANGE_STREAM_CODES,
-    RETRYABLE_WRITE_CODES,
-    CommandError,
-)
+from .errors import CommandError, error_labels
 from .faults import FaultState
 from .journal import Journal
 from .oplog import Key, Oplog, OplogEntry, encode_token
@@ -54,7 +50,6 @@ CURSOR_REAP_EVERY_S = 30.0
 #: Compact the journal into a snapshot after this many records.
 SNAPSHOT_EVERY_RECORDS = 200_000
 
-_WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify", "findandmodify"})
 _NOT_PRIMARY_CODES = frozenset({10107, 13435, 13436, 11600, 11602, 189, 91})
 #: Commands a ``notWritablePrimary`` fault does not touch (monitoring keeps working).
 _FAULT_EXEMPT = frozenset(
@@ -460,50 +455,48 @@ class MongoSandbox:
         self._next_request_id += 1
         return encode_reply(request, self._next_request_id, reply)
 
-    def _auto_labels(self, request: Request, code: int) -> list[str]:
+    def _labels(self, request: Request, code: int | None, wc_code: int | None = None) -> list[str]:
+        """The error labels a real server computes for this failure (no fail-point override)."""
         cmd = request.command
-        name = request.name
-        labels: list[str] = []
-        if code in RESUMABLE_CHANGE_STREAM_CODES:
-            if name == "getMore":
-                cursor = self.cursors.get(int(cmd.get("getMore") or 0))
-                if cursor is None or cursor.is_change_stream:
-                    labels.append("ResumableChangeStreamError")
-            elif name == "aggregate":
-                pipeline = cmd.get("pipeline")
-                if (
-                    isinstance(pipeline, list)
-                    and pipeline
-                    and "$changeStream" in (pipeline[0] or {})
-                ):
-                    labels.append("ResumableChangeStreamError")
-        if name in _WRITE_COMMANDS and "txnNumber" in cmd and code in RETRYABLE_WRITE_CODES:
-            labels.append("RetryableWriteError")
-        return labels
+        return error_labels(
+            command=request.name,
+            code=code,
+            wc_code=wc_code,
+            retryable_write="txnNumber" in cmd and "autocommit" not in cmd,
+            change_stream=request.change_stream,
+            wrote=request.wrote,
+        )
 
     async def dispatch(self, request: Request, conn: Connection) -> dict[str, Any]:
-        """Run one command and return its reply (always a reply document)."""
+        """Run one command and return its reply (always a reply document).
+
+        Error labels are the server's (:func:`~.errors.error_labels`), unless a
+        ``failCommand`` fail point names ``errorLabels``: then exactly those, as a 4.4+
+        server does (also on a ``writeConcernError`` reply, at its top level).
+        """
         name = request.name
-        explicit_labels = False
+        override: list[str] | None = None
         wc_error: dict[str, Any] | None = None
+        if name == "aggregate":
+            pipeline = request.command.get("pipeline")
+            if isinstance(pipeline, list) and pipeline and isinstance(pipeline[0], dict):
+                request.change_stream = "$changeStream" in pipeline[0]
         try:
             fail = self.faults.fail_command
             data = fail.take(name, conn.app_name) if fail.mode != "off" else None
             if data is not None:
+                if isinstance(data.get("errorLabels"), list):
+                    override = [str(label) for label in data["errorLabels"]]
                 if data.get("blockConnection"):
                     await asyncio.sleep(int(data.get("blockTimeMS", 0)) / 1000.0)
                 if data.get("closeConnection"):
                     raise CloseConnection()
                 if "errorCode" in data:
-                    labels = data.get("errorLabels")
-                    explicit_labels = labels is not None
                     raise CommandError(
-                        int(data["errorCode"]),
-                        "Failing command via 'failCommand' failpoint",
-                        labels=list(labels or []),
+                        int(data["errorCode"]), "Failing command via 'failCommand' failpoint"
                     )
                 if isinstance(data.get("writeConcernError"), dict):
-                    wc_error = data["writeConcernError"]
+                    wc_error = dict(data["writeConcernError"])
             if self.faults.not_writable_primary > 0 and name not in _FAULT_EXEMPT:
                 self.faults.not_writable_primary -= 1
                 self.bump_topology()
@@ -517,9 +510,19 @@ class MongoSandbox:
             reply["ok"] = 1.0
             if wc_error is not None:
                 reply["writeConcernError"] = wc_error
+                code = wc_error.get("code")
+                labels = (
+                    override
+                    if override is not None
+                    else self._labels(request, None, int(code) if isinstance(code, int) else None)
+                )
+                if labels:
+                    reply["errorLabels"] = labels
         except CommandError as exc:
-            if not explicit_labels:
-                for label in self._auto_labels(request, exc.code):
+            if override is not None:
+                exc.labels = list(override)
+            else:
+                for label in self._labels(request, exc.code):
                     if label not in exc.labels:
                         exc.labels.append(label)
             reply = exc.to_reply()

@@ -73,7 +73,8 @@ def client(backend: Backend) -> Iterator[MongoClient[dict[str, Any]]]:
         yield c
     finally:
         try:
-            c.admin.command("configureFailPoint", "failCommand", mode="off")
+            for point in ("failCommand", "failGetMoreAfterCursorCheckout"):
+                c.admin.command("configureFailPoint", point, mode="off")
         finally:
             c.close()
 
