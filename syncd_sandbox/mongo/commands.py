@@ -25,6 +25,7 @@ from mongomock import filtering as mm_filtering
 from .changestream import ChangeStreamCursor, parse_spec
 from .errors import CommandError, WriteFailure
 from .faults import FAULT_KINDS
+from .limits import MAX_USER_SIZE, insert_too_large
 from .oplog import KIND_INVALIDATE, TokenError, decode_token, time_key
 from .storage import Change, simple_id
 from .wire import DECODE_OPTIONS, MAX_MESSAGE_SIZE, Request
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 Handler = Callable[[Request, "Connection"], Awaitable[dict[str, Any]]]
 
 VERSION = "7.0.14"
-MAX_BSON_OBJECT_SIZE = 16 * 1024 * 1024
+MAX_BSON_OBJECT_SIZE = MAX_USER_SIZE
 MAX_WRITE_BATCH_SIZE = 100_000
 DEFAULT_FIRST_BATCH = 101
 DEFAULT_CHANGE_STREAM_BATCH = 1000
@@ -381,8 +382,15 @@ class Commands:
                     if ordered:
                         break
                     continue
+                raw = raws[i] if raws is not None else None
+                size = len(raw) if raw is not None else len(bson.encode(doc))
+                if size > MAX_USER_SIZE:
+                    errors.append({"index": i, "code": 2, "errmsg": insert_too_large(size)})
+                    if ordered:
+                        break
+                    continue
                 try:
-                    ch = storage.insert_one(db, name, doc, raws[i] if raws is not None else None)
+                    ch = storage.insert_one(db, name, doc, raw)
                 except WriteFailure as exc:
                     errors.append(exc.to_write_error(i))
                     if ordered:
@@ -525,7 +533,10 @@ class Commands:
                     else:
                         value = old
             except WriteFailure as exc:
-                raise CommandError(exc.code, exc.errmsg, extra=exc.extra) from exc
+                errmsg = exc.errmsg
+                if exc.code in (17419, 17420):
+                    errmsg = f"Plan executor error during findAndModify :: caused by :: {errmsg}"
+                raise CommandError(exc.code, errmsg, extra=exc.extra) from exc
             if value is not None and fields:
                 value = storage.project(db, name, value, fields)
             encoded = RawBSONDocument(bson.encode(value)) if value is not None else None

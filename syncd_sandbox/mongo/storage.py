@@ -22,6 +22,7 @@ from pymongo.errors import WriteError as PyMongoWriteError
 
 from .diff import update_description
 from .errors import CommandError, WriteFailure
+from .limits import MAX_USER_SIZE, UPDATE_TOO_LARGE, UPSERT_TOO_LARGE
 from .wire import DECODE_OPTIONS
 
 Namespace = tuple[str, str]
@@ -437,20 +438,34 @@ class Storage:
             store.create()
         changes: list[Change] = []
         modified = 0
+        afters: list[tuple[Any, bytes, bytes, dict[str, Any]]] = []
         for cid, before in raw_before:
             doc = store._documents.get(_doc_key(cid))
             if doc is None:
                 continue
             after = bson.encode(doc)
-            if after == before:
-                continue
+            if after != before:
+                afters.append((cid, before, after, doc))
+        if any(len(after) > MAX_USER_SIZE for _, _, after, _ in afters):
+            # The statement fails as a whole here (a server would keep the documents it
+            # updated before the oversized one; the sandbox keeps none).
+            for cid, before, _after, _doc in afters:
+                store._documents[_doc_key(cid)] = bson.decode(before, DECODE_OPTIONS)
+            if result.get("upserted") is not None:
+                store._documents.pop(_doc_key(result["upserted"]), None)
+            raise WriteFailure(17419, UPDATE_TOO_LARGE)
+        for cid, before, after, doc in afters:
             modified += 1
             changes.append(self._change_for(before, after, doc, replacement, images, cid))
         upserted_id = result.get("upserted")
         if upserted_id is not None:
             doc = store._documents.get(_doc_key(upserted_id))
             if doc is not None:
-                changes.append(Change("insert", upserted_id, post=bson.encode(doc)))
+                post = bson.encode(doc)
+                if len(post) > MAX_USER_SIZE:
+                    del store._documents[_doc_key(upserted_id)]
+                    raise WriteFailure(17420, UPSERT_TOO_LARGE)
+                changes.append(Change("insert", upserted_id, post=post))
         return UpdateOutcome(int(result.get("n", 0)), modified, upserted_id, changes)
 
     def _update_pinned(
@@ -502,7 +517,10 @@ class Storage:
         scratch.delete_many({})
         if doc is None:
             raise WriteFailure(2, "upsert produced no document")
-        change = self.insert_one(db, name, doc, None)
+        raw = bson.encode(doc)
+        if len(raw) > MAX_USER_SIZE:
+            raise WriteFailure(17420, UPSERT_TOO_LARGE)
+        change = self.insert_one(db, name, doc, raw)
         return UpdateOutcome(0, 0, doc["_id"], [change])
 
     def _change_for(
@@ -560,13 +578,16 @@ class Storage:
                     "have been altered",
                 )
             target = existing
+        after = bson.encode(target)
+        if len(after) > MAX_USER_SIZE:
+            store._documents[key] = bson.decode(before, DECODE_OPTIONS)
+            raise WriteFailure(17419, UPDATE_TOO_LARGE)
         if self._has_unique(db, name):
             try:
                 self.coll(db, name)._ensure_uniques(target)
             except mongomock.DuplicateKeyError as exc:
                 store._documents[key] = bson.decode(before, DECODE_OPTIONS)
                 raise WriteFailure(11000, f"E11000 duplicate key error: {exc}") from exc
-        after = bson.encode(target)
         if after == before:
             return None
         return self._change_for(before, after, target, replacement, True, doc_id)
