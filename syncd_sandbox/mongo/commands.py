@@ -22,11 +22,11 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from mongomock import filtering as mm_filtering
 
-from .changestream import ChangeStreamCursor, parse_spec
+from .changestream import ChangeStreamCursor, parse_spec, resume_position
 from .errors import CommandError, WriteFailure
 from .faults import FAULT_KINDS
 from .limits import MAX_USER_SIZE, insert_too_large
-from .oplog import KIND_INVALIDATE, TokenError, decode_token, time_key
+from .oplog import KIND_INVALIDATE, TokenError, decode_token_fragment, encode_token, time_key
 from .storage import Change, simple_id
 from .wire import DECODE_OPTIONS, MAX_MESSAGE_SIZE, Request
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Request, "Connection"], Awaitable[dict[str, Any]]]
 
-VERSION = "7.0.14"
+VERSION = "7.0.14"  # the default (maxWireVersion 21); see MongoSandbox.version
 MAX_BSON_OBJECT_SIZE = MAX_USER_SIZE
 MAX_WRITE_BATCH_SIZE = 100_000
 DEFAULT_FIRST_BATCH = 101
@@ -240,9 +240,10 @@ class Commands:
         )
 
     async def build_info(self, req: Request, conn: Connection) -> dict[str, Any]:
-        parts = [int(p) for p in VERSION.split(".")] + [0]
+        version = self.sb.version
+        parts = [int(p) for p in version.split(".")] + [0]
         return {
-            "version": VERSION,
+            "version": version,
             "gitVersion": "sandbox",
             "versionArray": parts,
             "bits": 64,
@@ -257,7 +258,7 @@ class Commands:
         sb = self.sb
         return {
             "host": sb.advertised,
-            "version": VERSION,
+            "version": sb.version,
             "process": "mongod (syncd sandbox)",
             "pid": bson.int64.Int64(os.getpid()),
             "uptime": time.time() - sb.started_at,
@@ -270,7 +271,7 @@ class Commands:
 
     async def get_parameter(self, req: Request, conn: Connection) -> dict[str, Any]:
         params = {
-            "featureCompatibilityVersion": {"version": VERSION.rsplit(".", 1)[0]},
+            "featureCompatibilityVersion": {"version": self.sb.version.rsplit(".", 1)[0]},
             "enableTestCommands": True,
             "logLevel": 0,
         }
@@ -606,8 +607,13 @@ class Commands:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000.0
         while True:
-            events = cursor.scan(self.sb.oplog, self.sb.storage, limit)
-            if events or cursor.done:
+            try:
+                events = cursor.scan(self.sb.oplog, self.sb.storage, limit)
+            except CommandError:
+                # A getMore that fails kills its cursor, as on a real server.
+                self.sb.cursors.pop(cursor_id, None)
+                raise
+            if events or cursor.exhausted:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0 or self.sb.cursors.get(cursor_id) is not cursor:
@@ -621,7 +627,7 @@ class Commands:
         if events:
             cursor.last_events_at = loop.time()
         reply_id = cursor_id
-        if cursor.done:
+        if cursor.exhausted:
             self.sb.cursors.pop(cursor_id, None)
             reply_id = 0
         return self._cursor_reply(
@@ -724,7 +730,14 @@ class Commands:
             raise CommandError(14, "$changeStream stage must be an object")
         if not isinstance(target, str) and target != 1:
             raise CommandError(73, "aggregate target must be a collection name or 1")
-        spec = parse_spec(db, target, options, pipeline[1:])
+        read_concern = req.command.get("readConcern")
+        level = read_concern.get("level") if isinstance(read_concern, dict) else None
+        if level is not None and level != "majority":
+            # Change streams read majority-committed data; an explicit other level is refused.
+            raise CommandError(
+                72, f"Read concern {level!r} is not supported for $changeStream (only 'majority')"
+            )
+        spec = parse_spec(db, target, options, pipeline[1:], self.sb.supports_split_event)
         oplog = self.sb.oplog
         starts = [
             k
@@ -735,17 +748,26 @@ class Commands:
             raise CommandError(
                 40674, "Only one type of resume option is allowed, but multiple were found."
             )
+        resume_split = None
+        start_token = None
         try:
-            if options.get("resumeAfter") is not None:
-                position = decode_token(options["resumeAfter"])
-                if position[3] == KIND_INVALIDATE:
+            if options.get("resumeAfter") is not None or options.get("startAfter") is not None:
+                after = options.get("resumeAfter")
+                key, fragment = decode_token_fragment(after or options["startAfter"])
+                if after is not None and key[3] == KIND_INVALIDATE:
                     raise CommandError(
                         260,
                         "Attempting to resume a change stream using 'resumeAfter' is not allowed "
                         "from an invalidate notification.",
                     )
-            elif options.get("startAfter") is not None:
-                position = decode_token(options["startAfter"])
+                if fragment is not None and not spec.split:
+                    raise CommandError(
+                        280,
+                        "To resume from a split event, the $changeStream pipeline must include a "
+                        "$changeStreamSplitLargeEvent stage",
+                    )
+                position, resume_split = resume_position(key, fragment)
+                start_token = {"_data": encode_token(key, fragment)}
             elif options.get("startAtOperationTime") is not None:
                 ts = options["startAtOperationTime"]
                 if not isinstance(ts, Timestamp):
@@ -766,11 +788,11 @@ class Commands:
         else:
             ns = f"{db}.$cmd.aggregate"
         cursor_id = self._new_cursor_id()
-        cursor = ChangeStreamCursor(cursor_id, spec, position, ns)
+        cursor = ChangeStreamCursor(cursor_id, spec, position, ns, resume_split, start_token)
         limit = DEFAULT_FIRST_BATCH if batch is None else _int(batch)
-        events = cursor.scan(oplog, self.sb.storage, limit) if limit > 0 else []
+        events = cursor.scan(oplog, self.sb.storage, limit, "aggregate") if limit > 0 else []
         reply_id = cursor_id
-        if cursor.done:
+        if cursor.exhausted:
             reply_id = 0
         else:
             self.sb.cursors[cursor_id] = cursor

@@ -43,6 +43,9 @@ from .wire import MAX_MESSAGE_SIZE, Request, encode_reply
 log = logging.getLogger("syncd_sandbox.mongo")
 
 DEFAULT_OPLOG_SIZE = 100_000
+#: The server version reported for each ``maxWireVersion`` the sandbox can present: 6.0
+#: (a release before ``$changeStreamSplitLargeEvent`` was backported in 6.0.9), 7.0, 8.0.
+VERSIONS = {17: "6.0.8", 21: "7.0.14", 25: "8.0.4"}
 SET_NAME = "rs0"
 #: Cursors idle this long are dropped (like mongod's 10-minute cursor timeout).
 CURSOR_TIMEOUT_S = 600.0
@@ -87,7 +90,11 @@ class MongoSandbox:
         self.requested_port = port
         self.port = port
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        if max_wire_version not in VERSIONS:
+            raise ValueError(f"max_wire_version must be one of {sorted(VERSIONS)}")
         self.max_wire_version = max_wire_version
+        self.version = VERSIONS[max_wire_version]
+        self.version_tuple = tuple(int(p) for p in self.version.split("."))
         self.advertise_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         self.set_name = SET_NAME
         self.storage = Storage()
@@ -108,6 +115,12 @@ class MongoSandbox:
         self.started_at = time.time()
         self._stopping = False
         self._reap_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def supports_split_event(self) -> bool:
+        """``$changeStreamSplitLargeEvent`` exists: 7.0+, and 6.0 from 6.0.9."""
+        v = self.version_tuple
+        return v >= (7, 0) or (6, 0, 9) <= v < (6, 1)
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
