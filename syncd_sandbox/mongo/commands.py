@@ -27,7 +27,8 @@ from .errors import CommandError, WriteFailure
 from .faults import FAULT_KINDS
 from .limits import MAX_USER_SIZE, insert_too_large
 from .oplog import KIND_INVALIDATE, TokenError, decode_token_fragment, encode_token, time_key
-from .storage import Change, simple_id
+from .pipeline import normalize_pipeline
+from .storage import Change, check_update, simple_id
 from .wire import DECODE_OPTIONS, MAX_MESSAGE_SIZE, Request
 
 if TYPE_CHECKING:
@@ -435,7 +436,9 @@ class Commands:
                     if ordered:
                         break
                     continue
-                n += out.matched
+                # ``n`` counts matched and upserted documents (pymongo's matched_count
+                # is ``n`` less the upserts).
+                n += out.matched + (0 if out.upserted_id is None else 1)
                 modified += out.modified
                 if out.upserted_id is not None:
                     upserted.append({"index": i, "_id": out.upserted_id})
@@ -499,6 +502,10 @@ class Commands:
             raise CommandError(9, "Either an update or remove=true must be specified")
         if cmd.get("arrayFilters"):
             raise CommandError(2, "arrayFilters are not supported by the sandbox (mongomock)")
+        try:
+            check_update(update)
+        except WriteFailure as exc:
+            raise CommandError(exc.code, exc.errmsg) from exc
 
         def body() -> tuple[dict[str, Any], list[tuple[str, str, Change]]]:
             storage = self.sb.storage
@@ -674,7 +681,8 @@ class Commands:
             values = self.sb.storage.coll(db, name).distinct(key, cmd.get("query") or None)
         except Exception as exc:
             raise CommandError(2, f"distinct failed in the sandbox: {exc}") from exc
-        return {"values": values}
+        # A server returns them in BSON order (numbers, strings, objects, ...).
+        return {"values": sorted(values, key=mm_filtering.BsonComparable)}
 
     async def aggregate(self, req: Request, conn: Connection) -> dict[str, Any]:
         cmd = req.command
@@ -699,6 +707,7 @@ class Commands:
                 )
             if isinstance(stage, dict) and ("$out" in stage or "$merge" in stage):
                 raise CommandError(115, "$out/$merge are not supported by the sandbox")
+        pipeline = normalize_pipeline(pipeline)
         counted = _count_documents_shape(pipeline)
         try:
             if counted is not None:

@@ -113,6 +113,34 @@ def is_replacement(update: Any) -> bool:
     return isinstance(update, dict) and not any(k.startswith("$") for k in update)
 
 
+#: The update modifiers a server knows.
+UPDATE_OPERATORS = frozenset(
+    {"$set", "$unset", "$inc", "$mul", "$rename", "$setOnInsert", "$min", "$max"}
+    | {"$currentDate", "$push", "$pull", "$pullAll", "$addToSet", "$pop", "$bit"}
+)
+
+
+def check_update(update: Any) -> None:
+    """Refuse an update document as a server's parser does, before anything is matched."""
+    if not isinstance(update, dict) or not update:
+        return
+    if not str(next(iter(update))).startswith("$"):
+        return  # a replacement
+    for op, arg in update.items():
+        if op not in UPDATE_OPERATORS:
+            raise WriteFailure(
+                9,
+                f"Unknown modifier: {op}. Expected a valid update modifier or pipeline-style "
+                "update specified as an array",
+            )
+        if not isinstance(arg, dict):
+            raise WriteFailure(
+                9,
+                f"Modifiers operate on fields but we found type {type(arg).__name__} instead. "
+                f"For example: {{$mod: {{<field>: ...}}}} not {{{op}: {arg!r}}}",
+            )
+
+
 def _translate(exc: Exception) -> WriteFailure:
     if isinstance(exc, mongomock.DuplicateKeyError):
         return WriteFailure(11000, f"E11000 duplicate key error: {exc}")
@@ -380,6 +408,7 @@ class Storage:
             raise WriteFailure(2, "arrayFilters are not supported by the sandbox (mongomock)")
         if not isinstance(update, dict | list):
             raise WriteFailure(9, "update must be a document or a pipeline")
+        check_update(update)
         replacement = is_replacement(update)
         if replacement and multi:
             raise WriteFailure(9, "multi update is not supported for replacement-style update")
@@ -410,6 +439,8 @@ class Storage:
                     change.pre = None
                 return UpdateOutcome(1, 1, None, [change])
         coll = self.coll(db, name)
+        if replacement:
+            return self._replace(db, name, query, update, upsert, images)
         try:
             candidates = [d["_id"] for d in coll._iter_documents(query)]
         except Exception as exc:
@@ -467,6 +498,44 @@ class Storage:
                     raise WriteFailure(17420, UPSERT_TOO_LARGE)
                 changes.append(Change("insert", upserted_id, post=post))
         return UpdateOutcome(int(result.get("n", 0)), modified, upserted_id, changes)
+
+    def _replace(
+        self,
+        db: str,
+        name: str,
+        query: dict[str, Any],
+        replacement: dict[str, Any],
+        upsert: bool,
+        images: bool,
+    ) -> UpdateOutcome:
+        """A replacement whose filter is not a plain ``_id``: the first match is replaced.
+
+        (mongomock would copy an ``_id`` condition such as ``{$gt: 1}`` into the new
+        document.) An upsert that matches nothing inserts the replacement with the
+        filter's ``_id`` if it pins one, else a new ObjectId.
+        """
+        try:
+            existing = next(iter(self.coll(db, name)._iter_documents(query)), None)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        if existing is None:
+            if not upsert:
+                return UpdateOutcome(0, 0, None, [])
+            doc = dict(replacement)
+            if "_id" not in doc:
+                pinned, pinned_id = id_equality(query)
+                doc = {"_id": pinned_id if pinned else ObjectId(), **doc}
+            raw = bson.encode(doc)
+            if len(raw) > MAX_USER_SIZE:
+                raise WriteFailure(17420, UPSERT_TOO_LARGE)
+            inserted = self.insert_one(db, name, doc, raw)
+            return UpdateOutcome(0, 0, doc["_id"], [inserted])
+        change = self._update_in_place(db, name, existing, query, replacement, True)
+        if change is None:
+            return UpdateOutcome(1, 0, None, [])
+        if not images:
+            change.pre = None
+        return UpdateOutcome(1, 1, None, [change])
 
     def _update_pinned(
         self,
