@@ -193,6 +193,7 @@ class ChangeStreamCursor:
         self.last_events_at = 0.0
         self.last_used = time.monotonic()
         self.resume_split = resume_split
+        self.lookups = 0
         #: Encoded events (or fragments) that did not fit into the last batch.
         self.pending: deque[tuple[RawBSONDocument, dict[str, str]]] = deque()
         self._pbrt: dict[str, str] = start_token or {"_data": encode_token(position)}
@@ -234,6 +235,7 @@ class ChangeStreamCursor:
                     ev["fullDocument"] = self._doc(entry.post, as_dict)
             elif op == "update":
                 if full == "updateLookup":
+                    self.lookups += 1  # a mongod counts each lookup in opcounters.query
                     current = storage.get(entry.db, entry.coll, entry.doc_id)
                     if current is None:
                         ev["fullDocument"] = None

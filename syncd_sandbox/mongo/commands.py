@@ -203,6 +203,13 @@ class Commands:
             self.sb.cursors[cursor_id] = cursor
         return self._cursor_reply(ns, first, cursor_id, True)
 
+    def _scan(self, cursor: ChangeStreamCursor, limit: int, command: str) -> list[Any]:
+        try:
+            return cursor.scan(self.sb.oplog, self.sb.storage, limit, command)
+        finally:
+            self.sb.opcounters["query"] += cursor.lookups
+            cursor.lookups = 0
+
     def _retry_key(self, req: Request) -> tuple[bytes, int] | None:
         cmd = req.command
         lsid = cmd.get("lsid")
@@ -267,6 +274,7 @@ class Commands:
             "connections": {"current": len(sb.connections), "totalCreated": sb.total_connections},
             "repl": {"setName": sb.set_name, "isWritablePrimary": True, "primary": sb.advertised},
             "storageEngine": {"name": "sandbox", "persistent": sb.data_dir is not None},
+            "opcounters": {k: bson.int64.Int64(v) for k, v in sb.opcounters.items()},
             "sandbox": True,
         }
 
@@ -379,6 +387,7 @@ class Commands:
             errors: list[dict[str, Any]] = []
             changes: list[tuple[str, str, Change]] = []
             for i, doc in enumerate(docs):
+                self.sb.opcounters["insert"] += 1  # every document tried, as mongod counts
                 if not isinstance(doc, dict):
                     errors.append({"index": i, "code": 2, "errmsg": "document must be an object"})
                     if ordered:
@@ -419,6 +428,7 @@ class Commands:
             n = modified = 0
             upserted: list[dict[str, Any]] = []
             for i, stmt in enumerate(stmts):
+                self.sb.opcounters["update"] += 1  # one per statement
                 try:
                     if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
                         raise WriteFailure(9, "update statement needs 'q' and 'u'")
@@ -464,6 +474,7 @@ class Commands:
             changes: list[tuple[str, str, Change]] = []
             n = 0
             for i, stmt in enumerate(stmts):
+                self.sb.opcounters["delete"] += 1  # one per statement
                 try:
                     if not isinstance(stmt, dict) or "q" not in stmt:
                         raise WriteFailure(9, "delete statement needs 'q'")
@@ -615,7 +626,7 @@ class Commands:
         deadline = loop.time() + wait_ms / 1000.0
         while True:
             try:
-                events = cursor.scan(self.sb.oplog, self.sb.storage, limit)
+                events = self._scan(cursor, limit, "getMore")
             except CommandError:
                 # A getMore that fails kills its cursor, as on a real server.
                 self.sb.cursors.pop(cursor_id, None)
@@ -799,7 +810,7 @@ class Commands:
         cursor_id = self._new_cursor_id()
         cursor = ChangeStreamCursor(cursor_id, spec, position, ns, resume_split, start_token)
         limit = DEFAULT_FIRST_BATCH if batch is None else _int(batch)
-        events = cursor.scan(oplog, self.sb.storage, limit, "aggregate") if limit > 0 else []
+        events = self._scan(cursor, limit, "aggregate") if limit > 0 else []
         reply_id = cursor_id
         if cursor.exhausted:
             reply_id = 0

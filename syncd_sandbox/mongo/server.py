@@ -60,6 +60,10 @@ _FAULT_EXEMPT = frozenset(
 )
 #: Commands answered even while paused (so the fault helper's own client can close).
 _PAUSE_EXEMPT = frozenset({"sandboxFault", "endSessions"})
+OPCOUNTERS = ("insert", "query", "update", "delete", "getmore", "command")
+#: Commands that never count as ``command``: writes count their documents / statements
+#: (in their handlers), ``find`` counts as ``query``, ``getMore`` as ``getmore``.
+_NOT_COMMANDS = frozenset({"insert", "update", "delete", "find", "getMore"})
 _ZERO_SIGNATURE = {"hash": Binary(b"\x00" * 20, 0), "keyId": Int64(0)}
 
 
@@ -105,6 +109,8 @@ class MongoSandbox:
         self.cursors: dict[int, FindCursor | ChangeStreamCursor] = {}
         self.connections: set[Connection] = set()
         self.total_connections = 0
+        #: ``serverStatus().opcounters``: counted as a mongod counts them (see count_op).
+        self.opcounters: dict[str, int] = dict.fromkeys(OPCOUNTERS, 0)
         self.retry_cache: OrderedDict[tuple[bytes, int], dict[str, Any]] = OrderedDict()
         self.process_id = ObjectId()
         self.tv_counter = 0
@@ -373,6 +379,16 @@ class MongoSandbox:
         if len(self.retry_cache) > 10_000:
             self.retry_cache.popitem(last=False)
 
+    def count_op(self, name: str) -> None:
+        """Count one command in ``opcounters`` (writes count themselves, per document or
+        statement). ``aggregate`` counts as ``query`` from 7.1 on, as ``command`` before."""
+        if name == "find" or (name == "aggregate" and self.version_tuple >= (7, 1)):
+            self.opcounters["query"] += 1
+        elif name == "getMore":
+            self.opcounters["getmore"] += 1
+        elif name not in _NOT_COMMANDS:
+            self.opcounters["command"] += 1
+
     # -- topology ------------------------------------------------------------------------
     def topology_version(self) -> dict[str, Any]:
         return {"processId": self.process_id, "counter": Int64(self.tv_counter)}
@@ -494,6 +510,8 @@ class MongoSandbox:
             pipeline = request.command.get("pipeline")
             if isinstance(pipeline, list) and pipeline and isinstance(pipeline[0], dict):
                 request.change_stream = "$changeStream" in pipeline[0]
+        if name in self.commands.table:
+            self.count_op(name)
         try:
             fail = self.faults.fail_command
             data = fail.take(name, conn.app_name) if fail.mode != "off" else None
