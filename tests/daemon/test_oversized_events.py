@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,18 @@ MiB = 1024 * 1024
 KIDLISP, MOOD = NSIDS["kidlisp"], NSIDS["moods"]
 
 
-@pytest.fixture(params=[21, 17], ids=["mongo-7.0", "mongo-6.0.8"])
-def big_world(
-    request: pytest.FixtureRequest, tmp_path: Path, sandbox_pds_process: PdsProcess
+@contextmanager
+def world_on_own_mongo(
+    tmp_path: Path, pds_process: PdsProcess, max_wire_version: int
 ) -> Iterator[SandboxWorld]:
     """A world on a MongoDB sandbox of its own (these documents are large)."""
-    mongo = ChildMongo(tmp_path / "mongo", max_wire_version=request.param)
+    mongo = ChildMongo(tmp_path / "mongo", max_wire_version=max_wire_version)
     mongo.start()
     client: MongoClient[Any] = MongoClient(mongo.uri, tz_aware=True)
     (tmp_path / "world").mkdir()
     world = SandboxWorld(
         tmp=tmp_path / "world",
-        pds_process=sandbox_pds_process,
+        pds_process=pds_process,
         mongo=mongo,
         client=client,
         database="oversized",
@@ -66,6 +67,21 @@ def big_world(
         mongo.stop()
 
 
+@pytest.fixture(params=[21, 17], ids=["mongo-7.0", "mongo-6.0.8"])
+def big_world(
+    request: pytest.FixtureRequest, tmp_path: Path, sandbox_pds_process: PdsProcess
+) -> Iterator[SandboxWorld]:
+    with world_on_own_mongo(tmp_path, sandbox_pds_process, request.param) as world:
+        yield world
+
+
+@pytest.fixture
+def world_60(tmp_path: Path, sandbox_pds_process: PdsProcess) -> Iterator[SandboxWorld]:
+    """MongoDB 6.0.8: no ``$changeStreamSplitLargeEvent``."""
+    with world_on_own_mongo(tmp_path, sandbox_pds_process, 17) as world:
+        yield world
+
+
 @pytest.fixture
 def daemon(big_world: SandboxWorld) -> Iterator[SyncdProcess]:
     proc = SyncdProcess(big_world.config_path, log_path=big_world.tmp / "syncd.log")
@@ -74,6 +90,15 @@ def daemon(big_world: SandboxWorld) -> Iterator[SyncdProcess]:
     finally:
         if proc.alive:
             proc.kill()
+
+
+def huge_with_odd_id(alice: str) -> dict[str, Any]:
+    """documentKey (20 KiB) + fullDocument (~16 MiB) > 16 MiB + 16 KiB: over the limit."""
+    huge = make_kidlisp(alice, source="(wipe green)")
+    huge["_id"] = "k" * (20 * 1024)
+    huge["blob"] = ""
+    huge["blob"] = "z" * (16 * MiB - len(bson.encode(huge)) - 512)
+    return huge
 
 
 def record(world: SandboxWorld, nsid: str, doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -129,12 +154,7 @@ def test_event_over_the_limit_gets_its_outcome_and_the_stream_goes_on(
     world.insert("moods", before)
     daemon.wait_until(lambda: record(world, MOOD, before), 30)
 
-    # documentKey (20 KiB) + fullDocument (~16 MiB) > 16 MiB + 16 KiB: over the limit.
-    odd_id = "k" * (20 * 1024)
-    huge = make_kidlisp(alice, source="(wipe green)")
-    huge["_id"] = odd_id
-    huge["blob"] = ""
-    huge["blob"] = "z" * (16 * MiB - len(bson.encode(huge)) - 512)
+    huge = huge_with_odd_id(alice)
     world.insert("kidlisp", huge)
     after = make_mood(alice, "after")
     world.insert("moods", after)
@@ -168,3 +188,43 @@ def test_event_over_the_limit_gets_its_outcome_and_the_stream_goes_on(
     daemon.wait_idle()
     assert metric_sum(daemon.metrics(), "syncd_oversized_events_total") == 0
     assert status(world)["dead_letters"]["counts"].get("kidlisp") == 1
+
+
+def test_a_document_that_cannot_be_read_either_is_dead_lettered(
+    world_60: SandboxWorld,
+) -> None:
+    """6.0.8 cannot send the event; the read by _id fails too (a fail point): the
+    document is dead-lettered as oversized_event, and the stream moves past it."""
+    world = world_60
+    alice = world.sub("alice")
+    assert alice
+    daemon = SyncdProcess(world.config_path, log_path=world.tmp / "syncd.log")
+    try:
+        daemon.start()
+        daemon.wait_ready()
+        before = make_mood(alice, "before")
+        world.insert("moods", before)
+        daemon.wait_until(lambda: record(world, MOOD, before), 30)
+        daemon.wait_idle()
+        world.client.admin.command(
+            "configureFailPoint",
+            "failCommand",
+            mode={"times": 1},
+            data={"failCommands": ["find"], "errorCode": 10334, "appName": "syncd"},
+        )
+        huge = huge_with_odd_id(alice)
+        world.insert("kidlisp", huge)
+        after = make_mood(alice, "after")
+        world.insert("moods", after)
+        daemon.wait_until(lambda: record(world, MOOD, after), 60)
+        daemon.wait_idle()
+        metrics = daemon.metrics()
+        assert metric_sum(metrics, "syncd_oversized_events_total", handling="dead_letter") == 1
+        letters = status(world)["dead_letters"]["recent"]
+        assert [(d["collection"], d["reason"]) for d in letters] == [("kidlisp", "oversized_event")]
+        assert "16793600" in letters[0]["detail"] and "10334" in letters[0]["detail"]
+        assert_mirrored(world, ("moods",))
+    finally:
+        world.client.admin.command("configureFailPoint", "failCommand", mode="off")
+        if daemon.alive:
+            daemon.kill()
