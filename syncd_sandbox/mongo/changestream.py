@@ -140,6 +140,55 @@ def _match_fields(filter_: Any) -> set[str] | None:
     return out
 
 
+_NO_VALUE = object()
+
+
+def _string_conditions(filter_: Any) -> list[tuple[list[str], frozenset[str]]] | None:
+    """``filter_`` as (path, allowed strings) pairs if it only pins paths to strings
+    (``{"ns.coll": "a"}``, ``{"ns.coll": {"$in": ["a", "b"]}}``, ``{... {"$eq": "a"}}``)."""
+    if not isinstance(filter_, dict) or not filter_:
+        return None
+    out = []
+    for key, cond in filter_.items():
+        if not isinstance(key, str) or key.startswith("$"):
+            return None
+        if isinstance(cond, dict):
+            if len(cond) != 1:
+                return None
+            op, arg = next(iter(cond.items()))
+            values = (
+                arg if op == "$in" and isinstance(arg, list) else [arg] if op == "$eq" else None
+            )
+        else:
+            values = [cond]
+        if values is None or not all(type(v) is str for v in values):
+            return None
+        out.append((key.split("."), frozenset(values)))
+    return out
+
+
+def _match_strings(
+    conditions: list[tuple[list[str], frozenset[str]]], ev: dict[str, Any]
+) -> bool | None:
+    """Apply :func:`_string_conditions` to an event; None when a path crosses an array
+    (then mongomock's matcher decides)."""
+    for path, allowed in conditions:
+        value: Any = ev
+        for part in path:
+            if isinstance(value, dict):
+                value = value.get(part, _NO_VALUE)
+            elif isinstance(value, list):
+                return None
+            else:
+                value = _NO_VALUE
+                break
+        if isinstance(value, list):
+            return None
+        if type(value) is not str or value not in allowed:
+            return False  # missing, another type, or another string
+    return True
+
+
 def _simple_projection(spec: Any) -> tuple[bool, frozenset[str], bool] | None:
     """(inclusion?, top-level fields, keep _id?) of a flag-only, top-level ``$project``."""
     if not isinstance(spec, dict) or not spec:
@@ -293,7 +342,8 @@ class ChangeStreamCursor:
                 fields = _match_fields(arg)
                 if fields is None or fields & _RAW_FIELDS:
                     return None
-                out.append(("match", arg))
+                strings = _string_conditions(arg)
+                out.append(("strings", (strings, arg)) if strings else ("match", arg))
             elif name == "$project":
                 proj = _simple_projection(arg)
                 if proj is None:
@@ -312,12 +362,19 @@ class ChangeStreamCursor:
         try:
             if self._fast is not None:
                 for kind, arg in self._fast:
-                    if kind == "match":
+                    assert out is not None
+                    if kind == "strings":
+                        conditions, filter_ = arg
+                        matched = _match_strings(conditions, out)
+                        if matched is None:
+                            matched = mm_filtering.filter_applies(filter_, out)
+                        if not matched:
+                            return None
+                    elif kind == "match":
                         if not mm_filtering.filter_applies(arg, out):
                             return None
                     else:
                         inclusion, fields, keep_id = arg
-                        assert out is not None
                         if inclusion:
                             out = {k: v for k, v in out.items() if k in fields or k == "_id"}
                         else:
