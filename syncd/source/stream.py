@@ -234,9 +234,10 @@ class StreamSource:
                         action="reading past it with the documents fetched by _id",
                     )
                     moved = await self._past_oversized(token, start)
-                    if moved is not None:
+                    if moved is not None and moved != (token, start):
                         token, start = moved
                         continue
+                    # No progress (the slim pass failed or saw nothing yet): back off.
                 engine.health.set_stream_connected(False, f"error {exc.code}")
                 delay = backoff_delay(attempt, cap=10.0)
                 attempt += 1
