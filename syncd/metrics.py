@@ -165,6 +165,16 @@ REFUSED_KEYS = Counter(
     ["collection"],
     registry=REGISTRY,
 )
+OVERSIZED_EVENTS = Counter(
+    "syncd_oversized_events_total",
+    "Change events larger than MongoDB's 16 MiB limit, by how syncd got the document: "
+    "'split' (reassembled from $changeStreamSplitLargeEvent fragments), 'read_directly' "
+    "(the server could not send the event; the document was read by _id), 'dead_letter' "
+    "(it could not be read either: dead-lettered as oversized_event).",
+    ["collection", "handling"],
+    registry=REGISTRY,
+)
+OVERSIZED_HANDLINGS = ("split", "read_directly", "dead_letter")
 BUILD_INFO = Gauge(
     "syncd_build_info",
     "Always 1; the version label says which syncd runs.",
@@ -192,6 +202,8 @@ def initialise(collections: tuple[str, ...] = ALL_COLLECTIONS) -> None:
             EVENTS.labels(collection=coll, operation=op)
         for reason in ERROR_REASONS:
             WRITE_ERRORS.labels(collection=coll, reason=reason)
+        for handling in OVERSIZED_HANDLINGS:
+            OVERSIZED_EVENTS.labels(collection=coll, handling=handling)
     for stage in ("source", "writer"):
         QUEUE_DEPTH.labels(stage=stage)
     LAG.set(0)

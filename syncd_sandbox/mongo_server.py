@@ -56,6 +56,7 @@ def _start(
     oplog_size: int | None,
     log_path: Path | None,
     ready_file: Path | None,
+    max_wire_version: int | None = None,
 ) -> Any:
     from syncd_sandbox.mongo.process import start_sandbox_process
 
@@ -63,6 +64,8 @@ def _start(
     kwargs: dict[str, Any] = {"port": port, "log_file": log_path, "ready_file": ready_file}
     if oplog_size is not None:
         kwargs["oplog_size"] = oplog_size
+    if max_wire_version is not None:
+        kwargs["extra_args"] = ["--max-wire-version", str(max_wire_version)]
     return start_sandbox_process(data_dir, timeout=START_TIMEOUT, **kwargs)
 
 
@@ -75,15 +78,20 @@ class ChildMongo:
         *,
         oplog_size: int | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        max_wire_version: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.oplog_size = oplog_size
         self.log_path = Path(log_path) if log_path else None
+        #: 17 (6.0.8, no $changeStreamSplitLargeEvent), 21 (7.0, default) or 25 (8.0).
+        self.max_wire_version = max_wire_version
         self.port = 0
         self._handle: Any = None
 
     def start(self) -> str:
-        self._handle = _start(self.data_dir, self.port, self.oplog_size, self.log_path, None)
+        self._handle = _start(
+            self.data_dir, self.port, self.oplog_size, self.log_path, None, self.max_wire_version
+        )
         self.port = int(self._handle.port)
         return self.uri
 

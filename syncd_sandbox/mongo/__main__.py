@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .server import DEFAULT_OPLOG_SIZE, MongoSandbox
+from .server import DEFAULT_OPLOG_SIZE, VERSIONS, MongoSandbox
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ready-file", default=None, help="write host/port/pid/uri JSON here once bound"
     )
-    p.add_argument("--max-wire-version", type=int, default=21, choices=(21, 25))
+    p.add_argument(
+        "--max-wire-version",
+        type=int,
+        default=21,
+        choices=sorted(VERSIONS),
+        help="17: MongoDB 6.0.8, 21: 7.0.14 (default), 25: 8.0.4",
+    )
     p.add_argument("--no-fsync", action="store_true", help="skip fsync of the journal")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)

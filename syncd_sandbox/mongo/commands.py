@@ -22,11 +22,13 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from mongomock import filtering as mm_filtering
 
-from .changestream import ChangeStreamCursor, parse_spec
+from .changestream import ChangeStreamCursor, parse_spec, resume_position
 from .errors import CommandError, WriteFailure
 from .faults import FAULT_KINDS
-from .oplog import KIND_INVALIDATE, TokenError, decode_token, time_key
-from .storage import Change, simple_id
+from .limits import MAX_USER_SIZE, insert_too_large
+from .oplog import KIND_INVALIDATE, TokenError, decode_token_fragment, encode_token, time_key
+from .pipeline import normalize_pipeline
+from .storage import Change, check_update, simple_id
 from .wire import DECODE_OPTIONS, MAX_MESSAGE_SIZE, Request
 
 if TYPE_CHECKING:
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Request, "Connection"], Awaitable[dict[str, Any]]]
 
-VERSION = "7.0.14"
-MAX_BSON_OBJECT_SIZE = 16 * 1024 * 1024
+VERSION = "7.0.14"  # the default (maxWireVersion 21); see MongoSandbox.version
+MAX_BSON_OBJECT_SIZE = MAX_USER_SIZE
 MAX_WRITE_BATCH_SIZE = 100_000
 DEFAULT_FIRST_BATCH = 101
 DEFAULT_CHANGE_STREAM_BATCH = 1000
@@ -201,6 +203,13 @@ class Commands:
             self.sb.cursors[cursor_id] = cursor
         return self._cursor_reply(ns, first, cursor_id, True)
 
+    def _scan(self, cursor: ChangeStreamCursor, limit: int, command: str) -> list[Any]:
+        try:
+            return cursor.scan(self.sb.oplog, self.sb.storage, limit, command)
+        finally:
+            self.sb.opcounters["query"] += cursor.lookups
+            cursor.lookups = 0
+
     def _retry_key(self, req: Request) -> tuple[bytes, int] | None:
         cmd = req.command
         lsid = cmd.get("lsid")
@@ -239,9 +248,10 @@ class Commands:
         )
 
     async def build_info(self, req: Request, conn: Connection) -> dict[str, Any]:
-        parts = [int(p) for p in VERSION.split(".")] + [0]
+        version = self.sb.version
+        parts = [int(p) for p in version.split(".")] + [0]
         return {
-            "version": VERSION,
+            "version": version,
             "gitVersion": "sandbox",
             "versionArray": parts,
             "bits": 64,
@@ -256,7 +266,7 @@ class Commands:
         sb = self.sb
         return {
             "host": sb.advertised,
-            "version": VERSION,
+            "version": sb.version,
             "process": "mongod (syncd sandbox)",
             "pid": bson.int64.Int64(os.getpid()),
             "uptime": time.time() - sb.started_at,
@@ -264,12 +274,13 @@ class Commands:
             "connections": {"current": len(sb.connections), "totalCreated": sb.total_connections},
             "repl": {"setName": sb.set_name, "isWritablePrimary": True, "primary": sb.advertised},
             "storageEngine": {"name": "sandbox", "persistent": sb.data_dir is not None},
+            "opcounters": {k: bson.int64.Int64(v) for k, v in sb.opcounters.items()},
             "sandbox": True,
         }
 
     async def get_parameter(self, req: Request, conn: Connection) -> dict[str, Any]:
         params = {
-            "featureCompatibilityVersion": {"version": VERSION.rsplit(".", 1)[0]},
+            "featureCompatibilityVersion": {"version": self.sb.version.rsplit(".", 1)[0]},
             "enableTestCommands": True,
             "logLevel": 0,
         }
@@ -353,10 +364,13 @@ class Commands:
                 return dict(cached)
         reply, changes = body()
         if changes:
+            req.wrote = True
             self.sb.commit_changes(changes)
             await self.sb.durable()
         if key is not None:
-            self.sb.remember_retry(key, reply)
+            # A copy: the dispatcher adds to the reply (``writeConcernError`` of a fail
+            # point), and a retry must get the write's own result, not the failure's.
+            self.sb.remember_retry(key, dict(reply))
         return reply
 
     async def insert(self, req: Request, conn: Connection) -> dict[str, Any]:
@@ -373,13 +387,21 @@ class Commands:
             errors: list[dict[str, Any]] = []
             changes: list[tuple[str, str, Change]] = []
             for i, doc in enumerate(docs):
+                self.sb.opcounters["insert"] += 1  # every document tried, as mongod counts
                 if not isinstance(doc, dict):
                     errors.append({"index": i, "code": 2, "errmsg": "document must be an object"})
                     if ordered:
                         break
                     continue
+                raw = raws[i] if raws is not None else None
+                size = len(raw) if raw is not None else len(bson.encode(doc))
+                if size > MAX_USER_SIZE:
+                    errors.append({"index": i, "code": 2, "errmsg": insert_too_large(size)})
+                    if ordered:
+                        break
+                    continue
                 try:
-                    ch = storage.insert_one(db, name, doc, raws[i] if raws is not None else None)
+                    ch = storage.insert_one(db, name, doc, raw)
                 except WriteFailure as exc:
                     errors.append(exc.to_write_error(i))
                     if ordered:
@@ -406,6 +428,7 @@ class Commands:
             n = modified = 0
             upserted: list[dict[str, Any]] = []
             for i, stmt in enumerate(stmts):
+                self.sb.opcounters["update"] += 1  # one per statement
                 try:
                     if not isinstance(stmt, dict) or "q" not in stmt or "u" not in stmt:
                         raise WriteFailure(9, "update statement needs 'q' and 'u'")
@@ -423,7 +446,9 @@ class Commands:
                     if ordered:
                         break
                     continue
-                n += out.matched
+                # ``n`` counts matched and upserted documents (pymongo's matched_count
+                # is ``n`` less the upserts).
+                n += out.matched + (0 if out.upserted_id is None else 1)
                 modified += out.modified
                 if out.upserted_id is not None:
                     upserted.append({"index": i, "_id": out.upserted_id})
@@ -449,6 +474,7 @@ class Commands:
             changes: list[tuple[str, str, Change]] = []
             n = 0
             for i, stmt in enumerate(stmts):
+                self.sb.opcounters["delete"] += 1  # one per statement
                 try:
                     if not isinstance(stmt, dict) or "q" not in stmt:
                         raise WriteFailure(9, "delete statement needs 'q'")
@@ -487,6 +513,10 @@ class Commands:
             raise CommandError(9, "Either an update or remove=true must be specified")
         if cmd.get("arrayFilters"):
             raise CommandError(2, "arrayFilters are not supported by the sandbox (mongomock)")
+        try:
+            check_update(update)
+        except WriteFailure as exc:
+            raise CommandError(exc.code, exc.errmsg) from exc
 
         def body() -> tuple[dict[str, Any], list[tuple[str, str, Change]]]:
             storage = self.sb.storage
@@ -522,7 +552,10 @@ class Commands:
                     else:
                         value = old
             except WriteFailure as exc:
-                raise CommandError(exc.code, exc.errmsg, extra=exc.extra) from exc
+                errmsg = exc.errmsg
+                if exc.code in (17419, 17420):
+                    errmsg = f"Plan executor error during findAndModify :: caused by :: {errmsg}"
+                raise CommandError(exc.code, errmsg, extra=exc.extra) from exc
             if value is not None and fields:
                 value = storage.project(db, name, value, fields)
             encoded = RawBSONDocument(bson.encode(value)) if value is not None else None
@@ -564,6 +597,14 @@ class Commands:
             raise CommandError(43, f"cursor id {cursor_id} not found")
         batch = cmd.get("batchSize")
         cursor.last_used = time.monotonic()
+        req.change_stream = cursor.is_change_stream
+        checkout = self.sb.faults.fail_get_more
+        data = checkout.take("getMore", conn.app_name) if checkout.mode != "off" else None
+        if data is not None:
+            raise CommandError(
+                _int(data.get("errorCode"), 1),
+                "Hit the 'failGetMoreAfterCursorCheckout' failpoint",
+            )
         if isinstance(cursor, FindCursor):
             docs = cursor.next_batch(_int(batch, 0))
             if cursor.exhausted:
@@ -584,8 +625,13 @@ class Commands:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000.0
         while True:
-            events = cursor.scan(self.sb.oplog, self.sb.storage, limit)
-            if events or cursor.done:
+            try:
+                events = self._scan(cursor, limit, "getMore")
+            except CommandError:
+                # A getMore that fails kills its cursor, as on a real server.
+                self.sb.cursors.pop(cursor_id, None)
+                raise
+            if events or cursor.exhausted:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0 or self.sb.cursors.get(cursor_id) is not cursor:
@@ -599,7 +645,7 @@ class Commands:
         if events:
             cursor.last_events_at = loop.time()
         reply_id = cursor_id
-        if cursor.done:
+        if cursor.exhausted:
             self.sb.cursors.pop(cursor_id, None)
             reply_id = 0
         return self._cursor_reply(
@@ -646,7 +692,8 @@ class Commands:
             values = self.sb.storage.coll(db, name).distinct(key, cmd.get("query") or None)
         except Exception as exc:
             raise CommandError(2, f"distinct failed in the sandbox: {exc}") from exc
-        return {"values": values}
+        # A server returns them in BSON order (numbers, strings, objects, ...).
+        return {"values": sorted(values, key=mm_filtering.BsonComparable)}
 
     async def aggregate(self, req: Request, conn: Connection) -> dict[str, Any]:
         cmd = req.command
@@ -671,6 +718,7 @@ class Commands:
                 )
             if isinstance(stage, dict) and ("$out" in stage or "$merge" in stage):
                 raise CommandError(115, "$out/$merge are not supported by the sandbox")
+        pipeline = normalize_pipeline(pipeline)
         counted = _count_documents_shape(pipeline)
         try:
             if counted is not None:
@@ -702,7 +750,14 @@ class Commands:
             raise CommandError(14, "$changeStream stage must be an object")
         if not isinstance(target, str) and target != 1:
             raise CommandError(73, "aggregate target must be a collection name or 1")
-        spec = parse_spec(db, target, options, pipeline[1:])
+        read_concern = req.command.get("readConcern")
+        level = read_concern.get("level") if isinstance(read_concern, dict) else None
+        if level is not None and level != "majority":
+            # Change streams read majority-committed data; an explicit other level is refused.
+            raise CommandError(
+                72, f"Read concern {level!r} is not supported for $changeStream (only 'majority')"
+            )
+        spec = parse_spec(db, target, options, pipeline[1:], self.sb.supports_split_event)
         oplog = self.sb.oplog
         starts = [
             k
@@ -713,17 +768,26 @@ class Commands:
             raise CommandError(
                 40674, "Only one type of resume option is allowed, but multiple were found."
             )
+        resume_split = None
+        start_token = None
         try:
-            if options.get("resumeAfter") is not None:
-                position = decode_token(options["resumeAfter"])
-                if position[3] == KIND_INVALIDATE:
+            if options.get("resumeAfter") is not None or options.get("startAfter") is not None:
+                after = options.get("resumeAfter")
+                key, fragment = decode_token_fragment(after or options["startAfter"])
+                if after is not None and key[3] == KIND_INVALIDATE:
                     raise CommandError(
                         260,
                         "Attempting to resume a change stream using 'resumeAfter' is not allowed "
                         "from an invalidate notification.",
                     )
-            elif options.get("startAfter") is not None:
-                position = decode_token(options["startAfter"])
+                if fragment is not None and not spec.split:
+                    raise CommandError(
+                        280,
+                        "To resume from a split event, the $changeStream pipeline must include a "
+                        "$changeStreamSplitLargeEvent stage",
+                    )
+                position, resume_split = resume_position(key, fragment)
+                start_token = {"_data": encode_token(key, fragment)}
             elif options.get("startAtOperationTime") is not None:
                 ts = options["startAtOperationTime"]
                 if not isinstance(ts, Timestamp):
@@ -744,11 +808,11 @@ class Commands:
         else:
             ns = f"{db}.$cmd.aggregate"
         cursor_id = self._new_cursor_id()
-        cursor = ChangeStreamCursor(cursor_id, spec, position, ns)
+        cursor = ChangeStreamCursor(cursor_id, spec, position, ns, resume_split, start_token)
         limit = DEFAULT_FIRST_BATCH if batch is None else _int(batch)
-        events = cursor.scan(oplog, self.sb.storage, limit) if limit > 0 else []
+        events = self._scan(cursor, limit, "aggregate") if limit > 0 else []
         reply_id = cursor_id
-        if cursor.done:
+        if cursor.exhausted:
             reply_id = 0
         else:
             self.sb.cursors[cursor_id] = cursor
@@ -916,15 +980,23 @@ class Commands:
         if req.db != "admin":
             raise CommandError(13, "configureFailPoint may only be run against the admin database.")
         name = cmd.get("configureFailPoint")
-        if name != "failCommand":
-            raise CommandError(
-                2, f"Unknown fail point (sandbox supports only failCommand): {name!r}"
-            )
         data = cmd.get("data") or {}
         if not isinstance(data, dict):
             raise CommandError(14, "failpoint data must be an object")
-        self.sb.faults.fail_command.configure(cmd.get("mode", "off"), data)
-        return {"count": 0}
+        faults = self.sb.faults
+        if name == "failCommand":
+            point, commands = faults.fail_command, None
+        elif name == "failGetMoreAfterCursorCheckout":
+            point, commands = faults.fail_get_more, ["getMore"]
+        else:
+            raise CommandError(
+                2,
+                f"Cannot find failpoint named {name!r} (the sandbox has failCommand and "
+                "failGetMoreAfterCursorCheckout)",
+            )
+        count = point.times_entered
+        point.configure(cmd.get("mode", "off"), data, commands)
+        return {"count": count}
 
     async def sandbox_fault(self, req: Request, conn: Connection) -> dict[str, Any]:
         cmd = req.command

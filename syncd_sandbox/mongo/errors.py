@@ -43,7 +43,11 @@ CODE_NAMES: dict[int, str] = {
     263: "OperationNotSupportedInTransaction",
     280: "ChangeStreamFatalError",
     286: "ChangeStreamHistoryLost",
+    134: "ReadConcernMajorityNotAvailableYet",
+    136: "CappedPositionLost",
+    237: "CursorKilled",
     10107: "NotWritablePrimary",
+    10334: "BSONObjectTooLarge",
     11000: "DuplicateKey",
     11600: "InterruptedAtShutdown",
     11602: "InterruptedDueToReplStateChange",
@@ -53,13 +57,68 @@ CODE_NAMES: dict[int, str] = {
     40573: "Location40573",
 }
 
-#: Codes for which pymongo's change stream resumes (the server adds this label itself).
-RESUMABLE_CHANGE_STREAM_CODES = frozenset(
-    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133, 43}
-)
+# Error categories of the server's own ``src/mongo/base/error_codes.yml`` (codes that a
+# 7.0/8.0 mongod can send to a client; ``InternalOnly`` codes are left out). The labels a
+# server attaches are derived from them in ``src/mongo/db/error_labels.cpp``; see
+# :func:`error_labels` and the table in docs/mongo-sandbox.md.
 
+#: ``RetriableError``.
+RETRIABLE_CODES = frozenset(
+    {6, 7, 89, 91, 134, 189, 262, 358, 402, 406, 407, 412, 453, 462, 9001, 10107, 11600, 11602}
+    | {13435, 13436, 50915, 91331, 10045600}
+)
+#: ``NetworkError``.
+NETWORK_CODES = frozenset({6, 7, 89, 9001})
+#: ``NeedRetargettingError`` (StaleEpoch, StaleConfig).
+NEED_RETARGETTING_CODES = frozenset({150, 13388})
+#: Codes that earn ``ResumableChangeStreamError`` on a change stream's ``aggregate`` or
+#: ``getMore``: retriable, network and retargetting errors, RetryChangeStream (234) and
+#: FailedToSatisfyReadPreference (133).
+RESUMABLE_CHANGE_STREAM_CODES = (
+    RETRIABLE_CODES | NETWORK_CODES | NEED_RETARGETTING_CODES | {234, 133}
+)
+#: ``NonResumableChangeStreamError``: ChangeStreamFatalError, ChangeStreamHistoryLost.
+NON_RESUMABLE_CHANGE_STREAM_CODES = frozenset({280, 286})
 #: Codes that make a retryable write retryable (label ``RetryableWriteError``).
-RETRYABLE_WRITE_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+RETRYABLE_WRITE_CODES = RETRIABLE_CODES
+
+
+def error_labels(
+    *,
+    command: str,
+    code: int | None,
+    wc_code: int | None = None,
+    retryable_write: bool = False,
+    change_stream: bool = False,
+    wrote: bool = False,
+) -> list[str]:
+    """The labels a 4.4+ server attaches to a failed command (no ``failCommand`` override).
+
+    ``retryable_write``: the command carried a ``txnNumber`` outside a transaction;
+    ``change_stream``: the server *knows* the command is a change stream's (an
+    ``aggregate`` with ``$changeStream``, or a ``getMore`` whose cursor was checked out:
+    a ``failCommand`` on ``getMore`` fires before that, so it earns no change-stream
+    label); ``wrote``: the command wrote something before failing.
+    """
+    labels: list[str] = []
+    retryable = False
+    if retryable_write and (code in RETRIABLE_CODES or wc_code in RETRIABLE_CODES):
+        labels.append("RetryableWriteError")
+        retryable = True
+        if not wrote:
+            labels.append("NoWritesPerformed")
+    if (
+        not retryable
+        and change_stream
+        and command in ("aggregate", "getMore")
+        and code is not None
+        and wc_code is None
+        and code in RESUMABLE_CHANGE_STREAM_CODES
+    ):
+        labels.append("ResumableChangeStreamError")
+    elif code in NON_RESUMABLE_CHANGE_STREAM_CODES:
+        labels.append("NonResumableChangeStreamError")
+    return labels
 
 
 def code_name(code: int) -> str:

@@ -2,9 +2,9 @@
 
 Two ways in, both over the wire so any pymongo client can use them:
 
-* ``configureFailPoint: "failCommand"`` on ``admin`` -- the same test command a real
-  ``mongod --setParameter enableTestCommands=1`` accepts, so one conformance test can
-  drive both;
+* ``configureFailPoint: "failCommand"`` or ``"failGetMoreAfterCursorCheckout"`` on
+  ``admin`` -- the same test commands a real ``mongod --setParameter
+  enableTestCommands=1`` accepts, so one conformance test can drive both;
 * ``{sandboxFault: <kind>, ...}`` on ``admin`` with kinds ``dropConnections``,
   ``failGetMore`` (``n``, ``code``), ``notWritablePrimary`` (``n``), ``truncateOplog``
   (``keep``), ``pause`` (``seconds``) and ``status``.
@@ -44,7 +44,7 @@ class FailCommand:
     app_name: str | None = None
     times_entered: int = 0
 
-    def configure(self, mode: Any, data: dict[str, Any]) -> None:
+    def configure(self, mode: Any, data: dict[str, Any], commands: list[str] | None = None) -> None:
         if mode == "off":
             self.mode, self.remaining, self.skip = "off", 0, 0
         elif mode == "alwaysOn":
@@ -57,7 +57,7 @@ class FailCommand:
             self.mode, self.skip = "skip", int(mode["skip"])
         else:
             raise CommandError(2, f"unsupported failpoint mode {mode!r}")
-        cmds = data.get("failCommands", [])
+        cmds = data.get("failCommands", []) if commands is None else commands
         if not isinstance(cmds, list):
             raise CommandError(2, "failCommands must be an array")
         self.commands = frozenset(str(c).lower() for c in cmds)
@@ -90,6 +90,9 @@ class FaultState:
     """Everything a test has armed on one sandbox."""
 
     fail_command: FailCommand = field(default_factory=FailCommand)
+    #: ``failGetMoreAfterCursorCheckout``: fails a ``getMore`` once its cursor is checked
+    #: out (so the server knows a change stream's cursor and labels the error as such).
+    fail_get_more: FailCommand = field(default_factory=FailCommand)
     fail_getmore: int = 0
     fail_getmore_code: int = 6
     not_writable_primary: int = 0

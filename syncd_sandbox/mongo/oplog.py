@@ -28,26 +28,40 @@ KIND_BEFORE = 0
 KIND_EVENT = 1
 KIND_INVALIDATE = 2
 
-_TOKEN_RE = re.compile(r"^[0-9A-F]{26}$")
+_TOKEN_RE = re.compile(r"^[0-9A-F]{26}([0-9A-F]{4})?$")
 
 
 class TokenError(ValueError):
     """A resume token that the sandbox did not produce (or cannot parse)."""
 
 
-def encode_token(key: Key) -> str:
-    """Return the ``_data`` string of the resume token for ``key``."""
+def encode_token(key: Key, fragment: int | None = None) -> str:
+    """Return the ``_data`` string of the resume token for ``key``.
+
+    ``fragment`` (0-based) marks the token of one fragment of an event split by
+    ``$changeStreamSplitLargeEvent``: four more hex digits, so a fragment's token sorts
+    after its event's and before the next event's.
+    """
     secs, inc, op_index, kind = key
-    return f"{secs:08X}{inc:08X}{op_index:08X}{kind:02X}"
+    token = f"{secs:08X}{inc:08X}{op_index:08X}{kind:02X}"
+    if fragment is not None:
+        token += f"{fragment:04X}"
+    return token
 
 
-def decode_token(token: Any) -> Key:
-    """Parse a resume token document (``{"_data": "..."}``) back to its key."""
+def decode_token_fragment(token: Any) -> tuple[Key, int | None]:
+    """Parse a resume token document (``{"_data": "..."}``): its key and fragment number."""
     data = token.get("_data") if isinstance(token, dict) else None
     if not isinstance(data, str) or not _TOKEN_RE.match(data.upper()):
         raise TokenError(f"invalid resume token: {token!r}")
     data = data.upper()
-    return (int(data[0:8], 16), int(data[8:16], 16), int(data[16:24], 16), int(data[24:26], 16))
+    key = (int(data[0:8], 16), int(data[8:16], 16), int(data[16:24], 16), int(data[24:26], 16))
+    return key, (int(data[26:30], 16) if len(data) > 26 else None)
+
+
+def decode_token(token: Any) -> Key:
+    """Parse a resume token document (``{"_data": "..."}``) back to its key."""
+    return decode_token_fragment(token)[0]
 
 
 def key_timestamp(key: Key) -> Timestamp:

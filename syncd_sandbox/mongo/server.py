@@ -33,11 +33,7 @@ from .commands import (
     FindCursor,
 )
 from .connection import CloseConnection, Connection
-from .errors import (
-    RESUMABLE_CHANGE_STREAM_CODES,
-    RETRYABLE_WRITE_CODES,
-    CommandError,
-)
+from .errors import CommandError, error_labels
 from .faults import FaultState
 from .journal import Journal
 from .oplog import Key, Oplog, OplogEntry, encode_token
@@ -47,6 +43,9 @@ from .wire import MAX_MESSAGE_SIZE, Request, encode_reply
 log = logging.getLogger("syncd_sandbox.mongo")
 
 DEFAULT_OPLOG_SIZE = 100_000
+#: The server version reported for each ``maxWireVersion`` the sandbox can present: 6.0
+#: (a release before ``$changeStreamSplitLargeEvent`` was backported in 6.0.9), 7.0, 8.0.
+VERSIONS = {17: "6.0.8", 21: "7.0.14", 25: "8.0.4"}
 SET_NAME = "rs0"
 #: Cursors idle this long are dropped (like mongod's 10-minute cursor timeout).
 CURSOR_TIMEOUT_S = 600.0
@@ -54,7 +53,6 @@ CURSOR_REAP_EVERY_S = 30.0
 #: Compact the journal into a snapshot after this many records.
 SNAPSHOT_EVERY_RECORDS = 200_000
 
-_WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify", "findandmodify"})
 _NOT_PRIMARY_CODES = frozenset({10107, 13435, 13436, 11600, 11602, 189, 91})
 #: Commands a ``notWritablePrimary`` fault does not touch (monitoring keeps working).
 _FAULT_EXEMPT = frozenset(
@@ -62,6 +60,10 @@ _FAULT_EXEMPT = frozenset(
 )
 #: Commands answered even while paused (so the fault helper's own client can close).
 _PAUSE_EXEMPT = frozenset({"sandboxFault", "endSessions"})
+OPCOUNTERS = ("insert", "query", "update", "delete", "getmore", "command")
+#: Commands that never count as ``command``: writes count their documents / statements
+#: (in their handlers), ``find`` counts as ``query``, ``getMore`` as ``getmore``.
+_NOT_COMMANDS = frozenset({"insert", "update", "delete", "find", "getMore"})
 _ZERO_SIGNATURE = {"hash": Binary(b"\x00" * 20, 0), "keyId": Int64(0)}
 
 
@@ -92,7 +94,11 @@ class MongoSandbox:
         self.requested_port = port
         self.port = port
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        if max_wire_version not in VERSIONS:
+            raise ValueError(f"max_wire_version must be one of {sorted(VERSIONS)}")
         self.max_wire_version = max_wire_version
+        self.version = VERSIONS[max_wire_version]
+        self.version_tuple = tuple(int(p) for p in self.version.split("."))
         self.advertise_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         self.set_name = SET_NAME
         self.storage = Storage()
@@ -103,6 +109,8 @@ class MongoSandbox:
         self.cursors: dict[int, FindCursor | ChangeStreamCursor] = {}
         self.connections: set[Connection] = set()
         self.total_connections = 0
+        #: ``serverStatus().opcounters``: counted as a mongod counts them (see count_op).
+        self.opcounters: dict[str, int] = dict.fromkeys(OPCOUNTERS, 0)
         self.retry_cache: OrderedDict[tuple[bytes, int], dict[str, Any]] = OrderedDict()
         self.process_id = ObjectId()
         self.tv_counter = 0
@@ -113,6 +121,12 @@ class MongoSandbox:
         self.started_at = time.time()
         self._stopping = False
         self._reap_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def supports_split_event(self) -> bool:
+        """``$changeStreamSplitLargeEvent`` exists: 7.0+, and 6.0 from 6.0.9."""
+        v = self.version_tuple
+        return v >= (7, 0) or (6, 0, 9) <= v < (6, 1)
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -365,6 +379,16 @@ class MongoSandbox:
         if len(self.retry_cache) > 10_000:
             self.retry_cache.popitem(last=False)
 
+    def count_op(self, name: str) -> None:
+        """Count one command in ``opcounters`` (writes count themselves, per document or
+        statement). ``aggregate`` counts as ``query`` from 7.1 on, as ``command`` before."""
+        if name == "find" or (name == "aggregate" and self.version_tuple >= (7, 1)):
+            self.opcounters["query"] += 1
+        elif name == "getMore":
+            self.opcounters["getmore"] += 1
+        elif name not in _NOT_COMMANDS:
+            self.opcounters["command"] += 1
+
     # -- topology ------------------------------------------------------------------------
     def topology_version(self) -> dict[str, Any]:
         return {"processId": self.process_id, "counter": Int64(self.tv_counter)}
@@ -460,50 +484,50 @@ class MongoSandbox:
         self._next_request_id += 1
         return encode_reply(request, self._next_request_id, reply)
 
-    def _auto_labels(self, request: Request, code: int) -> list[str]:
+    def _labels(self, request: Request, code: int | None, wc_code: int | None = None) -> list[str]:
+        """The error labels a real server computes for this failure (no fail-point override)."""
         cmd = request.command
-        name = request.name
-        labels: list[str] = []
-        if code in RESUMABLE_CHANGE_STREAM_CODES:
-            if name == "getMore":
-                cursor = self.cursors.get(int(cmd.get("getMore") or 0))
-                if cursor is None or cursor.is_change_stream:
-                    labels.append("ResumableChangeStreamError")
-            elif name == "aggregate":
-                pipeline = cmd.get("pipeline")
-                if (
-                    isinstance(pipeline, list)
-                    and pipeline
-                    and "$changeStream" in (pipeline[0] or {})
-                ):
-                    labels.append("ResumableChangeStreamError")
-        if name in _WRITE_COMMANDS and "txnNumber" in cmd and code in RETRYABLE_WRITE_CODES:
-            labels.append("RetryableWriteError")
-        return labels
+        return error_labels(
+            command=request.name,
+            code=code,
+            wc_code=wc_code,
+            retryable_write="txnNumber" in cmd and "autocommit" not in cmd,
+            change_stream=request.change_stream,
+            wrote=request.wrote,
+        )
 
     async def dispatch(self, request: Request, conn: Connection) -> dict[str, Any]:
-        """Run one command and return its reply (always a reply document)."""
+        """Run one command and return its reply (always a reply document).
+
+        Error labels are the server's (:func:`~.errors.error_labels`), unless a
+        ``failCommand`` fail point names ``errorLabels``: then exactly those, as a 4.4+
+        server does (also on a ``writeConcernError`` reply, at its top level).
+        """
         name = request.name
-        explicit_labels = False
+        override: list[str] | None = None
         wc_error: dict[str, Any] | None = None
+        if name == "aggregate":
+            pipeline = request.command.get("pipeline")
+            if isinstance(pipeline, list) and pipeline and isinstance(pipeline[0], dict):
+                request.change_stream = "$changeStream" in pipeline[0]
+        if name in self.commands.table:
+            self.count_op(name)
         try:
             fail = self.faults.fail_command
             data = fail.take(name, conn.app_name) if fail.mode != "off" else None
             if data is not None:
+                if isinstance(data.get("errorLabels"), list):
+                    override = [str(label) for label in data["errorLabels"]]
                 if data.get("blockConnection"):
                     await asyncio.sleep(int(data.get("blockTimeMS", 0)) / 1000.0)
                 if data.get("closeConnection"):
                     raise CloseConnection()
                 if "errorCode" in data:
-                    labels = data.get("errorLabels")
-                    explicit_labels = labels is not None
                     raise CommandError(
-                        int(data["errorCode"]),
-                        "Failing command via 'failCommand' failpoint",
-                        labels=list(labels or []),
+                        int(data["errorCode"]), "Failing command via 'failCommand' failpoint"
                     )
                 if isinstance(data.get("writeConcernError"), dict):
-                    wc_error = data["writeConcernError"]
+                    wc_error = dict(data["writeConcernError"])
             if self.faults.not_writable_primary > 0 and name not in _FAULT_EXEMPT:
                 self.faults.not_writable_primary -= 1
                 self.bump_topology()
@@ -517,9 +541,19 @@ class MongoSandbox:
             reply["ok"] = 1.0
             if wc_error is not None:
                 reply["writeConcernError"] = wc_error
+                code = wc_error.get("code")
+                labels = (
+                    override
+                    if override is not None
+                    else self._labels(request, None, int(code) if isinstance(code, int) else None)
+                )
+                if labels:
+                    reply["errorLabels"] = labels
         except CommandError as exc:
-            if not explicit_labels:
-                for label in self._auto_labels(request, exc.code):
+            if override is not None:
+                exc.labels = list(override)
+            else:
+                for label in self._labels(request, exc.code):
                     if label not in exc.labels:
                         exc.labels.append(label)
             reply = exc.to_reply()

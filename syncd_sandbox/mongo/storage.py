@@ -17,11 +17,13 @@ import mongomock
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from mongomock import helpers as mm_helpers
-from mongomock.filtering import filter_applies
+from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import WriteError as PyMongoWriteError
 
 from .diff import update_description
 from .errors import CommandError, WriteFailure
+from .indexes import CollectionIndex
+from .limits import MAX_USER_SIZE, UPDATE_TOO_LARGE, UPSERT_TOO_LARGE
 from .wire import DECODE_OPTIONS
 
 Namespace = tuple[str, str]
@@ -108,8 +110,43 @@ def string_matches(doc: dict[str, Any], filter_: dict[str, str]) -> bool:
     return True
 
 
+def _sort_key(field: str) -> Any:
+    def key(doc: dict[str, Any]) -> Any:
+        return resolve_sort_key(field, doc)
+
+    return key
+
+
 def is_replacement(update: Any) -> bool:
     return isinstance(update, dict) and not any(k.startswith("$") for k in update)
+
+
+#: The update modifiers a server knows.
+UPDATE_OPERATORS = frozenset(
+    {"$set", "$unset", "$inc", "$mul", "$rename", "$setOnInsert", "$min", "$max"}
+    | {"$currentDate", "$push", "$pull", "$pullAll", "$addToSet", "$pop", "$bit"}
+)
+
+
+def check_update(update: Any) -> None:
+    """Refuse an update document as a server's parser does, before anything is matched."""
+    if not isinstance(update, dict) or not update:
+        return
+    if not str(next(iter(update))).startswith("$"):
+        return  # a replacement
+    for op, arg in update.items():
+        if op not in UPDATE_OPERATORS:
+            raise WriteFailure(
+                9,
+                f"Unknown modifier: {op}. Expected a valid update modifier or pipeline-style "
+                "update specified as an array",
+            )
+        if not isinstance(arg, dict):
+            raise WriteFailure(
+                9,
+                f"Modifiers operate on fields but we found type {type(arg).__name__} instead. "
+                f"For example: {{$mod: {{<field>: ...}}}} not {{{op}: {arg!r}}}",
+            )
 
 
 def _translate(exc: Exception) -> WriteFailure:
@@ -144,6 +181,9 @@ class Storage:
         self._scratch: Any = mongomock.MongoClient()["scratch"]["upsert"]  # see _upsert_new
         self._colls: dict[Namespace, Any] = {}
         self.options: dict[Namespace, dict[str, Any]] = {}
+        #: Equality maps per collection (built on first use, kept up to date by every
+        #: write, dropped when the collection or its index definitions change).
+        self._cidx: dict[Namespace, CollectionIndex] = {}
 
     # -- namespaces ----------------------------------------------------------------------
     def coll(self, db: str, name: str) -> Any:
@@ -189,6 +229,7 @@ class Storage:
         self._store(db, name).drop()
         self.options.pop((db, name), None)
         self._colls.pop((db, name), None)
+        self._cidx.pop((db, name), None)
         return existed
 
     def drop_database(self, db: str) -> list[str]:
@@ -210,6 +251,8 @@ class Storage:
         self.options[(to_db, to_name)] = opts
         self._colls.pop((db, name), None)
         self._colls.pop((to_db, to_name), None)
+        self._cidx.pop((db, name), None)
+        self._cidx.pop((to_db, to_name), None)
 
     # -- indexes -------------------------------------------------------------------------
     def create_indexes(self, db: str, name: str, indexes: list[dict[str, Any]]) -> tuple[int, int]:
@@ -228,6 +271,7 @@ class Storage:
             except mongomock.OperationFailure as exc:
                 raise CommandError(getattr(exc, "code", None) or 85, str(exc)) from exc
         after = len(self._store(db, name).indexes) + 1
+        self._cidx.pop((db, name), None)
         return before, after
 
     def list_indexes(self, db: str, name: str) -> list[dict[str, Any]]:
@@ -249,6 +293,8 @@ class Storage:
                 coll.drop_index(index if isinstance(index, str) else list(index.items()))
         except mongomock.OperationFailure as exc:
             raise CommandError(27, str(exc)) from exc
+        finally:
+            self._cidx.pop((db, name), None)
 
     def index_specs(self, db: str, name: str) -> list[dict[str, Any]]:
         """Index definitions for a snapshot (excluding ``_id_``)."""
@@ -263,6 +309,77 @@ class Storage:
             return None
         return doc
 
+    def _index(self, db: str, name: str) -> CollectionIndex:
+        ns = (db, name)
+        cidx = self._cidx.get(ns)
+        if cidx is None:
+            store = self._store(db, name)
+            fields = {
+                field
+                for info in store.indexes.values()
+                for field, _direction in info.get("key", [])
+                if field != "_id" and "." not in field
+            }
+            cidx = CollectionIndex(fields)
+            for key, doc in store._documents.items():
+                cidx.put(key, doc)
+            self._cidx[ns] = cidx
+        return cidx
+
+    def _touch(self, db: str, name: str, key: Any, doc: dict[str, Any] | None) -> None:
+        """Keep the equality maps in step: ``doc`` is now stored under ``key`` (None: gone)."""
+        cidx = self._cidx.get((db, name))
+        if cidx is not None:
+            if doc is None:
+                cidx.drop(key)
+            else:
+                cidx.put(key, doc)
+
+    def _matching(self, db: str, name: str, filter_: dict[str, Any]) -> list[dict[str, Any]]:
+        """The stored documents matching ``filter_``, in natural order.
+
+        A plain ``_id`` is one look-up; equality or ``$in`` on ``_id`` or on a field of an
+        index is answered from the equality maps (then checked against the whole filter);
+        string equality on other fields scans with a cheap matcher; anything else is
+        mongomock's matcher over every document. Raises mongomock's errors.
+        """
+        store = self._store(db, name)
+        docs = store._documents
+        if not filter_:
+            return list(docs.values())
+        is_id, doc_id = simple_id(filter_)
+        if is_id:
+            doc = self.get(db, name, doc_id)
+            return [doc] if doc is not None else []
+        strings = string_equality(filter_)
+        plan = self._index(db, name).candidates(filter_, _doc_key)
+        if plan is not None:
+            keys, exact = plan
+            found = [docs[k] for k in keys if k in docs]
+            if exact:
+                return found
+            if strings is not None:
+                return [d for d in found if string_matches(d, strings)]
+            if not found:
+                filter_applies(filter_, {})  # still refuse an invalid filter
+            return [d for d in found if filter_applies(filter_, d)]
+        if strings is not None:
+            return [d for d in docs.values() if string_matches(d, strings)]
+        return list(self.coll(db, name)._iter_documents(filter_))
+
+    @staticmethod
+    def _sorted(docs: list[dict[str, Any]], sort: dict[str, Any]) -> list[dict[str, Any]]:
+        """``docs`` ordered as mongomock's cursor sorts (stable, last key first)."""
+        for key, direction in reversed(list(sort.items())):
+            if key == "$natural":
+                if direction < 0:
+                    docs = list(reversed(docs))
+                continue
+            if key.startswith("$"):
+                raise NotImplementedError(f"Sorting by {key} is not implemented in mongomock")
+            docs = sorted(docs, key=_sort_key(key), reverse=direction < 0)
+        return docs
+
     def find(
         self,
         db: str,
@@ -274,24 +391,12 @@ class Storage:
         limit: int = 0,
     ) -> list[RawBSONDocument]:
         """Matching documents, encoded (so later writes cannot change them)."""
-        filter_ = filter_ or {}
-        is_id, doc_id = simple_id(filter_)
-        if is_id and not sort:
-            doc = self.get(db, name, doc_id)
-            docs: list[dict[str, Any]] = [doc] if doc is not None else []
-        elif (strings := string_equality(filter_)) is not None and not sort:
-            store = self._store(db, name)
-            docs = [d for d in store._documents.values() if string_matches(d, strings)]
-        else:
-            coll = self.coll(db, name)
-            try:
-                if sort:
-                    cursor = coll.find(filter_, sort=list(sort.items()))
-                    docs = list(cursor)
-                else:
-                    docs = list(coll._iter_documents(filter_))
-            except Exception as exc:
-                raise translate_query_error(exc) from exc
+        try:
+            docs = self._matching(db, name, filter_ or {})
+            if sort:
+                docs = self._sorted(docs, sort)
+        except Exception as exc:
+            raise translate_query_error(exc) from exc
         if skip:
             docs = docs[skip:]
         if limit:
@@ -314,18 +419,10 @@ class Storage:
         return out
 
     def count(self, db: str, name: str, filter_: dict[str, Any] | None) -> int:
-        filter_ = filter_ or {}
         if not filter_:
             return len(self._store(db, name)._documents)
-        is_id, doc_id = simple_id(filter_)
-        if is_id:
-            return 1 if self.get(db, name, doc_id) is not None else 0
-        strings = string_equality(filter_)
-        if strings is not None:
-            docs = self._store(db, name)._documents.values()
-            return sum(1 for d in docs if string_matches(d, strings))
         try:
-            return sum(1 for _ in self.coll(db, name)._iter_documents(filter_))
+            return len(self._matching(db, name, filter_))
         except Exception as exc:
             raise translate_query_error(exc) from exc
 
@@ -357,6 +454,7 @@ class Storage:
             except mongomock.DuplicateKeyError as exc:
                 del store._documents[key]
                 raise WriteFailure(11000, f"E11000 duplicate key error: {exc}") from exc
+        self._touch(db, name, key, doc)
         if raw is None:
             raw = bson.encode(doc)
         return Change("insert", doc_id, post=raw)
@@ -379,6 +477,7 @@ class Storage:
             raise WriteFailure(2, "arrayFilters are not supported by the sandbox (mongomock)")
         if not isinstance(update, dict | list):
             raise WriteFailure(9, "update must be a document or a pipeline")
+        check_update(update)
         replacement = is_replacement(update)
         if replacement and multi:
             raise WriteFailure(9, "multi update is not supported for replacement-style update")
@@ -408,9 +507,55 @@ class Storage:
                 if not images:
                     change.pre = None
                 return UpdateOutcome(1, 1, None, [change])
+        if replacement:
+            return self._replace(db, name, query, update, upsert, images)
+        if isinstance(update, list):
+            return self._update_pipeline(db, name, query, update, upsert, multi, images)
+        try:
+            matched = self._matching(db, name, query)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        if not multi:
+            matched = matched[:1]
+        if not matched:
+            if not upsert:
+                return UpdateOutcome(0, 0, None, [])
+            return self._upsert_new(db, name, query, update, False)
+        changes: list[Change] = []
+        for existing in matched:
+            try:
+                change = self._update_in_place(db, name, existing, query, update, False)
+            except WriteFailure:
+                # The statement fails as a whole (a server keeps the documents it updated
+                # before the failing one; the sandbox keeps none).
+                for done in changes:
+                    assert done.pre is not None
+                    restored = bson.decode(done.pre, DECODE_OPTIONS)
+                    store._documents[_doc_key(done.doc_id)] = restored
+                    self._touch(db, name, _doc_key(done.doc_id), restored)
+                raise
+            if change is not None:
+                changes.append(change)
+        if not images:
+            for change in changes:
+                change.pre = None
+        return UpdateOutcome(len(matched), len(changes), None, changes)
+
+    def _update_pipeline(
+        self,
+        db: str,
+        name: str,
+        query: dict[str, Any],
+        update: list[Any],
+        upsert: bool,
+        multi: bool,
+        images: bool,
+    ) -> UpdateOutcome:
+        """A pipeline-style update, as far as mongomock goes."""
+        store = self._store(db, name)
         coll = self.coll(db, name)
         try:
-            candidates = [d["_id"] for d in coll._iter_documents(query)]
+            candidates = [d["_id"] for d in self._matching(db, name, query)]
         except Exception as exc:
             raise _translate(exc) from exc
         if not multi:
@@ -420,38 +565,84 @@ class Storage:
             doc = store._documents.get(_doc_key(cid))
             if doc is not None:
                 raw_before.append((cid, bson.encode(doc)))
-        if replacement:
-            for _cid, raw in raw_before:
-                old = bson.decode(raw, DECODE_OPTIONS)
-                if "_id" in update and not bson_equal_id(update["_id"], old["_id"]):
-                    raise WriteFailure(
-                        66,
-                        "After applying the update, the (immutable) field '_id' was found "
-                        "to have been altered",
-                    )
         try:
             result = coll._update(query, update, upsert=upsert, multi=multi)
         except Exception as exc:
             raise _translate(exc) from exc
         if result.get("upserted") is not None and not store._is_force_created:
             store.create()
-        changes: list[Change] = []
-        modified = 0
+        afters: list[tuple[Any, bytes, bytes, dict[str, Any]]] = []
         for cid, before in raw_before:
             doc = store._documents.get(_doc_key(cid))
             if doc is None:
                 continue
             after = bson.encode(doc)
-            if after == before:
-                continue
-            modified += 1
-            changes.append(self._change_for(before, after, doc, replacement, images, cid))
+            if after != before:
+                afters.append((cid, before, after, doc))
         upserted_id = result.get("upserted")
+        too_large = any(len(after) > MAX_USER_SIZE for _, _, after, _ in afters)
+        if too_large:
+            for cid, before, _after, _doc in afters:
+                store._documents[_doc_key(cid)] = bson.decode(before, DECODE_OPTIONS)
+        inserted: list[Change] = []
         if upserted_id is not None:
             doc = store._documents.get(_doc_key(upserted_id))
             if doc is not None:
-                changes.append(Change("insert", upserted_id, post=bson.encode(doc)))
-        return UpdateOutcome(int(result.get("n", 0)), modified, upserted_id, changes)
+                post = bson.encode(doc)
+                if too_large or len(post) > MAX_USER_SIZE:
+                    del store._documents[_doc_key(upserted_id)]
+                    if not too_large:
+                        raise WriteFailure(17420, UPSERT_TOO_LARGE)
+                else:
+                    self._touch(db, name, _doc_key(upserted_id), doc)
+                    inserted.append(Change("insert", upserted_id, post=post))
+        if too_large:
+            raise WriteFailure(17419, UPDATE_TOO_LARGE)
+        changes: list[Change] = []
+        for cid, before, after, doc in afters:
+            self._touch(db, name, _doc_key(cid), doc)
+            changes.append(self._change_for(before, after, doc, False, images, cid))
+        changes.extend(inserted)
+        return UpdateOutcome(int(result.get("n", 0)), len(afters), upserted_id, changes)
+
+    def _replace(
+        self,
+        db: str,
+        name: str,
+        query: dict[str, Any],
+        replacement: dict[str, Any],
+        upsert: bool,
+        images: bool,
+    ) -> UpdateOutcome:
+        """A replacement whose filter is not a plain ``_id``: the first match is replaced.
+
+        (mongomock would copy an ``_id`` condition such as ``{$gt: 1}`` into the new
+        document.) An upsert that matches nothing inserts the replacement with the
+        filter's ``_id`` if it pins one, else a new ObjectId.
+        """
+        try:
+            found = self._matching(db, name, query)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        existing = found[0] if found else None
+        if existing is None:
+            if not upsert:
+                return UpdateOutcome(0, 0, None, [])
+            doc = dict(replacement)
+            if "_id" not in doc:
+                pinned, pinned_id = id_equality(query)
+                doc = {"_id": pinned_id if pinned else ObjectId(), **doc}
+            raw = bson.encode(doc)
+            if len(raw) > MAX_USER_SIZE:
+                raise WriteFailure(17420, UPSERT_TOO_LARGE)
+            inserted = self.insert_one(db, name, doc, raw)
+            return UpdateOutcome(0, 0, doc["_id"], [inserted])
+        change = self._update_in_place(db, name, existing, query, replacement, True)
+        if change is None:
+            return UpdateOutcome(1, 0, None, [])
+        if not images:
+            change.pre = None
+        return UpdateOutcome(1, 1, None, [change])
 
     def _update_pinned(
         self,
@@ -502,7 +693,10 @@ class Storage:
         scratch.delete_many({})
         if doc is None:
             raise WriteFailure(2, "upsert produced no document")
-        change = self.insert_one(db, name, doc, None)
+        raw = bson.encode(doc)
+        if len(raw) > MAX_USER_SIZE:
+            raise WriteFailure(17420, UPSERT_TOO_LARGE)
+        change = self.insert_one(db, name, doc, raw)
         return UpdateOutcome(0, 0, doc["_id"], [change])
 
     def _change_for(
@@ -560,13 +754,17 @@ class Storage:
                     "have been altered",
                 )
             target = existing
+        after = bson.encode(target)
+        if len(after) > MAX_USER_SIZE:
+            store._documents[key] = bson.decode(before, DECODE_OPTIONS)
+            raise WriteFailure(17419, UPDATE_TOO_LARGE)
         if self._has_unique(db, name):
             try:
                 self.coll(db, name)._ensure_uniques(target)
             except mongomock.DuplicateKeyError as exc:
                 store._documents[key] = bson.decode(before, DECODE_OPTIONS)
                 raise WriteFailure(11000, f"E11000 duplicate key error: {exc}") from exc
-        after = bson.encode(target)
+        self._touch(db, name, key, target)
         if after == before:
             return None
         return self._change_for(before, after, target, replacement, True, doc_id)
@@ -574,22 +772,19 @@ class Storage:
     def delete(self, db: str, name: str, query: dict[str, Any], limit: int) -> list[Change]:
         images = self.images_enabled(db, name)
         store = self._store(db, name)
-        is_id, doc_id = simple_id(query)
-        if is_id:
-            doc = self.get(db, name, doc_id)
-            victims = [doc] if doc is not None else []
-        else:
-            try:
-                victims = list(self.coll(db, name)._iter_documents(query))
-            except Exception as exc:
-                raise _translate(exc) from exc
-            if limit:
-                victims = victims[:limit]
+        try:
+            victims = self._matching(db, name, query)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        if limit:
+            victims = victims[:limit]
         changes = []
         for doc in victims:
             vid = doc["_id"]
             pre = bson.encode(doc) if images else None
-            del store._documents[_doc_key(vid)]
+            key = _doc_key(vid)
+            del store._documents[key]
+            self._touch(db, name, key, None)
             changes.append(Change("delete", vid, pre=pre))
         return changes
 
@@ -597,12 +792,16 @@ class Storage:
     def put_raw(self, db: str, name: str, raw: bytes) -> None:
         doc = bson.decode(raw, DECODE_OPTIONS)
         store = self._store(db, name)
-        store._documents[_doc_key(doc["_id"])] = doc
+        key = _doc_key(doc["_id"])
+        store._documents[key] = doc
+        self._touch(db, name, key, doc)
         if not store._is_force_created:
             store.create()
 
     def remove_id(self, db: str, name: str, doc_id: Any) -> None:
-        self._store(db, name)._documents.pop(_doc_key(doc_id), None)
+        key = _doc_key(doc_id)
+        self._store(db, name)._documents.pop(key, None)
+        self._touch(db, name, key, None)
 
 
 def bson_equal_id(a: Any, b: Any) -> bool:

@@ -52,6 +52,11 @@ class Request:
     exhaust_allowed: bool = False
     #: Raw bytes of each document of each kind-1 section (keyed by identifier), in order.
     raw_sequences: dict[str, list[bytes]] = field(default_factory=dict)
+    #: Set while the command runs: it wrote something (for ``NoWritesPerformed``) ...
+    wrote: bool = False
+    #: ... and it is known to belong to a change stream (an ``aggregate`` with
+    #: ``$changeStream``, or a ``getMore`` once its change-stream cursor is checked out).
+    change_stream: bool = False
 
     @property
     def name(self) -> str:

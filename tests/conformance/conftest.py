@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,15 @@ from pymongo.database import Database
 from syncd_sandbox.mongo.process import SandboxProcess, start_sandbox_process
 
 REAL_URI_ENV = "SYNCD_TEST_MONGODB_URI"
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every conformance test talks to a server process (the sandbox child, or a real
+    replica set): they belong to the ``slow`` tier."""
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass
@@ -73,7 +83,8 @@ def client(backend: Backend) -> Iterator[MongoClient[dict[str, Any]]]:
         yield c
     finally:
         try:
-            c.admin.command("configureFailPoint", "failCommand", mode="off")
+            for point in ("failCommand", "failGetMoreAfterCursorCheckout"):
+                c.admin.command("configureFailPoint", point, mode="off")
         finally:
             c.close()
 

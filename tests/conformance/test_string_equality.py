@@ -52,3 +52,42 @@ def test_string_equality_on_secondary_keys(backend: Backend) -> None:
     finally:
         client.drop_database(db.name)
         client.close()
+
+
+def test_in_and_eq_on_indexed_fields(backend: Backend) -> None:
+    """``$in`` / ``$eq`` on an indexed field and on ``_id`` (the sandbox answers them from its
+    index): a number matches the same number of another type, never a string or a
+    boolean; an array matches through its elements."""
+    client: MongoClient[dict[str, Any]] = backend.client()
+    db = client[f"streq_{uuid.uuid4().hex[:8]}"]
+    coll = db["c"]
+    try:
+        coll.create_index([("did", 1)])
+        coll.insert_many(
+            [
+                *DOCS,
+                {"_id": 10, "did": 2},
+                {"_id": 11, "did": 2.0},
+                {"_id": 12, "did": "2"},
+                {"_id": 13, "did": [2, "z"]},
+            ]
+        )
+
+        def ids(filter_: dict[str, Any]) -> list[Any]:
+            return sorted(d["_id"] for d in coll.find(filter_))
+
+        assert ids({"did": {"$in": ["a", "b"]}}) == [1, 2, 3, 5]
+        assert ids({"did": {"$eq": "b"}}) == [3]
+        assert ids({"did": {"$in": [2]}}) == [10, 11, 13]
+        assert ids({"did": "z"}) == [13]
+        assert ids({"_id": {"$in": [1, 3, 99]}, "did": "a"}) == [1, 3]
+        assert ids({"_id": {"$in": [10, 12]}}) == [10, 12]
+        assert coll.count_documents({"did": {"$in": ["a", 2]}}) == 7
+        coll.update_many({"did": "a"}, {"$set": {"did": "moved"}})
+        assert ids({"did": "a"}) == []  # [a, b] matched "a" too, and was replaced
+        assert ids({"did": "moved"}) == [1, 2, 3, 5]
+        coll.delete_many({"did": {"$in": ["moved", 2]}})
+        assert ids({}) == [4, 6, 7, 8, 9, 12]
+    finally:
+        client.drop_database(db.name)
+        client.close()

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
 from syncd_sandbox.mongo import MongoSandbox
@@ -14,6 +15,7 @@ from syncd_sandbox.mongo.process import SandboxProcess
 Doc = dict[str, Any]
 
 
+@pytest.mark.slow
 def test_many_concurrent_clients_and_a_watcher_see_everything(mongo: SandboxProcess) -> None:
     clients, per = 8, 150
     db_name = "sb_conc"

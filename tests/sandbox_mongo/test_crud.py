@@ -12,6 +12,8 @@ from pymongo.monitoring import CommandListener, CommandStartedEvent
 
 from syncd_sandbox.mongo.process import SandboxProcess
 
+pytestmark = pytest.mark.slow  # every test here talks to a sandbox subprocess
+
 Doc = dict[str, Any]
 
 

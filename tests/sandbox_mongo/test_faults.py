@@ -13,6 +13,8 @@ from pymongo.errors import AutoReconnect, NotPrimaryError, OperationFailure
 from syncd_sandbox.mongo.faults import send_fault
 from syncd_sandbox.mongo.process import SandboxProcess
 
+pytestmark = pytest.mark.slow  # every test here talks to a sandbox subprocess
+
 Doc = dict[str, Any]
 
 
