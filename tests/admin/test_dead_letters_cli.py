@@ -14,7 +14,8 @@ from tests.admin.helpers import assert_converged, syncd, syncd_json
 
 
 def test_dead_letters_list_and_retry_after_the_data_is_fixed(world: SandboxWorld) -> None:
-    painting = world.add_painting("alice", image=False)  # its PNG is not there (yet)
+    # Its "PNG" is not an image (a missing one would be published without thumbnail).
+    painting = world.add_painting("alice", data=b"<html>not a png</html>")
     empty = make_mood(world.sub("alice"), "")
     world.insert("moods", empty)
     syncd(world, "backfill")
