@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from bson import Timestamp
 from pymongo import AsyncMongoClient
 
 from syncd import metrics
@@ -32,6 +31,7 @@ from syncd.pds.sessions import Account, SessionManager
 from syncd.pds.xrpc import XrpcClient
 from syncd.positions import Positions
 from syncd.router import Router, RouterDeps
+from syncd.source.deps import SourceDeps
 from syncd.source.publish import Publisher
 from syncd.state import open_store
 from syncd.state.aio import StateCalls
@@ -130,6 +130,19 @@ class Engine:
             self.db, self.positions, self.router.route_many, config.pipeline.queue_size
         )
         self.parking = Parking(self.calls, self._unpark)
+        self.sources = SourceDeps(
+            client=self.client,
+            db=self.db,
+            mongo=config.mongo,
+            calls=self.calls,
+            positions=self.positions,
+            publisher=self.publisher,
+            route_many=self.router.route_many,
+            health=self.health,
+            stopping=self.stopping,
+            save_positions=self.save_checkpoints,
+            dead_letter_retry_seconds=config.pipeline.dead_letter_retry_seconds,
+        )
         self._parked_series: set[tuple[str, str]] = set()
         self._writer_deps = WriterDeps(
             calls=self.calls,
@@ -183,13 +196,8 @@ class Engine:
         self._parked_series = set(parked)
 
     async def operation_time(self) -> tuple[int, int]:
-        """The cluster's current operation time: where a stream after a scan must start."""
-        async with self.client.start_session() as session:
-            reply = await self.client.admin.command("ping", session=session)
-            ts = reply.get("operationTime") or session.operation_time
-        if not isinstance(ts, Timestamp):
-            raise RuntimeError("the server reported no operationTime: is it a replica set?")
-        return (ts.time, ts.inc)
+        """The cluster's current operation time (:meth:`SourceDeps.operation_time`)."""
+        return await self.sources.operation_time()
 
     async def save_checkpoints(self) -> None:
         """Persist the newest safe positions, and report lag and queue depths."""
