@@ -537,22 +537,6 @@ def _compare(
     return verdict
 
 
-def metrics_caught_up(metrics_url: str, timeout: float = 2.0) -> bool:
-    """syncd says it has nothing queued (``syncd_queue_depth`` 0) and its stream is open."""
-    try:
-        text = httpx.get(metrics_url, timeout=timeout, trust_env=False).text
-    except httpx.HTTPError:
-        return False
-    depth = 0.0
-    connected = False
-    for line in text.splitlines():
-        if line.startswith("syncd_queue_depth{"):
-            depth += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("syncd_stream_connected"):
-            connected = float(line.rsplit(" ", 1)[1]) == 1.0
-    return connected and depth == 0
-
-
 def wait_until_quiet(
     check: Callable[[], InvariantReport],
     *,
