@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from bson import CodecOptions, DatetimeConversion
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from syncd import metrics
 from syncd.accounts import AccountResolver
@@ -48,9 +51,8 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
     """The client options syncd relies on.
 
     ``DATETIME_AUTO`` decodes dates outside Python's range instead of failing the
-    whole batch (the mapping dead-letters them); ``replace`` keeps invalid UTF-8
-    decodable (as U+FFFD, which lexicon validation rejects) so such a document is
-    dead-lettered instead of stalling the stream.
+    whole batch (the mapping dead-letters them). The source database is read with
+    :data:`SOURCE_CODEC` (see :func:`source_database`).
     """
     register_secret_from_uri(uri)
     return AsyncMongoClient(
@@ -64,6 +66,25 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
         socketTimeoutMS=20_000,
         **kwargs,
     )
+
+
+#: How source documents are decoded: ``surrogateescape`` keeps invalid UTF-8 decodable,
+#: as lone surrogates that lexicon validation rejects ("not valid UTF-8"), so such a
+#: document is dead-lettered instead of stalling the stream -- while a real U+FFFD a
+#: user typed stays a character like any other (``replace`` would confuse the two; the
+#: client option accepts only strict/replace/ignore, the codec any handler).
+SOURCE_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(
+    tz_aware=True,
+    tzinfo=UTC,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+    unicode_decode_error_handler="surrogateescape",
+)
+
+
+def source_database(
+    client: AsyncMongoClient[dict[str, Any]], name: str
+) -> AsyncDatabase[dict[str, Any]]:
+    return client.get_database(name, codec_options=SOURCE_CODEC)
 
 
 class Engine:
@@ -95,7 +116,7 @@ class Engine:
         self.store = open_store(config, fence=fence, partition=partition or 0)
         self.calls = StateCalls.for_store(self.store)
         self.client = mongo_client(config.mongo.uri)
-        self.db = self.client[config.mongo.database]
+        self.db = source_database(self.client, config.mongo.database)
         self.xrpc = XrpcClient(config.pds.url, timeout=config.pds.timeout_seconds)
         self.sessions = SessionManager(self.xrpc, self.store)
         self.repo = Repo(self.xrpc, self.sessions, fence=fence)
