@@ -18,8 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from syncd.images.settings import ImageSettings
+from syncd.mappings import MAPPINGS
 
-DEFAULT_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
+#: The collections syncd knows how to mirror: one mapping each (syncd/mappings/).
+DEFAULT_COLLECTIONS: tuple[str, ...] = tuple(MAPPINGS)
+#: Keys older versions read that do nothing now: accepted, so an upgrade keeps a working
+#: config, and ignored.
+RETIRED_KEYS = frozenset({("pipeline", "batch_linger_ms")})
 
 
 class ConfigError(ValueError):
@@ -71,10 +76,9 @@ class RecordsConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    # Split across the accounts being written: 2000 left ~40 ops per account at 50
-    # accounts, so backfill sent small applyWrites (bench/, docs/performance.md).
+    # The in-flight window is shared by every account being written: it must leave each
+    # of many accounts a full applyWrites batch (200) to send.
     queue_size: int = 10000
-    batch_linger_ms: int = 20
     shutdown_grace_seconds: float = 8.0
     # Retryable dead letters (image fetch failed, account could not log in) are
     # retried this often; 0 disables.
@@ -109,10 +113,6 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source_path: str | None = None
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.state.directory)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -179,6 +179,8 @@ def _build_section(section: str, cls: type[Any], raw: Any) -> Any:
     known = {f.name for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if (section, key) in RETIRED_KEYS:
+            continue
         if key not in known:
             raise ConfigError(f"{section}.{key}: unknown key")
         values[key] = _coerce(section, key, getattr(defaults, key), value)

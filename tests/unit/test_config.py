@@ -82,3 +82,21 @@ def test_example_config_documents_every_key_with_its_default() -> None:
             assert (tuple(value) if isinstance(value, list) else value) == default, (
                 f"{section}.{f.name}"
             )
+
+
+def test_a_retired_key_is_accepted_and_ignored(tmp_path: Path) -> None:
+    # pipeline.batch_linger_ms did nothing; configs written for it still load.
+    path = tmp_path / "c.toml"
+    path.write_text("[pipeline]\nbatch_linger_ms = 20\nqueue_size = 5\n")
+    cfg = config.load(
+        path,
+        environ={"SYNCD_MONGO_URI": "mongodb://h/?replicaSet=rs0", "SYNCD_PDS_URL": "http://pds"},
+    )
+    assert cfg.pipeline.queue_size == 5 and not hasattr(cfg.pipeline, "batch_linger_ms")
+
+
+def test_the_known_collections_are_the_mappings() -> None:
+    from syncd.config import DEFAULT_COLLECTIONS
+    from syncd.mappings import MAPPINGS
+
+    assert DEFAULT_COLLECTIONS == tuple(MAPPINGS)
