@@ -16,7 +16,7 @@ from typing import Any
 from syncd.config import Config, load
 from syncd_sandbox.faultproxy import FaultProxy
 from syncd_sandbox.invariant import InvariantReport, check_invariant, wait_until_quiet
-from syncd_sandbox.metrics import scrape
+from syncd_sandbox.metrics import caught_up, scrape
 from syncd_sandbox.procs import free_port
 from syncd_sandbox.rig import CHAOS_OVERRIDES
 from syncd_sandbox.syncd_config import merge_sections, sandbox_sections, write_config
@@ -143,10 +143,7 @@ class ClusterRig:
             if metrics is None or metrics.get("syncd_leader") != 1.0:
                 continue
             leaders += 1
-            if (
-                metrics.get("syncd_queue_depth", 1.0) != 0
-                or metrics.get("syncd_stream_connected") != 1.0
-            ):
+            if not caught_up(metrics):
                 return False
         return leaders == self.partitions
 
