@@ -152,16 +152,22 @@ class Sender:
         pending = list(chunks([p for p in plans if batchable(p)], self._max_writes))
         while pending:
             chunk = pending.pop(0)
+            written: list[Plan] = []
             try:
-                leftover = await self._apply(chunk)
+                leftover = await self._apply(chunk, written)
                 singles.extend(leftover)
                 held = {id(p) for p in leftover}
                 moved = [p for p in chunk if p.retire is not None and id(p) not in held]
                 if moved:
                     await self._retire(moved)
             except Blocked as blocked:
+                # The part of the chunk the budget paid for is written: it is committed
+                # as such, not parked (a move still owes its second commit: parked, and
+                # planned again as the update of the record it named).
+                done = {id(p) for p in written if p.retire is None}
                 for p in [*chunk, *(q for c in pending for q in c), *singles]:
-                    p.parked = blocked
+                    if id(p) not in done:
+                        p.parked = blocked
                 return
         if singles:
             sem = asyncio.Semaphore(SINGLE_CONCURRENCY)
@@ -172,8 +178,11 @@ class Sender:
 
             await asyncio.gather(*(one(p) for p in singles))
 
-    async def _apply(self, chunk: list[Plan]) -> list[Plan]:
-        """Send one applyWrites; returns the plans that must be sent one by one."""
+    async def _apply(self, chunk: list[Plan], written: list[Plan]) -> list[Plan]:
+        """Send one applyWrites (or, cut to the budget, several); returns the plans that
+        must be sent one by one. The plans applied are added to ``written`` as they are,
+        so a :class:`Blocked` raised after part of the chunk went through parks only the
+        rest."""
         writes: list[dict[str, Any]] = []
         main_index: list[int] = []
         for p in chunk:
@@ -204,7 +213,8 @@ class Sender:
                         writes=len(chunk),
                         sending=fit,
                     )
-                    return await self._apply(chunk[:fit]) + await self._apply(chunk[fit:])
+                    head = await self._apply(chunk[:fit], written)
+                    return head + await self._apply(chunk[fit:], written)
             log.debug(
                 "apply_writes",
                 did=self.did,
@@ -236,7 +246,8 @@ class Sender:
                     fit = plans_that_fit(getattr(exc, "remaining", None), chunk)
                     if 0 < fit < len(chunk):
                         # The budget left still takes part of the batch: send that now.
-                        return await self._apply(chunk[:fit]) + await self._apply(chunk[fit:])
+                        head = await self._apply(chunk[:fit], written)
+                        return head + await self._apply(chunk[fit:], written)
                     if verdict.wait is not None and verdict.wait > PARK_AFTER:
                         # The budget is spent for longer than is worth holding a slot:
                         # the account gives way (syncd.parking).
@@ -248,6 +259,7 @@ class Sender:
             for p, i in zip(chunk, main_index, strict=True):
                 if p.action in WRITES:
                     p.uri, p.cid = results[i].get("uri"), results[i].get("cid")
+            written.extend(chunk)
             return []
 
     async def _retire(self, plans: list[Plan]) -> None:

@@ -237,3 +237,43 @@ async def test_check_key(
     assert check.state == state
     if holder not in (None, str(OID)):
         assert pds.calls == []  # decided from the ledger alone
+
+
+class _BudgetPds(FakePds):
+    """The write budget as the reference PDS keeps it: every applyWrites costs 3 points a
+    create, charged even when refused (429); successful ones say the points left."""
+
+    def __init__(self, points: int, reset_in: float) -> None:
+        super().__init__()
+        self.points, self.reset_in = points, reset_in
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("applyWrites"):
+            cost = 3 * len(json.loads(request.content)["writes"])
+            self.points -= cost  # charged before the handler runs, refused or not
+            if self.points < 0:
+                headers = _limit(0, self.reset_in)
+                return httpx.Response(429, json={"error": "RateLimitExceeded"}, headers=headers)
+        resp = super().handler(request)
+        if resp.status_code == 200 and request.url.path.endswith("applyWrites"):
+            resp.headers.update(_limit(self.points, self.reset_in))
+        return resp
+
+
+def _sender(pds: FakePds) -> Sender:
+    xrpc = XrpcClient("http://pds.test", transport=httpx.MockTransport(pds.handler))
+    repo = Repo(xrpc, _Sessions())  # type: ignore[arg-type]
+    return Sender(lambda: ACCOUNT, repo, None, asyncio.Event(), max_writes=4, retry_cap=0.01)  # type: ignore[arg-type]
+
+
+async def test_the_part_the_budget_paid_for_is_written_not_parked() -> None:
+    """A batch cut to the budget: its first part is written; when the rest cannot be paid
+    for, only the rest is parked (the written part, parked too, would be committed as not
+    written and sent again after the reset)."""
+    pds = _BudgetPds(points=4 * 3 + 2 * 3 + 1, reset_in=1800)
+    plans = [plan(CREATE, f"k{i}") for i in range(8)]
+    await _sender(pds).send(plans)
+    assert pds.calls == ["applyWrites", "applyWrites"]  # 4, then the 2 the points pay for
+    assert set(pds.records) == {f"k{i}" for i in range(6)}
+    assert [p.parked is None for p in plans] == [True] * 6 + [False] * 2
+    assert all(p.cid == f"c-{p.rkey}" for p in plans[:6])
