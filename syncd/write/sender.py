@@ -5,8 +5,11 @@
   ``max_writes`` writes, which the PDS applies all or nothing.
 * The write budget: once the PDS has said how many points the account has left
   (:mod:`syncd.pds.ratelimit`), a batch that would overdraw it is cut to the part
-  the points pay for; a 429 that names the points left does the same, and
-  otherwise the batch waits as the 429 says.
+  the points pay for, and when they pay for nothing no call is made until the
+  window resets (a refused call's points count too: each one sent to learn the
+  wait would cost the daily budget a batch); a 429 that names the points left
+  does the same, and otherwise the batch waits as the 429 says. A wait longer
+  than ``PARK_AFTER`` parks the account (:mod:`syncd.parking`).
 * A refused batch (the all-or-nothing 500, a 4xx) is sent again as idempotent
   single calls -- ``putRecord`` is an upsert, ``deleteRecord`` of a missing key
   succeeds -- which settle it one record at a time. Writes whose existence is
@@ -19,6 +22,7 @@ Errors are classified by the one retry policy (:mod:`syncd.retry`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -55,6 +59,8 @@ log = structlog.get_logger("syncd.writer")
 #: Single calls of one batch in flight at once.
 SINGLE_CONCURRENCY = 8
 _KINDS = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
+#: Waited past a budget's reset (``ratelimit-reset`` is whole seconds).
+RESET_MARGIN = 0.5
 
 
 def _blob_missing(exc: XrpcError) -> bool:
@@ -202,10 +208,23 @@ class Sender:
             budget = self._repo.write_budget(self.did)
             if budget is not None:
                 # The last write said how many points are left: a batch costing more
-                # would be refused whole (and spend them). Send what they pay for; when
-                # nothing fits, send anyway and let the 429 say how long to wait.
+                # would be refused whole, and its points counted all the same (the
+                # daily budget's too). Send what they pay for; when they pay for
+                # nothing, send nothing until the window resets -- or give way.
                 fit = plans_that_fit(budget.remaining, chunk)
-                if 0 < fit < len(chunk):
+                if fit == 0:
+                    wait = budget.reset_at - time.time()
+                    if wait > PARK_AFTER:
+                        raise Blocked("rate_limited", budget.reset_at)
+                    log.info(
+                        "write_budget_spent_waiting",
+                        did=self.did,
+                        points_left=budget.remaining,
+                        seconds=round(max(0.0, wait), 1),
+                    )
+                    await sleep_or_stop(max(0.0, wait) + RESET_MARGIN, self._stopping)
+                    continue
+                if fit < len(chunk):
                     log.info(
                         "batch_sized_to_write_budget",
                         did=self.did,
