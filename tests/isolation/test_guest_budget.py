@@ -24,6 +24,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from syncd_sandbox.firehose import Firehose
 from syncd_sandbox.platform import MOOD, PIECE
 from syncd_sandbox.seed import make_mood, make_piece
@@ -57,6 +59,7 @@ def _timed(predicate: Callable[[], Any], timeout: float, interval: float = 0.05)
     return time.monotonic() - started
 
 
+@pytest.mark.timeout(300 + (FIRST + MORE) * 3 // 4800 * WINDOW * 3)
 def test_a_spent_guest_budget_parks_the_guest_and_nobody_waits(
     make_world: Callable[..., SandboxWorld],
 ) -> None:
