@@ -10,9 +10,10 @@ meanwhile. After the resets every public guest piece is published exactly once (
 ``create`` on the firehose, no delete), and none that became private while it waited was
 ever published.
 
-CI size: 1,700 + 1,000 pieces, a 40 s window. Issue 18's size (1,700 + 10,000, ~13 min:
-the guest's *daily* budget, 35,000 points in 24 windows, is spent too) is the same test
-with ``SYNCD_ISOLATION_MORE=10000``; it prints its figures either way (``-s``).
+CI size: 1,700 + 1,000 pieces, a 40 s window. Issue 18's size (1,700 + 10,000: the
+guest's *daily* budget, 35,000 points in 24 windows, is spent too, and the last pieces
+wait for it) is the same test with ``SYNCD_ISOLATION_MORE=10000`` (and
+``SYNCD_ISOLATION_WINDOW=30``: ~15 min); it prints its figures either way (``-s``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,23 @@ from syncd_sandbox.seed import make_mood, make_piece
 from syncd_sandbox.syncd_process import SyncdProcess, metric_sum, run_cli
 from syncd_sandbox.testing import SandboxWorld
 
-WINDOW = 40  # seconds the write budget lasts on this test's PDS (an hour on a real one)
+#: Seconds the write budget lasts on this test's PDS (an hour on a real one); the daily
+#: budget (35,000 points) lasts 24 of them.
+WINDOW = int(os.environ.get("SYNCD_ISOLATION_WINDOW", "40"))
 FIRST = 1_700  # 5,100 points: more than one window's budget
 MORE = int(os.environ.get("SYNCD_ISOLATION_MORE", "1000"))
 NUKE_EVERY = 25  # every 25th piece is made private while the guest is parked
+
+
+def _seconds_needed() -> float:
+    """A deadline for publishing everything: one window per 1,600 creates (a refused
+    batch ends each window: syncd cannot tell a 40 s budget from the per-IP limit, so it
+    does not size the last batch), half again for a loaded machine, and the daily
+    budget's whole window when 3 points a piece (plus a refused batch a window) come
+    near its 35,000."""
+    windows = (FIRST + MORE) // 1600 + 2
+    spent = (FIRST + MORE) * 3 + windows * 600
+    return windows * WINDOW * 1.5 + 60 + (24 * WINDOW if spent > 33_000 else 0)
 
 
 def _pieces(start: datetime, first: int, n: int) -> list[dict[str, Any]]:
@@ -59,7 +73,7 @@ def _timed(predicate: Callable[[], Any], timeout: float, interval: float = 0.05)
     return time.monotonic() - started
 
 
-@pytest.mark.timeout(300 + (FIRST + MORE) * 3 // 4800 * WINDOW * 3)
+@pytest.mark.timeout(240 + _seconds_needed())
 def test_a_spent_guest_budget_parks_the_guest_and_nobody_waits(
     make_world: Callable[..., SandboxWorld],
 ) -> None:
@@ -136,12 +150,11 @@ def test_a_spent_guest_budget_parks_the_guest_and_nobody_waits(
             ]
             return public <= set(refs)
 
-        windows = (FIRST + MORE) * 3 // 4800 + 2
-        proc.wait_until(all_published, windows * WINDOW * 1.5 + 60, interval=1.0)
+        proc.wait_until(all_published, _seconds_needed(), interval=1.0)
         figures["all_published_s"] = round(time.monotonic() - began, 1)
         proc.wait_until(lambda: not _status(w)["parked"], 60, interval=1.0)
         proc.wait_idle(60)
-        figures["parkings"] = len(proc.events("account_parked"))
+        figures["parkings"] = [round(e["seconds"]) for e in proc.events("account_parked")]
         figures["unparkings"] = len(proc.events("account_unparked"))
         creates = hose.ops(repo=guest, action="create", collection=PIECE)
         deletes = hose.ops(repo=guest, action="delete", collection=PIECE)
