@@ -64,6 +64,8 @@ class PdsHandle:
     plc_port: int = 0
     data_dir: str = ""
     rate_limits: bool = False
+    #: Seconds the repository-write budget lasts (None: the PDS's hour).
+    rate_limit_window: int | None = None
 
     def api(self, timeout: float = 30.0) -> PdsApi:
         return PdsApi(self.url, admin_password=self.admin_password, timeout=timeout)
@@ -106,16 +108,21 @@ class PdsProcess:
         port: int = 0,
         plc_port: int = 0,
         rate_limits: bool = False,
+        rate_limit_window: int | None = None,
         admin_password: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "warn",
         exit_with_parent: bool = True,
     ) -> None:
+        """``rate_limit_window``: the per-account repository-write budget (5,000 points)
+        lasts this many seconds instead of an hour, the daily one (35,000) 24 times as
+        long (``launch.mjs --rate-limit-window-seconds``); implies ``rate_limits``."""
         self.exit_with_parent = exit_with_parent
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.plc_port = plc_port
-        self.rate_limits = rate_limits
+        self.rate_limits = rate_limits or rate_limit_window is not None
+        self.rate_limit_window = rate_limit_window
         self.admin_password = admin_password or tokens.token_hex(12)
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / "pds.log"
         self.log_level = log_level
@@ -146,6 +153,8 @@ class PdsProcess:
         ]
         if self.rate_limits:
             argv.append("--rate-limits")
+        if self.rate_limit_window is not None:
+            argv += ["--rate-limit-window-seconds", str(int(self.rate_limit_window))]
         if self.exit_with_parent:
             argv.append("--exit-with-parent")
         return argv
@@ -175,6 +184,7 @@ class PdsProcess:
             plc_port=self.plc_port,
             data_dir=str(self.data_dir),
             rate_limits=self.rate_limits,
+            rate_limit_window=self.rate_limit_window,
         )
         return self._handle
 
