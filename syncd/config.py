@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from syncd.images.settings import ImageSettings
 from syncd.mappings import MAPPINGS
@@ -203,6 +204,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("mongo.uri: must start with mongodb:// or mongodb+srv://")
     if not cfg.pds.url.startswith(("http://", "https://")):
         raise ConfigError("pds.url: must start with http:// or https://")
+    if "@" in urlsplit(cfg.pds.url).netloc:
+        # httpx would send it as Basic auth in place of each account's session token:
+        # every write would fail as InvalidToken. (The value is not repeated here.)
+        raise ConfigError(
+            "pds.url: must not carry a user or password (each account logs in with its "
+            "own password from MongoDB); remove the part before '@'"
+        )
     if not 1 <= cfg.pds.max_writes_per_call <= 200:
         raise ConfigError("pds.max_writes_per_call: must be between 1 and 200 (the PDS maximum)")
     if cfg.pds.account_concurrency < 1:

@@ -318,8 +318,8 @@ def expectation_for(
         return exp(PUBLISH, "image missing: no thumbnail", did, record=record)
     url, data = found
     img = thumbs.decode(data)
-    if img is None:  # the platform cannot make a thumbnail of it either
-        return exp(PUBLISH, "image does not decode: no thumbnail", did, record=record)
+    if img is None:  # hostile, not missing: issue 13 keeps these dead letters
+        return exp(INVALID, "image does not decode", did)
     return exp(PUBLISH, "", did, record=record, image_size=img.size, image=data, image_url=url)
 
 

@@ -84,9 +84,8 @@ def test_hostile_images_all_at_once(world: SandboxWorld) -> None:
         thumb = rec["value"]["thumbnail"]
         with Image.open(io.BytesIO(w.api.get_blob(w.did("alice"), thumb["ref"]["$link"]))) as im:
             assert im.size == (512, 512)
-    # Moods only: the world's checker would decode each hostile file itself, unboxed (and
-    # it expects a record without thumbnail for an image that does not decode, where
-    # syncd dead-letters a hostile one: see the report of issue 18's tests).
+    # Moods only: the world's checker would decode each hostile file itself, unboxed, and
+    # the structural limits these trip (blocks, markers, scans) are syncd's own.
     report = w.check_invariant(collections=("moods",))
     assert report.ok, report.summary()
     print(

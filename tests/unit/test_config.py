@@ -32,12 +32,15 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[images]\nallowed_hosts = 'a'", "images.allowed_hosts"),
         ("[metrics]\nlisten = 'localhost'", "metrics.listen"),
         ("[mongo\n", "--config"),
+        ("[pds]\nurl = 'https://syncd:hunter2@pds.example'", "pds.url"),
+        ("[pds]\nurl = 'https://token@pds.example'", "pds.url"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text), environ={})
     assert str(info.value).startswith(key)
+    assert "hunter2" not in str(info.value)
 
 
 def test_environment_and_credentials_override(tmp_path: Path) -> None:
