@@ -1,0 +1,223 @@
+"""The platform's account lifecycle, end to end: accounts that appear, change and go away.
+
+The real ``syncd run`` against the real PDS and the Mongo sandbox; the world does what
+the platform does (``syncd_sandbox.accounts``: the PDS account first, then
+``users.atproto``), and the world's independent invariant checker -- which reads
+``users`` itself to decide owners -- says whether the mirror is right.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from syncd_sandbox.seed import make_kidlisp, make_mood
+from syncd_sandbox.syncd_process import SyncdProcess, metric_sum, run_cli
+from syncd_sandbox.testing import SandboxWorld
+
+from .mirror import NSIDS, assert_mirrored
+
+pytestmark = pytest.mark.slow
+
+MOOD, KIDLISP = NSIDS["moods"], NSIDS["kidlisp"]
+
+
+def status(world: SandboxWorld) -> dict[str, Any]:
+    out = run_cli(world.config_path, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def status_text(world: SandboxWorld) -> str:
+    return run_cli(world.config_path, "status").stdout
+
+
+def seed_user(world: SandboxWorld, name: str, moods: int, kidlisp: int) -> list[dict[str, Any]]:
+    sub = world.sub(name)
+    assert sub
+    docs = [make_mood(sub, f"{name} mood {i}") for i in range(moods)]
+    docs_k = [make_kidlisp(sub, source=f"(ink {name} {i})") for i in range(kidlisp)]
+    if docs:
+        world.insert("moods", *docs)
+    if docs_k:
+        world.insert("kidlisp", *docs_k)
+    return docs + docs_k
+
+
+def published(world: SandboxWorld, who: str) -> int:
+    return len(world.records_by_ref(who, MOOD)) + len(world.records_by_ref(who, KIDLISP))
+
+
+def test_an_account_that_appears_gets_every_earlier_document(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """A user with 40 documents in two collections gains an account while syncd runs: all
+    40 are published (exactly once, with their back-references), their skips clear."""
+    world.add_user("carol", with_atproto=False)
+    seed_user(world, "carol", 20, 20)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    skipped = status(world)["skipped"]
+    assert skipped["moods"]["no_atproto_account"] == 20
+    assert skipped["kidlisp"]["no_atproto_account"] == 20
+
+    started = time.monotonic()
+    world.create_account("carol")
+    syncd.wait_until(lambda: published(world, "carol") == 40, 60, interval=0.1)
+    seconds = time.monotonic() - started
+    print(f"\n40 earlier documents published {seconds:.2f}s after the account appeared")
+    syncd.wait_idle()
+    assert_mirrored(world)  # exactly once, in carol's repository, named by back-references
+    after = status(world)
+    assert "no_atproto_account" not in after["skipped"].get("moods", {})
+    assert "no_atproto_account" not in after["skipped"].get("kidlisp", {})
+    assert after["accounts"]["backfills"] == []
+    (finished,) = syncd.events("account_backfill_finished")
+    assert finished["documents"] == 40 and finished["did"] == world.did("carol")
+    m = syncd.metrics()
+    assert metric_sum(m, "syncd_account_events_total", kind="appeared") == 1
+    assert metric_sum(m, "syncd_account_backfill_documents_total") == 40
+    assert metric_sum(m, "syncd_dead_letters") == 0
+
+
+def test_sigkill_in_the_middle_of_an_account_backfill_resumes_exactly_once(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """SIGKILL while a user's account backfill runs; after the restart it resumes from
+    its saved progress (not from the start) and every document has exactly one record."""
+    world.write_config({"pipeline": {"queue_size": 100}})  # groups of 50: many steps
+    world.add_user("carol", with_atproto=False)
+    seed_user(world, "carol", 400, 400)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    world.create_account("carol")
+    syncd.wait_until(lambda: published(world, "carol") >= 300, 60, interval=0.05)
+    syncd.kill()
+    before = published(world, "carol")
+    mid = status(world)["accounts"]["backfills"]
+    assert len(mid) == 1 and 0 < mid[0]["read"] < 800, mid  # progress was saved
+    assert "account backfill:" in status_text(world)
+    print(f"\nkilled with {before} of 800 published, {mid[0]['read']} read durably")
+    assert before < 800
+    syncd.start()
+    syncd.wait_until(lambda: published(world, "carol") == 800, 120)
+    syncd.wait_idle()
+    (started,) = syncd.events("account_backfill_started")
+    assert started["resumed"] is True and started["documents"] < 800
+    assert_mirrored(world)  # exactly one record each (no duplicate from the replay)
+    assert status(world)["accounts"]["backfills"] == []
+
+
+def test_a_fixed_password_unparks_the_account_at_once(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """A wrong password in ``users`` parks the account; the fix in ``users`` publishes its
+    parked documents within seconds (not at the next retry pass): once for a password wrong
+    from the start, once for one that went wrong while syncd ran."""
+    dave = world.add_user("dave")
+    assert dave.password
+    world.set_password("dave", "not-the-password")
+    seed_user(world, "dave", 10, 5)
+    syncd.start()
+    syncd.wait_ready()
+
+    def parked() -> bool:
+        return any(p["did"] == dave.did for p in status(world)["parked"])
+
+    syncd.wait_until(parked, 60, interval=0.3)
+    assert published(world, "dave") == 0
+    started = time.monotonic()
+    world.set_password("dave", dave.password)
+    syncd.wait_until(lambda: published(world, "dave") == 15, 30, interval=0.1)
+    first = time.monotonic() - started
+    syncd.wait_idle()
+    assert not parked()
+
+    # The platform breaks the password again while syncd runs; new documents park.
+    world.set_password("dave", "wrong-again")
+    sub = world.sub("dave")
+    assert sub
+    syncd.wait_until(lambda: len(syncd.events("account_credentials_changed")) == 2, 20)
+    world.insert("moods", *[make_mood(sub, f"while broken {i}") for i in range(5)])
+    syncd.wait_until(parked, 60, interval=0.3)
+    assert published(world, "dave") == 15
+    started = time.monotonic()
+    world.set_password("dave", dave.password)
+    syncd.wait_until(lambda: published(world, "dave") == 20, 30, interval=0.1)
+    second = time.monotonic() - started
+    print(
+        f"\nparked documents published {first:.2f}s / {second:.2f}s after the password "
+        "was fixed (wrong from the start / gone wrong while running)"
+    )
+    assert first < 15 and second < 15  # the parking waits 600 s, the retry pass 300 s
+    syncd.wait_idle()
+    assert_mirrored(world)
+    assert status(world)["parked"] == []
+    changes = syncd.events("account_credentials_changed")
+    assert [c["did"] for c in changes] == [dave.did] * 3  # fixed, broken, fixed
+    assert metric_sum(syncd.metrics(), "syncd_dead_letters") == 0
+
+
+def test_a_deleted_account_then_a_new_one(world: SandboxWorld, syncd: SyncdProcess) -> None:
+    """The platform deletes alice's account (the PDS first, users.atproto after): syncd keeps
+    running, writes nothing for it, dead-letters nothing, says so in status; alice's
+    documents lose their back-references. Later she gets a new account (a new DID): her
+    public documents are published there."""
+    seed_user(world, "alice", 6, 4)
+    seed_user(world, "bob", 3, 0)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_until(lambda: published(world, "alice") == 10, 30)
+    syncd.wait_idle()
+    old = world.account("alice")
+    assert old.did
+    # The PDS account goes first; a change made before users says so meets the refusal.
+    world.api.delete_account(old.did)
+    sub = world.sub("alice")
+    assert sub
+    world.insert("moods", make_mood(sub, "written while the account was being deleted"))
+    syncd.wait_until(
+        lambda: any(g["did"] == old.did for g in status(world)["accounts"]["gone"]), 30
+    )
+    # Then users loses atproto (what world.delete_account does, in that order).
+    world.db.users.update_one({"_id": sub}, {"$unset": {"atproto": ""}})
+    world.accounts["alice"] = type(old)(old.name, old.sub)
+    syncd.wait_until(
+        lambda: (
+            world.db.moods.count_documents({"user": sub, "atproto.rkey": {"$exists": True}}) == 0
+        ),
+        30,
+    )
+    world.insert("moods", *[make_mood(sub, f"after the deletion {i}") for i in range(3)])
+    world.insert("moods", make_mood(world.sub("bob") or "", "bob carries on"))
+    syncd.wait_until(lambda: len(world.records_by_ref("bob", MOOD)) == 4, 30)
+    syncd.wait_idle()
+    report = status(world)
+    (gone,) = [g for g in report["accounts"]["gone"] if g["did"] == old.did]
+    assert gone["reason"] == "removed_from_users" and gone["ledger_rows_kept"] >= 10
+    assert report["dead_letters"]["counts"] == {}
+    # Skips, not dead letters: the 6 + 3 moods and 4 kidlisp (their back-references went,
+    # each change routed as a skip), and the one the PDS refused (the account was gone).
+    assert report["skipped"]["moods"] == {"no_atproto_account": 9, "account_gone": 1}
+    assert report["skipped"]["kidlisp"] == {"no_atproto_account": 4}
+    assert "gone:" in status_text(world)
+    assert_mirrored(world)  # no record may exist, no back-reference either
+    assert syncd.alive
+
+    fresh = world.create_account("alice")
+    assert fresh.did and fresh.did != old.did
+    syncd.wait_until(lambda: published(world, "alice") == 14, 60)
+    syncd.wait_idle()
+    assert_mirrored(world)  # in the new repository, with back-references to it
+    dead = status(world)["dead_letters"]["counts"]
+    assert dead == {}, dead
+    m = syncd.metrics()
+    assert metric_sum(m, "syncd_account_events_total", kind="gone") == 1
+    assert metric_sum(m, "syncd_account_events_total", kind="appeared") == 1
+    assert metric_sum(m, "syncd_accounts_gone") == 1
