@@ -281,6 +281,15 @@ class Lifecycle:
         deps.backfills.cancel(uid)
         if not deps.owns(did):
             return
+        other = await deps.db[deps.users_collection].find_one(
+            {"atproto.did": did, "_id": {"$ne": uid}}, {"_id": 1}
+        )
+        if other is not None:
+            # Another user names it (a DID conflict resolved, or an account moved): it is
+            # not gone. Records this user's documents may hold there stay until their next
+            # change (or `syncd reconcile`).
+            log.info("account_left_user", user=uid, did=did, still_named_by=other["_id"])
+            return
         await deps.gone.mark(did, uid, before.handle, reason)
         await self._drop_sessions(did)
         deps.parking.wake(did)  # its parked documents are routed again: skips now
@@ -430,6 +439,7 @@ def build_lifecycle(
             guest_id=config.mongo.guest_user_id,
             page=config.mongo.scan_batch_size,
             group=publisher.group,
+            capacity=publisher.capacity,
             stopping=stopping,
         )
     )

@@ -61,7 +61,10 @@ log = structlog.get_logger("syncd.account_backfill")
 OPERATION = "account_backfill"
 OBJECTID, OTHER, DONE = "objectid", "other", "done"
 #: Groups of one job in flight at once (their progress is saved in order).
-GROUPS_IN_FLIGHT = 4
+GROUPS_IN_FLIGHT = 2
+#: The share of the in-flight window an account backfill may fill: the rest stays free for
+#: the change stream (and everyone else's changes) however long the backfill is.
+WINDOW_SHARE = 0.5
 
 
 @dataclass
@@ -74,6 +77,7 @@ class OwnerBackfillDeps:
     guest_id: str
     page: int  # mongo.scan_batch_size
     group: int  # documents routed at once (Publisher.group)
+    capacity: int  # the in-flight window (pipeline.queue_size)
     stopping: asyncio.Event
     beat: Callable[[], None] = field(default=lambda: None)
 
@@ -246,9 +250,17 @@ class OwnerBackfills:
                 return False
             return True
 
+        share = max(1, int(deps.capacity * WINDOW_SHARE))
+
         async def route(group: list[dict[str, Any]], mark: OwnerScan) -> None:
             nonlocal routed
             self._current(job)
+            # Room first: the backfill never fills more than its share of the window.
+            await settle(GROUPS_IN_FLIGHT - 1)
+            while inflight and deps.positions.outstanding + len(group) > share:
+                await settle(len(inflight) - 1)
+            while deps.positions.outstanding + len(group) > share and not deps.stopping.is_set():
+                await asyncio.sleep(0.02)
             changes: list[Change] = []
             for doc in group:
                 ticket = await deps.positions.open(None, started=time.time())
@@ -280,12 +292,12 @@ class OwnerBackfills:
             metrics.ACCOUNT_BACKFILL_DOCUMENTS.inc(len(changes))
             metrics.ACCOUNT_BACKFILL_REMAINING.dec(len(changes))
             deps.beat()
-            await settle(GROUPS_IN_FLIGHT)
 
+        size = max(1, min(deps.group, share // GROUPS_IN_FLIGHT))
         deps.router.observers.append(observe)
         try:
             if scan.phase == OBJECTID:
-                scan = await self._objectid_pass(coll, query, scan, route)
+                scan = await self._objectid_pass(coll, query, scan, route, size)
                 await settle(0)
                 scan = OwnerScan(None, OTHER, scan.scanned, scan.total)
                 self._current(job)
@@ -295,7 +307,7 @@ class OwnerBackfills:
             cursor = deps.db[coll].find({**query, "_id": {"$not": {"$type": "objectId"}}})
             async for doc in cursor.batch_size(deps.page):
                 others.append(doc)
-                if len(others) >= deps.group:
+                if len(others) >= size:
                     scanned += len(others)
                     await route(others, OwnerScan(None, OTHER, scanned, scan.total))
                     others = []
@@ -316,6 +328,7 @@ class OwnerBackfills:
         query: dict[str, Any],
         scan: OwnerScan,
         route: Callable[[list[dict[str, Any]], OwnerScan], Any],
+        size: int,
     ) -> OwnerScan:
         """The owner's ObjectId documents after ``scan.last_id``, in ``_id`` order; a read
         that fails is resumed from the last group routed, forever (as the backfill does)."""
@@ -328,7 +341,7 @@ class OwnerBackfills:
             try:
                 async for doc in cursor:
                     group.append(doc)
-                    if len(group) >= deps.group:
+                    if len(group) >= size:
                         mark = OwnerScan(
                             group[-1]["_id"], OBJECTID, scanned + len(group), scan.total
                         )

@@ -9,11 +9,15 @@ the platform does (``syncd_sandbox.accounts``: the PDS account first, then
 from __future__ import annotations
 
 import json
+import random
+import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from syncd_sandbox.pds import unique_handle
 from syncd_sandbox.seed import make_kidlisp, make_mood
 from syncd_sandbox.syncd_process import SyncdProcess, metric_sum, run_cli
 from syncd_sandbox.testing import SandboxWorld
@@ -66,11 +70,28 @@ def test_an_account_that_appears_gets_every_earlier_document(
     assert skipped["moods"]["no_atproto_account"] == 20
     assert skipped["kidlisp"]["no_atproto_account"] == 20
 
+    # The platform: the PDS account first, then users.atproto (timed from that update).
+    carol = world.account("carol")
+    created = world.api.create_account(unique_handle("carol"))
     started = time.monotonic()
-    world.create_account("carol")
-    syncd.wait_until(lambda: published(world, "carol") == 40, 60, interval=0.1)
+    world.db.users.update_one(
+        {"_id": carol.sub},
+        {
+            "$set": {
+                "atproto": {
+                    "did": created.did,
+                    "handle": created.handle,
+                    "password": created.password,
+                }
+            }
+        },
+    )
+    world.accounts["carol"] = replace(
+        carol, did=created.did, handle=created.handle, password=created.password
+    )
+    syncd.wait_until(lambda: published(world, "carol") == 40, 60, interval=0.05)
     seconds = time.monotonic() - started
-    print(f"\n40 earlier documents published {seconds:.2f}s after the account appeared")
+    print(f"\n40 earlier documents published {seconds:.2f}s after users.atproto was set")
     syncd.wait_idle()
     assert_mirrored(world)  # exactly once, in carol's repository, named by back-references
     after = status(world)
@@ -221,3 +242,129 @@ def test_a_deleted_account_then_a_new_one(world: SandboxWorld, syncd: SyncdProce
     assert metric_sum(m, "syncd_account_events_total", kind="gone") == 1
     assert metric_sum(m, "syncd_account_events_total", kind="appeared") == 1
     assert metric_sum(m, "syncd_accounts_gone") == 1
+
+
+def test_two_users_naming_one_did_publish_neither(world: SandboxWorld, syncd: SyncdProcess) -> None:
+    """A DID two ``users`` documents name: neither user's documents are written (held as
+    retryable ``did_conflict`` dead letters that say why), the records the DID holds stay;
+    once one user lets go of it, the other's held documents are published at once."""
+    alice_docs = seed_user(world, "alice", 3, 0)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_until(lambda: published(world, "alice") == 3, 30)
+    syncd.wait_idle()
+    before = {ref: r["value"] for ref, r in world.records_by_ref("alice", MOOD).items()}
+    erin = world.add_user("erin", with_atproto=False)
+    seed_user(world, "erin", 2, 0)
+    alice = world.account("alice")
+    # The platform's mistake: erin's users entry names alice's account.
+    world.db.users.update_one(
+        {"_id": erin.sub},
+        {"$set": {"atproto": {"did": alice.did, "handle": alice.handle, "password": "x"}}},
+    )
+    world.insert(
+        "moods",
+        make_mood(alice.sub, "alice during the conflict"),
+        make_mood(erin.sub, "erin during the conflict"),
+    )
+    world.db.moods.update_one({"_id": alice_docs[0]["_id"]}, {"$set": {"mood": "edited"}})
+
+    def conflicts() -> list[Any]:
+        return [d for d in status(world)["dead_letters"]["recent"] if d["reason"] == "did_conflict"]
+
+    syncd.wait_until(lambda: len(conflicts()) == 5, 30, interval=0.3)
+    syncd.wait_idle()
+    # Nothing was written: alice's three records are exactly as they were.
+    after = {ref: r["value"] for ref, r in world.records_by_ref("alice", MOOD).items()}
+    assert after == before
+    for d in conflicts():
+        assert d["retryable"] and erin.sub in d["detail"] and alice.sub in d["detail"], d
+    report = status(world)
+    assert (
+        report["accounts"]["did_conflicts"] and alice.did in report["accounts"]["did_conflicts"][0]
+    )
+    assert "DID conflict:" in status_text(world)
+    assert report["accounts"]["gone"] == []
+
+    # Erin lets go of it: alice's held documents are published at once, erin's are skips.
+    world.db.users.update_one({"_id": erin.sub}, {"$unset": {"atproto": ""}})
+    syncd.wait_until(lambda: published(world, "alice") == 4, 30)
+    syncd.wait_until(
+        lambda: (
+            world.records_by_ref("alice", MOOD)[str(alice_docs[0]["_id"])]["value"]["mood"]
+            == "edited"
+        ),
+        30,
+    )
+    syncd.wait_idle()
+    assert_mirrored(world)
+    final = status(world)
+    assert final["dead_letters"]["counts"] == {} and final["accounts"]["gone"] == []
+    assert final["skipped"]["moods"] == {"no_atproto_account": 3}
+
+
+def test_other_users_are_not_held_up_and_order_per_document_holds(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """While carol's account backfill (2,000 documents) runs: alice's new documents are
+    published long before it ends, and carol's own documents edited, hidden and deleted
+    meanwhile end as their newest state (the backfill's older read never wins)."""
+    world.write_config({"pipeline": {"queue_size": 100}})  # groups of 50: a long backfill
+    world.add_user("carol", with_atproto=False)
+    carol_docs = seed_user(world, "carol", 1500, 500)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    alice = world.sub("alice")
+    assert alice
+
+    rng = random.Random(17)
+    edits: list[str] = []
+    stop = threading.Event()
+
+    def edit_carols_documents() -> None:
+        moods = [d for d in carol_docs if "mood" in d]
+        while not stop.is_set():
+            doc = rng.choice(moods)
+            kind = rng.choice(["edit", "edit", "hide", "show", "delete"])
+            if kind == "edit":
+                world.db.moods.update_one(
+                    {"_id": doc["_id"]}, {"$set": {"mood": f"edit {rng.random()}"}}
+                )
+            elif kind == "hide":
+                world.db.moods.update_one({"_id": doc["_id"]}, {"$set": {"private": True}})
+            elif kind == "show":
+                world.db.moods.update_one({"_id": doc["_id"]}, {"$unset": {"private": ""}})
+            else:
+                world.db.moods.delete_one({"_id": doc["_id"]})
+            edits.append(kind)
+            time.sleep(0.01)
+
+    editor = threading.Thread(target=edit_carols_documents)
+    world.create_account("carol")
+    editor.start()
+    try:
+        syncd.wait_until(lambda: syncd.events("account_backfill_started"), 20, interval=0.05)
+        inserted = time.monotonic()
+        theirs = [make_mood(alice, f"alice meanwhile {i}") for i in range(5)]
+        world.insert("moods", *theirs)
+        refs = {str(d["_id"]) for d in theirs}
+        syncd.wait_until(
+            lambda: refs <= set(world.records_by_ref("alice", MOOD)), 60, interval=0.05
+        )
+        alice_seconds = time.monotonic() - inserted
+        alice_done = not syncd.events("account_backfill_finished")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        editor.join()
+    (finished,) = syncd.wait_until(lambda: syncd.events("account_backfill_finished"), 120)
+    syncd.wait_idle(120)
+    print(
+        f"\nalice's 5 documents published {alice_seconds:.2f}s after insertion, "
+        f"{'before' if alice_done else 'AFTER'} carol's backfill ended "
+        f"({finished['seconds']}s, {finished['documents']} documents, "
+        f"{finished['left_to_newer_changes']} left to newer changes, {len(edits)} edits)"
+    )
+    assert alice_done  # nobody waits for carol's backfill
+    assert_mirrored(world)  # every carol document as it is now, exactly once
