@@ -230,6 +230,12 @@ def test_a_deleted_account_then_a_new_one(world: SandboxWorld, syncd: SyncdProce
     assert "gone:" in status_text(world)
     assert_mirrored(world)  # no record may exist, no back-reference either
     assert syncd.alive
+    # reconcile never tries to re-create records into the repository that is not there.
+    plan = run_cli(world.config_path, "reconcile", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert old.did not in {a["did"] for a in json.loads(plan.stdout)["accounts"]}
+    refused = run_cli(world.config_path, "restore", "--account", old.did, "--apply")
+    assert refused.returncode == 2 and "is gone (removed_from_users)" in refused.stderr
 
     fresh = world.create_account("alice")
     assert fresh.did and fresh.did != old.did
