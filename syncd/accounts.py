@@ -30,6 +30,7 @@ from syncd.pds.sessions import Account
 
 NO_ACCOUNT = "no_atproto_account"
 UNKNOWN_USER = "unknown_user"
+NO_PASSWORD = "no_atproto_password"
 ACCOUNT_GONE = "account_gone"
 DID_CONFLICT = "did_conflict"
 
@@ -129,7 +130,7 @@ class AccountResolver:
             return None, NO_ACCOUNT
         password = at.get("password")
         if not isinstance(password, str) or not password:
-            return None, "no_atproto_password"
+            return None, NO_PASSWORD
         register_secret(password)  # never in a log line, a dead letter or status
         return (
             Account(

@@ -18,7 +18,8 @@ with the state it followed):
   (made again at the next write), a parked account is unparked at once, and
   the user's ``account_unavailable`` dead letters are retried at once;
 * **a new handle**: no write; ``syncd status`` shows it;
-* **an account goes away** (``atproto`` removed, or the user deleted): the
+* **an account goes away** (``atproto`` removed or left without a password, or
+  the user deleted): the
   DID is *gone* (:mod:`syncd.gone`): sessions dropped, no writer, the user's
   documents lose their back-references to it (the records went with the
   account) and later ones are skips; its ledger rows stay, flagged.
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pymongo import UpdateMany
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 from syncd import metrics
 from syncd.accounts import ACCOUNT_GONE, DID_CONFLICT, AccountResolver
@@ -140,7 +142,23 @@ class Lifecycle:
 
     # -- users events -----------------------------------------------------------------------
     async def on_user_event(self, event: dict[str, Any]) -> None:
-        """Act on one ``users`` change event (durably, before the stream passes it)."""
+        """Act on one ``users`` change event (durably, before the stream passes it).
+
+        A MongoDB error propagates (the stream reopens and the event comes again); any
+        other failure is logged and the stream moves on: a ``users`` document must never
+        stall the mirror."""
+        try:
+            await self._on_user_event(event)
+        except PyMongoError:
+            raise
+        except Exception as exc:
+            log.error(
+                "account_event_failed",
+                user=str((event.get("documentKey") or {}).get("_id"))[:200],
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+
+    async def _on_user_event(self, event: dict[str, Any]) -> None:
         op = event.get("operationType")
         uid = (event.get("documentKey") or {}).get("_id")
         if op not in DOC_OPS or not isinstance(uid, str):
@@ -256,8 +274,7 @@ class Lifecycle:
             changed = current != now.password
         else:  # no writer: nothing in memory to drop, but a parked account may wait for it
             changed = deps.parking.is_parked(did)
-        if now.password is not None:
-            deps.refresh_writer(Account(self._sub(uid), did, now.handle, now.password))
+        deps.refresh_writer(Account(self._sub(uid), did, now.handle, now.password))
         if changed:
             await self._drop_sessions(did)
             deps.parking.wake(did)
@@ -369,7 +386,10 @@ class Lifecycle:
         task = asyncio.create_task(deps.backfills.run(), name="account-backfills")
         try:
             while not deps.stopping.is_set():
-                await self._recheck_refused()
+                try:
+                    await self._recheck_refused()
+                except Exception as exc:  # the next look, in an hour
+                    log.warning("gone_recheck_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                 try:
                     await asyncio.wait_for(deps.stopping.wait(), REFUSED_RETRY)
                 except TimeoutError:

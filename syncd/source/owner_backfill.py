@@ -50,7 +50,7 @@ from syncd.changes import Change
 from syncd.checkpoint import Ticket
 from syncd.ids import doc_key
 from syncd.positions import Positions
-from syncd.retry import classify, pause_for, sleep_or_stop
+from syncd.retry import Abandoned, classify, pause_for, sleep_or_stop
 from syncd.router import Router
 from syncd.state import KnownAccount, OwnerScan
 from syncd.state.aio import StateCalls
@@ -144,6 +144,8 @@ class OwnerBackfills:
                 attempt = 0
             except _Cancelled:
                 log.info("account_backfill_withdrawn", user=job.sub, did=job.did)
+            except Abandoned:
+                return  # shutdown: the saved progress is where the next start continues
             except Exception as exc:  # never take the daemon down over one user's backfill
                 wait = pause_for(classify(exc), attempt, cap=30.0)
                 attempt += 1
@@ -154,7 +156,10 @@ class OwnerBackfills:
                     error=f"{type(exc).__name__}: {exc}"[:300],
                     retry_in=round(wait, 2),
                 )
-                await sleep_or_stop(wait, stopping)
+                try:
+                    await sleep_or_stop(wait, stopping)
+                except Abandoned:
+                    return
             finally:
                 self.running = None
                 metrics.ACCOUNT_BACKFILL_REMAINING.set(0)
@@ -260,7 +265,7 @@ class OwnerBackfills:
             while inflight and deps.positions.outstanding + len(group) > share:
                 await settle(len(inflight) - 1)
             while deps.positions.outstanding + len(group) > share and not deps.stopping.is_set():
-                await asyncio.sleep(0.02)
+                await sleep_or_stop(0.02, deps.stopping)  # others fill the window: let them
             changes: list[Change] = []
             for doc in group:
                 ticket = await deps.positions.open(None, started=time.time())

@@ -65,28 +65,26 @@ class Seen:
 
     did: str
     handle: str
-    password: str | None
+    password: str
 
     def __repr__(self) -> str:
         return f"Seen(did={self.did!r}, handle={self.handle!r})"
 
 
 def account_fields(doc: Mapping[str, Any] | None) -> Seen | None:
-    """``atproto.{did,handle,password}`` of a ``users`` document; None without a DID."""
+    """``atproto.{did,handle,password}`` of a ``users`` document with an account syncd can
+    write for: None without a DID or without a password (as the resolver sees it: the
+    documents of such a user are skips, and a password arriving later is an account
+    appearing)."""
     if doc is None:
         return None
     at = doc.get("atproto")
     if not isinstance(at, Mapping):
         return None
-    did = at.get("did")
-    if not isinstance(did, str) or not did:
+    did, password = at.get("did"), at.get("password")
+    if not isinstance(did, str) or not did or not isinstance(password, str) or not password:
         return None
-    password = at.get("password")
-    return Seen(
-        did=did,
-        handle=str(at.get("handle") or ""),
-        password=password if isinstance(password, str) and password else None,
-    )
+    return Seen(did=did, handle=str(at.get("handle") or ""), password=password)
 
 
 class Change(enum.Enum):

@@ -374,3 +374,33 @@ def test_other_users_are_not_held_up_and_order_per_document_holds(
     )
     assert alice_done  # nobody waits for carol's backfill
     assert_mirrored(world)  # every carol document as it is now, exactly once
+
+
+def test_an_account_without_its_password_is_published_once_it_has_one(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """``atproto.did`` arrives before ``atproto.password``: no account syncd can write for
+    yet (the documents stay skips); the password arriving is the account appearing."""
+    world.add_user("gus", with_atproto=False)
+    seed_user(world, "gus", 4, 2)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    gus = world.account("gus")
+    created = world.api.create_account(unique_handle("gus"))
+    world.db.users.update_one(
+        {"_id": gus.sub}, {"$set": {"atproto": {"did": created.did, "handle": created.handle}}}
+    )
+    world.accounts["gus"] = replace(gus, did=created.did, handle=created.handle)
+    syncd.wait_until(
+        lambda: metric_sum(syncd.metrics(), "syncd_account_events_total", kind="unchanged") == 1,
+        20,
+    )
+    syncd.wait_idle()
+    assert published(world, "gus") == 0
+    world.db.users.update_one({"_id": gus.sub}, {"$set": {"atproto.password": created.password}})
+    world.accounts["gus"] = replace(world.accounts["gus"], password=created.password)
+    syncd.wait_until(lambda: published(world, "gus") == 6, 30)
+    syncd.wait_idle()
+    assert_mirrored(world)
+    assert status(world)["skipped"].get("moods", {}) == {}

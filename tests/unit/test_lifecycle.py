@@ -46,8 +46,10 @@ def test_account_fields_need_a_did_and_hide_the_password() -> None:
         "s3",
     )
     assert "s3" not in repr(seen)
-    bare = account_fields({"atproto": {"did": "did:plc:x"}})
-    assert bare is not None and bare.password is None and bare.handle == ""
+    # No password: not an account syncd can write for (the invariant checker agrees).
+    assert account_fields({"atproto": {"did": "did:plc:x", "handle": "x.test"}}) is None
+    bare = account_fields({"atproto": {"did": "did:plc:x", "password": "p"}})
+    assert bare is not None and bare.handle == ""
 
 
 @pytest.mark.parametrize(
