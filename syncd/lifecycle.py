@@ -172,7 +172,13 @@ class Lifecycle:
         deps = self.deps
         before: KnownAccount | None = await deps.calls(deps.calls.store.known_account, uid)
         if before is None and op != "insert":
-            before = await self._last_known(uid)
+            # Never seen here: look for the DID the user had, but only to learn that it went
+            # (gone, or re-created). The same DID stays an appearance -- the safe reading:
+            # an account backfill publishes what was skipped; were it taken for "unchanged",
+            # documents skipped before the account appeared would never be published.
+            last = await self._last_known(uid)
+            if last is not None and (now is None or last.did != now.did):
+                before = last
         change = classify(before, now)
         if change is Change.UNCHANGED:
             if op == "update":  # atproto was touched and there is none: nothing may point
@@ -202,9 +208,9 @@ class Lifecycle:
             await self._retry_letters(None, frozenset({DID_CONFLICT}))
 
     async def _last_known(self, uid: str) -> KnownAccount | None:
-        """The user's account when the stream never showed one (syncd started after it
-        was made, or was upgraded): the one last resolved, one the PDS refused, or the
-        one the user's documents' back-references name."""
+        """A DID the user had when the stream never showed their account (syncd started
+        after it was made, or was upgraded): the one last resolved, one the PDS refused, or
+        the one the user's documents' back-references name."""
         deps = self.deps
         cached = deps.accounts.cached(uid)
         if cached is not None:
