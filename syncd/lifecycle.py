@@ -55,6 +55,7 @@ from syncd.accounts import ACCOUNT_GONE, DID_CONFLICT, AccountResolver
 from syncd.changes import Op
 from syncd.gone import REFUSED, REMOVED, REPLACED, GoneAccounts
 from syncd.ids import parse_doc_key
+from syncd.logs import register_secret
 from syncd.parking import REFUSED_RETRY, Parking
 from syncd.pds.errors import XrpcError
 from syncd.pds.sessions import Account, SessionManager
@@ -169,6 +170,8 @@ class Lifecycle:
             self._count("unchanged")
             return
         now = account_fields(doc)
+        if now is not None:
+            register_secret(now.password)  # never in a log line, a dead letter or status
         deps = self.deps
         before: KnownAccount | None = await deps.calls(deps.calls.store.known_account, uid)
         if before is None and op != "insert":
