@@ -408,3 +408,82 @@ def test_an_account_without_its_password_is_published_once_it_has_one(
     syncd.wait_idle()
     assert_mirrored(world)
     assert status(world)["skipped"].get("moods", {}) == {}
+
+
+def pds_writes(syncd: SyncdProcess) -> float:
+    m = syncd.metrics()
+    return sum(
+        metric_sum(m, "syncd_pds_requests_total", method=f"com.atproto.{method}")
+        for method in (
+            "repo.applyWrites",
+            "repo.putRecord",
+            "repo.deleteRecord",
+            "repo.uploadBlob",
+            "server.createSession",
+        )
+    )
+
+
+def test_profile_and_handle_changes_cost_nothing_and_a_new_did_moves_the_records(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """An email or a profile field never reaches syncd; a new handle writes nothing (status
+    shows it); the account re-created under a new DID (the old one deleted) gets every
+    public document, with back-references to it, and the old DID is gone (replaced)."""
+    docs = seed_user(world, "alice", 5, 3)
+    world.db.moods.update_one({"_id": docs[0]["_id"]}, {"$set": {"private": True}})
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_until(lambda: published(world, "alice") == 7, 30)
+    syncd.wait_idle()
+    alice = world.account("alice")
+    assert alice.did
+    before = pds_writes(syncd)
+    events = metric_sum(syncd.metrics(), "syncd_events_total", collection="users")
+    world.db.users.update_one(
+        {"_id": alice.sub}, {"$set": {"email": "alice@example.test", "profile.bio": "hi"}}
+    )
+    world.db.users.update_one({"_id": alice.sub}, {"$set": {"atproto.handle": "alice2.test"}})
+    syncd.wait_until(
+        lambda: metric_sum(syncd.metrics(), "syncd_account_events_total", kind="appeared") == 1,
+        20,
+    )  # the first account event syncd sees of alice: an appearance (nothing to publish)
+    syncd.wait_idle()
+    m = syncd.metrics()
+    assert metric_sum(m, "syncd_events_total", collection="users") == events + 1  # not the email
+    world.db.users.update_one({"_id": alice.sub}, {"$set": {"atproto.handle": "alice3.test"}})
+    syncd.wait_until(
+        lambda: metric_sum(syncd.metrics(), "syncd_account_events_total", kind="handle") == 1, 20
+    )
+    syncd.wait_idle()
+    assert pds_writes(syncd) == before  # no write, no login
+    assert "alice3.test" in status_text(world)
+
+    # Re-created: a new PDS account, the old one deleted, users names the new one.
+    created = world.api.create_account(unique_handle("alice"))
+    world.api.delete_account(alice.did)
+    world.db.users.update_one(
+        {"_id": alice.sub},
+        {
+            "$set": {
+                "atproto": {
+                    "did": created.did,
+                    "handle": created.handle,
+                    "password": created.password,
+                }
+            }
+        },
+    )
+    world.accounts["alice"] = replace(
+        alice, did=created.did, handle=created.handle, password=created.password
+    )
+    syncd.wait_until(lambda: published(world, "alice") == 7, 60)
+    syncd.wait_idle()
+    assert_mirrored(world)  # in the new repository, back-references naming it
+    report = status(world)
+    (gone,) = report["accounts"]["gone"]
+    assert gone["did"] == alice.did and gone["reason"] == "replaced_by_new_did"
+    assert report["dead_letters"]["counts"] == {}
+    rows = [per.get(created.did, 0) for per in report["records"].values()]
+    assert sum(rows) == 7  # the ledger followed the documents
+    assert metric_sum(syncd.metrics(), "syncd_account_events_total", kind="recreated") == 1
