@@ -386,6 +386,47 @@ class Lifecycle:
             await deps.publisher.republish(chosen, operation="redrive", wait=False)
         return len(chosen)
 
+    # -- before a backfill scans -------------------------------------------------------------
+    async def resync(self) -> None:
+        """Take the accounts as ``users`` shows them now; for a backfill that has not read a
+        document yet (the first start, or the rescan after the history was lost).
+
+        Safe only then: every document is read after this, with the accounts as they are,
+        so no document is skipped for an account this takes as known; what changes in
+        ``users`` from now on comes down the stream. An account remembered but no longer
+        in ``users`` (a change the lost history held) is gone; one under a new DID is
+        re-created (the rescan publishes its documents); the others are recorded, so their
+        next change is told apart (credentials, handle) instead of taken as new."""
+        deps = self.deps
+        store = deps.calls.store
+        current: dict[str, Seen] = {}
+        async for user in deps.db[deps.users_collection].find(
+            {"atproto.did": {"$exists": True}}, {"atproto": 1}
+        ):
+            seen = account_fields(user)
+            if isinstance(user["_id"], str) and seen is not None:
+                current[user["_id"]] = seen
+        after, changed = "", 0
+        remembered: dict[str, KnownAccount] = {}
+        while page := await deps.calls(store.known_accounts, after, 500):
+            after = page[-1].sub
+            for known in page:
+                remembered[known.sub] = known
+                now = current.get(known.sub)
+                if now is None or now.did != known.did:
+                    deps.accounts.invalidate()
+                    reason = REMOVED if now is None else REPLACED
+                    await self._gone_from_users(known.sub, known, reason)
+                    if now is None:
+                        await deps.calls(store.drop_known_account, known.sub)
+                    changed += 1
+        for uid, now in current.items():
+            was = remembered.get(uid)
+            if was is None or was.did != now.did or was.handle != now.handle:
+                self._note_handle(now.did, now.handle)
+                await deps.calls(store.put_known_account, uid, now.did, now.handle, backfill=False)
+        log.info("accounts_resynced", accounts=len(current), gone_or_replaced=changed)
+
     # -- the task ----------------------------------------------------------------------------
     async def run(self) -> None:
         """Account backfills (resumed after a restart), and an hourly look at accounts the

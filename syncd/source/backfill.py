@@ -66,6 +66,8 @@ class Backfill:
         reason = store.backfill_reason() or "first_start"
         self.engine.health.set_phase("backfill")
         progress = store.backfill_progress()
+        if not any(p.scanned or p.done for p in progress.values()):
+            await self.engine.lifecycle.resync()  # lifecycle: accounts as users shows them now
         for coll in self.engine.config.mongo.collections:
             p = progress.get(coll)
             if p is not None and p.done:

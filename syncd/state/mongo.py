@@ -628,6 +628,11 @@ class MongoStateStore:
     def drop_known_account(self, sub: str) -> None:
         self._write(self._accounts, DeleteOne({"_id": self._account_id(sub)}))
 
+    def known_accounts(self, after: str, limit: int) -> list[KnownAccount]:
+        self._read()
+        cursor = self._accounts.find({"_id": {"$gt": self._account_id(after)}, "scope": self.scope})
+        return [_known(d) for d in cursor.sort("_id", ASCENDING).limit(limit)]
+
     def account_backfills(self) -> list[KnownAccount]:
         self._read()
         cursor = self._accounts.find({"scope": self.scope, "backfill_since": {"$ne": None}})

@@ -719,6 +719,17 @@ class StateStore:
     def drop_known_account(self, sub: str) -> None:
         self._db.execute("DELETE FROM accounts WHERE sub=?", (sub,))
 
+    def known_accounts(self, after: str, limit: int) -> list[KnownAccount]:
+        """Every remembered account, in user order after ``after`` (a page at a time)."""
+        return [
+            _known(r)
+            for r in self._db.execute(
+                "SELECT sub, did, handle, backfill_since, progress FROM accounts "
+                "WHERE sub > ? ORDER BY sub LIMIT ?",
+                (after, limit),
+            )
+        ]
+
     def account_backfills(self) -> list[KnownAccount]:
         return [
             _known(r)

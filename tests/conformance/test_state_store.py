@@ -477,8 +477,12 @@ def test_known_accounts_and_account_backfills(make_store: tuple[str, Factory]) -
     assert s.account_backfills() == []
     known = s.known_account("auth0|b")
     assert known is not None and known.did == "did:plc:b2" and known.backfill_since is None
+    s.put_known_account("auth0|c", "did:plc:c", "c.test", backfill=False)
+    assert [k.sub for k in s.known_accounts("", 10)] == ["auth0|a", "auth0|b", "auth0|c"]
+    assert [k.did for k in s.known_accounts("auth0|a", 1)] == ["did:plc:b2"]
     s.drop_known_account("auth0|b")
     assert s.known_account("auth0|b") is None and s.known_account("auth0|a") is not None
+    assert [k.sub for k in make().known_accounts("", 10)] == ["auth0|a", "auth0|c"]
 
 
 def test_gone_accounts(make_store: tuple[str, Factory]) -> None:

@@ -164,7 +164,7 @@ def test_a_fixed_password_unparks_the_account_at_once(
     world.set_password("dave", "wrong-again")
     sub = world.sub("dave")
     assert sub
-    syncd.wait_until(lambda: len(syncd.events("account_credentials_changed")) == 1, 20)
+    syncd.wait_until(lambda: len(syncd.events("account_credentials_changed")) == 2, 20)
     world.insert("moods", *[make_mood(sub, f"while broken {i}") for i in range(5)])
     syncd.wait_until(parked, 60, interval=0.3)
     assert published(world, "dave") == 15
@@ -180,12 +180,9 @@ def test_a_fixed_password_unparks_the_account_at_once(
     syncd.wait_idle()
     assert_mirrored(world)
     assert status(world)["parked"] == []
-    # The first fix: syncd had not seen dave's account in users yet, so it was taken as an
-    # account appearing (an account backfill, which publishes what waited); then broken
-    # and fixed again: credentials changes.
-    assert [e["did"] for e in syncd.events("account_new")] == [dave.did]
     changes = syncd.events("account_credentials_changed")
-    assert [c["did"] for c in changes] == [dave.did] * 2
+    assert [c["did"] for c in changes] == [dave.did] * 3  # fixed, broken, fixed
+    assert syncd.events("account_new") == []  # known since the first backfill: no appearance
     assert metric_sum(syncd.metrics(), "syncd_dead_letters") == 0
 
 
@@ -443,19 +440,13 @@ def test_profile_and_handle_changes_cost_nothing_and_a_new_did_moves_the_records
     world.db.users.update_one(
         {"_id": alice.sub}, {"$set": {"email": "alice@example.test", "profile.bio": "hi"}}
     )
-    world.db.users.update_one({"_id": alice.sub}, {"$set": {"atproto.handle": "alice2.test"}})
-    syncd.wait_until(
-        lambda: metric_sum(syncd.metrics(), "syncd_account_events_total", kind="appeared") == 1,
-        20,
-    )  # the first account event syncd sees of alice: an appearance (nothing to publish)
-    syncd.wait_idle()
-    m = syncd.metrics()
-    assert metric_sum(m, "syncd_events_total", collection="users") == events + 1  # not the email
     world.db.users.update_one({"_id": alice.sub}, {"$set": {"atproto.handle": "alice3.test"}})
     syncd.wait_until(
         lambda: metric_sum(syncd.metrics(), "syncd_account_events_total", kind="handle") == 1, 20
     )
     syncd.wait_idle()
+    m = syncd.metrics()
+    assert metric_sum(m, "syncd_events_total", collection="users") == events + 1  # not the email
     assert pds_writes(syncd) == before  # no write, no login
     assert "alice3.test" in status_text(world)
 
@@ -487,3 +478,31 @@ def test_profile_and_handle_changes_cost_nothing_and_a_new_did_moves_the_records
     rows = [per.get(created.did, 0) for per in report["records"].values()]
     assert sum(rows) == 7  # the ledger followed the documents
     assert metric_sum(syncd.metrics(), "syncd_account_events_total", kind="recreated") == 1
+
+
+def test_account_changes_lost_with_the_history_are_caught_up_by_the_rescan(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """While syncd is down, alice's account is deleted and carol gets one; then the oplog
+    loses those events. The rescan takes the accounts as users shows them: alice's DID is
+    gone (her back-references removed), carol's documents are published."""
+    seed_user(world, "alice", 4, 0)
+    world.add_user("carol", with_atproto=False)
+    seed_user(world, "carol", 3, 2)
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_until(lambda: published(world, "alice") == 4, 30)
+    syncd.wait_idle()
+    syncd.terminate()
+    old = world.account("alice")
+    world.delete_account("alice")
+    world.create_account("carol")
+    world.fault("truncateOplog", keep=1)
+    syncd.start()
+    syncd.wait_ready(60)
+    syncd.wait_until(lambda: published(world, "carol") == 5, 60)
+    syncd.wait_idle()
+    assert syncd.events("history_lost") and syncd.events("accounts_resynced")
+    assert_mirrored(world)  # alice: no record expected, no back-reference left
+    (gone,) = status(world)["accounts"]["gone"]
+    assert gone["did"] == old.did and gone["reason"] == "removed_from_users"
