@@ -99,6 +99,7 @@ class OwnerBackfills:
         self.running: str | None = None  # the user whose job runs now
         self.finished = 0  # jobs completed by this process (tests, logs)
         self.left_to_newer = 0  # documents left out: another source routed them since
+        self.remaining = 0  # documents the running job has still to read (an estimate)
 
     # -- what the lifecycle calls ---------------------------------------------------------
     async def load(self) -> None:
@@ -184,6 +185,7 @@ class OwnerBackfills:
                 total = await deps.db[coll].count_documents(query)
             totals[coll] = max(0, total - (scan.scanned if scan else 0))
         remaining = sum(totals.values())
+        self.remaining = remaining
         metrics.ACCOUNT_BACKFILL_REMAINING.set(remaining)
         log.info(
             "account_backfill_started",
@@ -295,7 +297,8 @@ class OwnerBackfills:
             inflight.append((mark, [c.ticket for c in changes]))
             routed += len(changes)
             metrics.ACCOUNT_BACKFILL_DOCUMENTS.inc(len(changes))
-            metrics.ACCOUNT_BACKFILL_REMAINING.dec(len(changes))
+            self.remaining = max(0, self.remaining - len(changes))
+            metrics.ACCOUNT_BACKFILL_REMAINING.set(self.remaining)
             deps.beat()
 
         size = max(1, min(deps.group, share // GROUPS_IN_FLIGHT))
