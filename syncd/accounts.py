@@ -2,13 +2,25 @@
 
 Documents without a ``user`` belong to the guest account (``users._id ==
 "art-guest"``). A user without ``atproto.did`` has no repository: their content
-is skipped and counted, not an error. Lookups are cached briefly so a user who
-gains an account (or changes password) is picked up within ``ttl`` seconds.
+is skipped and counted, not an error. Lookups are cached briefly; the daemon
+follows ``users`` on its change stream (:mod:`syncd.lifecycle`) and drops the
+cached entries an account change touches at once, so the ``ttl`` only bounds
+how stale a lookup can be for a caller that does not follow the stream.
+
+Two refusals are decided here, so every caller (the router, ``reconcile``) sees
+them the same way:
+
+* an account that is *gone* (:mod:`syncd.gone`) resolves to no account
+  (``account_gone``): its documents are skips;
+* a DID named by two ``users`` documents is a conflict (``did_conflict``):
+  neither user resolves to it -- one user's documents must never land in
+  another's repository through a shared session -- until one of them changes.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -18,6 +30,9 @@ from syncd.pds.sessions import Account
 
 NO_ACCOUNT = "no_atproto_account"
 UNKNOWN_USER = "unknown_user"
+NO_PASSWORD = "no_atproto_password"
+ACCOUNT_GONE = "account_gone"
+DID_CONFLICT = "did_conflict"
 
 
 class AccountResolver:
@@ -28,11 +43,16 @@ class AccountResolver:
         users_collection: str = "users",
         guest_id: str = "art-guest",
         ttl: float = 60.0,
+        gone: Callable[[str], object] | None = None,
     ) -> None:
         self._users = db[users_collection]
         self._guest_id = guest_id
         self._ttl = ttl
         self._cache: dict[str, tuple[float, Account | None, str]] = {}
+        #: Whether a DID is gone (truthy: gone); set by the engine.
+        self.gone = gone
+        #: user id -> why its DID is in conflict (the dead letters' detail).
+        self._conflicts: dict[str, str] = {}
 
     def user_id(self, owner: str | None) -> str:
         return self._guest_id if owner is None else owner
@@ -43,11 +63,30 @@ class AccountResolver:
         hit = self._cache.get(uid)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
-            return hit[1], hit[2]
+            return self._not_gone(hit[1], hit[2])
         doc = await self._users.find_one({"_id": uid}, {"atproto": 1})
         account, reason = self._account(owner, doc)
+        if account is not None:
+            other = await self._users.find_one(
+                {"atproto.did": account.did, "_id": {"$ne": uid}}, {"_id": 1}
+            )
+            if other is not None:
+                self._conflicts[uid] = (
+                    f"users {uid!r} and {other['_id']!r} both name {account.did}: neither is "
+                    "published (the records it holds stay) until one of them changes"
+                )
+                account, reason = None, DID_CONFLICT
         self._cache[uid] = (now, account, reason)
+        return self._not_gone(account, reason)
+
+    def _not_gone(self, account: Account | None, reason: str) -> tuple[Account | None, str]:
+        if account is not None and self.gone is not None and self.gone(account.did):
+            return None, ACCOUNT_GONE
         return account, reason
+
+    def conflict_detail(self, owner: str | None) -> str:
+        """Why ``owner``'s DID is in conflict (after :meth:`resolve` said ``did_conflict``)."""
+        return self._conflicts.get(self.user_id(owner), "")
 
     async def by_handle_or_did(self, ident: str) -> Account | None:
         """Admin commands: find an account by ATProto handle or DID."""
@@ -56,17 +95,31 @@ class AccountResolver:
             query = {"atproto.did": ident}
         else:
             query = {"atproto.handle": ident}
-        doc = await self._users.find_one(query, {"atproto": 1})
-        if doc is None:
-            return None
+        docs = await self._users.find(query, {"atproto": 1}).limit(2).to_list()
+        if len(docs) != 1:
+            return None  # nobody, or a DID two users name (a conflict: nobody's)
+        doc = docs[0]
         owner = None if doc["_id"] == self._guest_id else doc["_id"]
         return self._account(owner, doc)[0]
 
     def invalidate(self, owner: str | None = None) -> None:
+        """Forget the cached lookup of ``owner`` (None: of everyone)."""
         if owner is None:
             self._cache.clear()
+            self._conflicts.clear()
         else:
             self._cache.pop(self.user_id(owner), None)
+            self._conflicts.pop(self.user_id(owner), None)
+
+    def invalidate_user(self, user_id: str) -> None:
+        """Forget the cached lookup of the ``users`` document ``user_id`` (the guest's too)."""
+        self._cache.pop(user_id, None)
+        self._conflicts.pop(user_id, None)
+
+    def cached(self, user_id: str) -> Account | None:
+        """The account last resolved for ``user_id`` (however old), if any."""
+        hit = self._cache.get(user_id)
+        return None if hit is None else hit[1]
 
     @staticmethod
     def _account(owner: str | None, doc: dict[str, Any] | None) -> tuple[Account | None, str]:
@@ -77,7 +130,7 @@ class AccountResolver:
             return None, NO_ACCOUNT
         password = at.get("password")
         if not isinstance(password, str) or not password:
-            return None, "no_atproto_password"
+            return None, NO_PASSWORD
         register_secret(password)  # never in a log line, a dead letter or status
         return (
             Account(

@@ -176,6 +176,7 @@ class Daemon:
         work = asyncio.create_task(self.work(), name="work")
         redrive = asyncio.create_task(redrive_loop(engine.sources), name="redrive")
         parking = asyncio.create_task(engine.parking.run(engine.stopping), name="parking")
+        lifecycle = asyncio.create_task(engine.lifecycle.run(), name="lifecycle")
         last_status = last_gauges = 0.0
         while not self.should_exit.is_set():
             if lease is not None and lease.lost.is_set():
@@ -211,10 +212,10 @@ class Daemon:
         if lease is None or not lease.lost.is_set():
             self.health.set_phase("stopping")
             self.notifier.stopping("stopping")
-        for task in (parking, redrive, work):
+        for task in (lifecycle, parking, redrive, work):
             if not task.done():
                 task.cancel()
-        await asyncio.gather(work, redrive, parking, return_exceptions=True)
+        await asyncio.gather(work, redrive, parking, lifecycle, return_exceptions=True)
 
     async def work(self) -> None:
         """Backfill when needed, then stream; rescan when the history was lost."""

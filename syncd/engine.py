@@ -22,10 +22,12 @@ from syncd import metrics
 from syncd.accounts import AccountResolver
 from syncd.cluster import partition_of
 from syncd.config import Config
+from syncd.gone import GoneAccounts
 from syncd.health import HealthState
 from syncd.images.fetch import ImageFetcher, make_client
 from syncd.images.thumbnail import ThumbnailPool
 from syncd.lease import LeaseLost
+from syncd.lifecycle import build_lifecycle
 from syncd.logs import register_secret_from_uri
 from syncd.mappings import MappingContext
 from syncd.parking import Parking, reason_label
@@ -115,6 +117,7 @@ class Engine:
         self.partitions = config.cluster.partitions
         self.store = open_store(config, fence=fence, partition=partition or 0)
         self.calls = StateCalls.for_store(self.store)
+        self.gone = GoneAccounts(self.calls)  # lifecycle: accounts syncd no longer writes for
         self.client = mongo_client(config.mongo.uri)
         self.db = source_database(self.client, config.mongo.database)
         self.xrpc = XrpcClient(config.pds.url, timeout=config.pds.timeout_seconds)
@@ -124,6 +127,7 @@ class Engine:
             self.db,
             users_collection=config.mongo.users_collection,
             guest_id=config.mongo.guest_user_id,
+            gone=self.gone.reason,
         )
         self.mapping_ctx = MappingContext(
             public_base_url=config.records.public_base_url.rstrip("/"), images=config.images
@@ -145,6 +149,7 @@ class Engine:
                 make_writer=self._make_writer,
                 credentials_changed=self._credentials_changed,
                 owns=self.owns if partitioned else None,
+                is_gone=self.gone.__contains__,
             )
         )
         self.publisher = Publisher(
@@ -165,6 +170,21 @@ class Engine:
             dead_letter_retry_seconds=config.pipeline.dead_letter_retry_seconds,
         )
         self._parked_series: set[tuple[str, str]] = set()
+        self.lifecycle = build_lifecycle(
+            self.config,
+            db=self.db,
+            calls=self.calls,
+            positions=self.positions,
+            router=self.router,
+            publisher=self.publisher,
+            parking=self.parking,
+            accounts=self.accounts,
+            gone=self.gone,
+            sessions=self.sessions,
+            xrpc=self.xrpc,
+            stopping=self.stopping,
+            owns=self.owns,
+        )
         self._writer_deps = WriterDeps(
             calls=self.calls,
             repo=self.repo,

@@ -175,6 +175,37 @@ OVERSIZED_EVENTS = Counter(
     registry=REGISTRY,
 )
 OVERSIZED_HANDLINGS = ("split", "read_directly", "dead_letter")
+ACCOUNT_EVENTS = Counter(
+    "syncd_account_events_total",
+    "Account changes read from the platform's users collection, by what they were: "
+    "appeared, recreated (a new DID), gone, credentials, handle, unchanged.",
+    ["kind"],
+    registry=REGISTRY,
+)
+ACCOUNT_EVENT_KINDS = ("appeared", "recreated", "gone", "credentials", "handle", "unchanged")
+ACCOUNT_BACKFILLS = Gauge(
+    "syncd_account_backfills",
+    "Account backfills due or running (a user's documents published once their account "
+    "appears or comes back).",
+    registry=REGISTRY,
+)
+ACCOUNT_BACKFILL_REMAINING = Gauge(
+    "syncd_account_backfill_remaining",
+    "Documents the running account backfill has still to read (0 when none runs).",
+    registry=REGISTRY,
+)
+ACCOUNT_BACKFILL_DOCUMENTS = Counter(
+    "syncd_account_backfill_documents_total",
+    "Documents routed by account backfills.",
+    registry=REGISTRY,
+)
+ACCOUNTS_GONE = Gauge(
+    "syncd_accounts_gone",
+    "Accounts syncd no longer writes for (their documents are skips), by kind of reason: "
+    "removed_from_users, replaced_by_new_did, refused (deleted, deactivated, taken down).",
+    ["reason"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "syncd_build_info",
     "Always 1; the version label says which syncd runs.",
@@ -204,6 +235,8 @@ def initialise(collections: tuple[str, ...] | None = None) -> None:
             WRITE_ERRORS.labels(collection=coll, reason=reason)
         for handling in OVERSIZED_HANDLINGS:
             OVERSIZED_EVENTS.labels(collection=coll, handling=handling)
+    for kind in ACCOUNT_EVENT_KINDS:
+        ACCOUNT_EVENTS.labels(kind=kind)
     for stage in ("source", "writer"):
         QUEUE_DEPTH.labels(stage=stage)
     LAG.set(0)

@@ -9,8 +9,9 @@ are public.
   or ``None`` for guest content), why it is not public (the mapping's
   visibility rules), and whether its owner field is malformed;
 * :func:`verdict` -- the problem, if any, once the owner's account is resolved:
-  a dead letter (bad owner field), a skip (not public *yet*, or no account), or
-  plain privacy (``hidden``); ``None`` means publish;
+  a dead letter (bad owner field; a DID two users name: retryable, it is held
+  until the conflict is resolved), a skip (not public *yet*, no account, an
+  account that is gone), or plain privacy (``hidden``); ``None`` means publish;
 * :func:`owner_filter` -- the MongoDB filter of the documents an account owns.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from syncd.accounts import DID_CONFLICT
 from syncd.changes import Problem
 from syncd.mappings import MAPPINGS, SKIP_REASONS, MappingError
 from syncd.pds.sessions import Account
@@ -46,8 +48,14 @@ def standing(collection: str, doc: Mapping[str, Any]) -> Standing:
     return Standing(owner, hidden)
 
 
-def verdict(s: Standing, account: Account | None, no_account_reason: str) -> Problem | None:
-    """Why the document is not published in ``account`` (resolved from ``s.owner``)."""
+def verdict(
+    s: Standing, account: Account | None, no_account_reason: str, detail: str = ""
+) -> Problem | None:
+    """Why the document is not published in ``account`` (resolved from ``s.owner``;
+    ``detail`` says more about ``no_account_reason``)."""
+    if no_account_reason == DID_CONFLICT and s.invalid is None:
+        # Held, whatever the document says: no writer may act for a DID two users name.
+        return Problem("dead", DID_CONFLICT, detail, retryable=True)
     if s.invalid is not None:
         return Problem("dead", s.invalid.reason, s.invalid.detail)
     if s.hidden in SKIP_REASONS:

@@ -18,6 +18,11 @@ each page is forgotten only once its changes are applied. Nothing is lost
 ``syncd status`` lists each parked account (why, how many documents, until
 when); ``syncd_parked_documents{account,reason}`` and a log line at the start
 and the end of each parking say it too.
+
+An account the PDS *refuses* (it does not exist, is deactivated or taken down)
+is not parked: it is *gone* (:mod:`syncd.gone`, handled by :mod:`syncd.lifecycle`
+through :attr:`Parking.gone`). Its waiting documents become skips, and its
+writer gives way as a parked one does, for as long as it is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -43,7 +49,15 @@ AUTH_RETRY = 600.0
 #: An account the PDS refuses (deactivated, taken down) is tried again after this long.
 REFUSED_RETRY = 3600.0
 #: What the PDS answers (to a login too) for an account it will not write for.
-REFUSALS = frozenset({"AccountDeactivated", "AccountTakedown", "RepoDeactivated", "RepoTakendown"})
+REFUSALS = frozenset(
+    {
+        "AccountDeactivated",
+        "AccountTakedown",
+        "RepoDeactivated",
+        "RepoTakendown",
+        "AccountNotFound",
+    }
+)
 #: Parked documents re-read and routed at once when an account is unparked.
 UNPARK_PAGE = 200
 
@@ -70,6 +84,17 @@ def blocked_by(exc: XrpcError, wait: float | None = None) -> Blocked:
     return Blocked(f"auth: {exc.error}", now + AUTH_RETRY)
 
 
+class GoneHandler(Protocol):
+    """What becomes of an account the PDS refuses (:class:`syncd.lifecycle.Lifecycle`)."""
+
+    def is_gone(self, did: str) -> bool: ...
+
+    async def refused(self, did: str, reason: str, ops: Sequence[Op]) -> None:
+        """``did`` is gone (``reason``: the refusal, or why it is gone already); settle
+        ``ops`` (the caller then completes them)."""
+        ...
+
+
 @dataclass
 class _Parked:
     reason: str
@@ -83,9 +108,12 @@ class Parking:
         self._parked: dict[str, _Parked] = {}
         self._woken: set[str] = set()
         self._wake = asyncio.Event()
+        #: Refusals make an account gone instead of parked (set by the engine).
+        self.gone: GoneHandler | None = None
 
     def is_parked(self, did: str) -> bool:
-        return did in self._parked
+        """The account gives way: parked, or gone."""
+        return did in self._parked or (self.gone is not None and self.gone.is_gone(did))
 
     def until(self, did: str) -> float | None:
         p = self._parked.get(did)
@@ -102,7 +130,12 @@ class Parking:
 
     async def park(self, did: str, blocked: Blocked, ops: Sequence[Op]) -> None:
         """Write ``ops``' document keys as parked under ``did`` (durably; the caller then
-        completes the ops)."""
+        completes the ops). A refusal, or an account that is gone, hands them to
+        :attr:`gone` instead."""
+        gone = self.gone
+        if gone is not None and (blocked.reason.startswith("refused") or gone.is_gone(did)):
+            await gone.refused(did, blocked.reason, ops)
+            return
         keys = sorted({(op.change.collection, op.change.key) for op in ops})
         await self._calls(self._calls.store.park, did, blocked.reason, blocked.until, keys)
         current = self._parked.get(did)

@@ -12,17 +12,31 @@ Changes are routed in groups (a backfill page, the events a change-stream batch
 holds): one state read per group, and only a document's newest change in a
 group is routed (the older ones are superseded: every change carries the whole
 current document).
+
+Groups are routed one at a time, in the order their ``route_many`` calls begin
+(a lock), so each writer's queue receives a document's changes in the order the
+sources handed them over. A source that read documents a while ago can ask to
+leave out those that someone else routed since (``admit``, with an
+``observers`` callback seeing every group): the account backfill does
+(:mod:`syncd.source.owner_backfill`), so its older read never lands after the
+change stream's newer one.
+
+A DID two users name (``did_conflict``) is held without any writer: neither
+user's document is written and the records the DID holds stay. An account that
+is gone (:mod:`syncd.gone`) is never a target: its records cannot be deleted or
+moved out of a repository that is not there (its ledger rows stay, flagged).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from syncd import metrics
-from syncd.accounts import AccountResolver
+from syncd.accounts import DID_CONFLICT, AccountResolver
 from syncd.changes import Change, Op, Problem
 from syncd.mappings import MAPPINGS, MappingContext, MappingError
 from syncd.ownership import standing, verdict
@@ -55,6 +69,8 @@ class RouterDeps:
     credentials_changed: Callable[[Account], None]
     #: Whether this instance's partition serves the account ``did`` (always when None).
     owns: Callable[[str | None], bool] | None = None
+    #: Whether syncd no longer writes for the account ``did`` (:mod:`syncd.gone`).
+    is_gone: Callable[[str], bool] | None = None
 
 
 class Router:
@@ -64,6 +80,9 @@ class Router:
         # (collection, key) -> {did: ops in flight}; a delete must reach a writer
         # that has a create for the same document still queued.
         self._inflight: dict[Ident, dict[str, int]] = {}
+        self._order = asyncio.Lock()
+        #: Called with every group about to be routed (after ``admit``), in routing order.
+        self.observers: list[Callable[[Sequence[Change]], None]] = []
 
     # -- writers ---------------------------------------------------------------------
     def writer(self, account: Account) -> AccountWriter:
@@ -108,8 +127,30 @@ class Router:
     async def route(self, change: Change) -> None:
         await self.route_many([change])
 
-    async def route_many(self, changes: Sequence[Change]) -> None:
-        """Route a group of changes in source order (one state read for the group)."""
+    async def route_many(
+        self, changes: Sequence[Change], *, admit: Callable[[Change], bool] | None = None
+    ) -> None:
+        """Route a group of changes in source order (one state read for the group); with
+        ``admit``, the changes it refuses -- decided when the group's turn comes -- are
+        completed without routing."""
+        async with self._order:
+            if admit is not None:
+                kept: list[Change] = []
+                for change in changes:
+                    if admit(change):
+                        kept.append(change)
+                    else:
+                        change.ticket.complete()
+                changes = kept
+            for observe in self.observers:
+                observe(changes)
+            await self._route_many(changes)
+
+    def _gone(self, did: str) -> bool:
+        is_gone = self.deps.is_gone
+        return is_gone is not None and is_gone(did)
+
+    async def _route_many(self, changes: Sequence[Change]) -> None:
         newest: dict[Ident, Change] = {}
         for change in changes:
             older = newest.get((change.collection, change.key))
@@ -151,7 +192,10 @@ class Router:
                 account, why = await self.deps.accounts.resolve(where.owner)
                 if account is not None:
                     owner_did = account.did
-            problem = verdict(where, account, why)
+            detail = self.deps.accounts.conflict_detail(where.owner) if why == DID_CONFLICT else ""
+            problem = verdict(where, account, why, detail)
+            if problem is not None and problem.reason == DID_CONFLICT:
+                return _Settle(problem)  # held: no writer acts, the DID's records stay
             if problem is None:
                 try:
                     draft = mapping.draft(doc, self.deps.mapping_ctx)
@@ -207,9 +251,9 @@ class Router:
         if desired is not None:
             targets[desired.did] = desired
         for did in self._inflight.get((change.collection, change.key), {}):
-            if did not in targets and did in self.writers:
+            if did not in targets and did in self.writers and not self._gone(did):
                 targets[did] = self.writers[did].account
-        if entry is not None and entry.did not in targets:
+        if entry is not None and entry.did not in targets and not self._gone(entry.did):
             holder = self.writers.get(entry.did)
             account = (
                 holder.account if holder else await self.deps.accounts.by_handle_or_did(entry.did)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from syncd.accounts import DID_CONFLICT
 from syncd.config import Config
 from syncd.logs import redact
 from syncd.parking import describe as describe_parked
-from syncd.state import open_store
+from syncd.state import Store, open_store
 
 
 def collect(config: Config) -> dict[str, Any]:
@@ -49,6 +50,7 @@ def collect(config: Config) -> dict[str, Any]:
             for d in store.dead_letters(limit=50)
         ]
         return {
+            "accounts": accounts(store, handles),
             "state_file": store.describe(),
             "position": position,
             "backfill": {
@@ -70,6 +72,50 @@ def collect(config: Config) -> dict[str, Any]:
         }
     finally:
         store.close()
+
+
+def accounts(store: Store, handles: dict[str, str | None]) -> dict[str, Any]:
+    """The account lifecycle: account backfills due or running, accounts gone, DIDs two
+    users name."""
+    backfills = []
+    for job in store.account_backfills():
+        read = sum(p.scanned for p in job.progress.values())
+        total = sum(p.total or 0 for p in job.progress.values())
+        backfills.append(
+            {
+                "user": job.sub,
+                "did": job.did,
+                "handle": job.handle,
+                "since": job.backfill_since,
+                "read": read,
+                "of": total or None,
+                "collections": {
+                    c: {"read": p.scanned, "of": p.total, "phase": p.phase}
+                    for c, p in sorted(job.progress.items())
+                },
+            }
+        )
+    kept: dict[str, int] = {}
+    if store.gone_accounts():
+        for _, did, n in store.ledger_counts():
+            kept[did] = kept.get(did, 0) + n
+    gone = [
+        {
+            "did": g.did,
+            "user": g.sub,
+            "handle": g.handle or handles.get(g.did),
+            "reason": g.reason,
+            "since": g.since,
+            "ledger_rows_kept": kept.get(g.did, 0),
+        }
+        for g in store.gone_accounts()
+    ]
+    conflicts: set[str] = set()
+    after: tuple[str, str] | None = None
+    while letters := store.dead_letters_due(time.time(), 500, after):
+        after = (letters[-1].collection, letters[-1].doc_key)
+        conflicts.update(d.detail for d in letters if d.reason == DID_CONFLICT)
+    return {"backfills": backfills, "gone": gone, "did_conflicts": sorted(conflicts)}
 
 
 def cluster(config: Config) -> dict[str, Any]:
@@ -141,6 +187,26 @@ def render(report: dict[str, Any]) -> str:
             f"parked: {who}: {p['documents']} document(s) wait ({p['reason']}) "
             f"for {p['in_seconds']}s more"
         )
+    acc = report.get("accounts") or {}
+    for b in acc.get("backfills") or []:
+        per = ", ".join(
+            f"{c} {p['read']}/{p['of'] if p['of'] is not None else '?'}"
+            for c, p in b["collections"].items()
+        )
+        lines.append(
+            f"account backfill: {b['handle'] or b['did']} ({b['user']}): {b['read']} of "
+            f"{b['of'] if b['of'] is not None else '?'} documents read"
+            + (f" ({per})" if per else " (starting)")
+        )
+    for g in acc.get("gone") or []:
+        lines.append(
+            f"gone: {g['handle'] or '?'} {g['did']} ({g['user'] or 'user unknown'}): "
+            f"{g['reason']}, since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(g['since']))}"
+            f"; no writes for it, its documents are skipped; {g['ledger_rows_kept']} ledger "
+            "row(s) kept, never re-created there"
+        )
+    for detail in acc.get("did_conflicts") or []:
+        lines.append(f"DID conflict: {detail}")
     if report.get("cluster"):
         lines.append(f"cluster {report['cluster']['cluster_name']}:")
         for p in report["cluster"]["partitions"]:

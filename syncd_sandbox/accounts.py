@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pymongo.database import Database
 
-from syncd_sandbox.pds import PdsApi
+from syncd_sandbox.pds import PdsApi, unique_handle
 from syncd_sandbox.seed import GUEST_USER_ID, new_sub
 
 USERS = "users"
@@ -90,3 +90,42 @@ def provision_guest(db: Database[Any], api: PdsApi, handle: str | None = None) -
     account = WorldAccount(GUEST_NAME, GUEST_USER_ID, created.did, created.handle, created.password)
     store_user(db, account, platform_handle=False)
     return account
+
+
+# -- the platform's account lifecycle, in a running world ----------------------------------
+# The platform makes an ATProto account for an existing user over time: it creates the
+# account on the PDS, then sets ``users.atproto``; it deletes one the other way round
+# (the PDS account goes, then ``atproto`` is unset). Both as ``$set``/``$unset`` updates.
+
+
+def create_account(
+    db: Database[Any], api: PdsApi, account: WorldAccount, *, handle: str | None = None
+) -> WorldAccount:
+    """Give the existing user ``account`` (a new) ATProto account, as the platform does."""
+    created = api.create_account(handle or unique_handle(account.name))
+    fresh = replace(account, did=created.did, handle=created.handle, password=created.password)
+    db[USERS].update_one(
+        {"_id": account.sub},
+        {
+            "$set": {
+                "atproto": {"did": fresh.did, "handle": fresh.handle, "password": fresh.password}
+            }
+        },
+        upsert=True,
+    )
+    return fresh
+
+
+def delete_account(db: Database[Any], api: PdsApi, account: WorldAccount) -> WorldAccount:
+    """Delete the user's ATProto account on the PDS, then unset ``users.atproto``."""
+    if account.did is None:
+        raise ValueError(f"{account.name} has no ATProto account")
+    api.delete_account(account.did)
+    db[USERS].update_one({"_id": account.sub}, {"$unset": {"atproto": ""}})
+    return replace(account, did=None, handle=None, password=None)
+
+
+def set_password(db: Database[Any], account: WorldAccount, password: str) -> WorldAccount:
+    """Change the password stored in ``users`` (not on the PDS): a wrong one, or the fix."""
+    db[USERS].update_one({"_id": account.sub}, {"$set": {"atproto.password": password}})
+    return replace(account, password=password)

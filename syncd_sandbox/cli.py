@@ -7,6 +7,8 @@
     syncd-sandbox hooks --dir DIR on [--delay-ms MIN:MAX] [--writeback-delay-ms MIN:MAX]
                                      [--lose-fraction F] [--seed N]
     syncd-sandbox hooks --dir DIR off
+    syncd-sandbox account --dir DIR create|delete NAME
+    syncd-sandbox account --dir DIR password NAME PASSWORD
 
 Fault kinds: drop-connections, fail-getmore --count N, not-writable-primary
 --count N, history-loss [--keep N], pause --seconds S, restart-mongo
@@ -16,6 +18,12 @@ Fault kinds: drop-connections, fail-getmore --count N, not-writable-primary
 (platform-facts §6): every public insert gets a record with a PDS-picked key and,
 a moment later, its ``atproto.rkey`` back (a ``--lose-fraction`` never does);
 counters in ``DIR/hooks.stats.json``. ``hooks off`` stops them and prints them.
+
+``account`` does what the platform does to its users' ATProto accounts, in a running
+world: ``create`` makes the account on the PDS, then sets ``users.atproto`` (for an
+existing user -- one without an account has documents waiting -- or a new one);
+``delete`` deletes it on the PDS, then unsets ``users.atproto``; ``password`` stores
+a password in ``users`` only (a wrong one, or the fix).
 
 Exit codes: 0 done, 1 failed, 2 bad usage.
 """
@@ -122,7 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_argument("--dir", required=True)
     hooks.add_argument("state", choices=("on", "off"))
     add_option_arguments(hooks)
+
+    account = sub.add_parser(
+        "account", help="create or delete a user's ATProto account as the platform does"
+    )
+    account.add_argument("--dir", required=True)
+    account.add_argument("action", choices=("create", "delete", "password"))
+    account.add_argument("name", help="the world's user name (e.g. alice)")
+    account.add_argument("password", nargs="?", help="password: the password to store")
     return parser
+
+
+def _cmd_account(args: argparse.Namespace) -> int:
+    world = World.load(args.dir)
+    acc = world.account(args.action, args.name, password=args.password)
+    print(json.dumps({"action": args.action, "account": acc.to_json()}))
+    return 0
 
 
 def _cmd_hooks(args: argparse.Namespace) -> int:
@@ -242,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_status(args)
         if args.command == "hooks":
             return _cmd_hooks(args)
+        if args.command == "account":
+            return _cmd_account(args)
         return _cmd_fault(args, parser)
     except WorldError as exc:
         print(f"syncd-sandbox: {exc}", file=sys.stderr)

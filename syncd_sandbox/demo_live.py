@@ -1,4 +1,6 @@
-"""A few live changes for the demo (dev/test only): insert, edit, soft delete.
+"""A few live changes for the demo (dev/test only): insert, edit, soft delete, and a
+user without an ATProto account getting one (the platform's way: the PDS account,
+then ``users.atproto``), whose earlier documents syncd then publishes.
 
 ``python -m syncd_sandbox.demo_live --dir DIR`` acts on a running sandbox world
 so a newcomer watching ``syncd run`` sees the change stream being mirrored.
@@ -44,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     backref = doc.get("atproto")
     uri = backref.get("uri") if isinstance(backref, dict) else None
     print(f"== live: back-reference written by syncd: {uri}")
+    waiting = next((n for n, a in world.accounts.items() if not a.has_atproto), None)
+    if waiting is not None:
+        sub = world.accounts[waiting].sub
+        count = sum(db[c].count_documents({"user": sub}) for c in ("moods", "paintings"))
+        acc = world.account("create", waiting)
+        print(
+            f"== live: {waiting} got an ATProto account ({acc.handle}): syncd publishes the "
+            f"{count} documents they already had (an account backfill; see syncd status)"
+        )
     client.close()
     return 0
 

@@ -46,7 +46,14 @@ from pymongo.database import Database
 
 from syncd.config import Config, load
 from syncd_sandbox import tokens
-from syncd_sandbox.accounts import GUEST_NAME, WorldAccount, store_user
+from syncd_sandbox.accounts import (
+    GUEST_NAME,
+    WorldAccount,
+    create_account,
+    delete_account,
+    set_password,
+    store_user,
+)
 from syncd_sandbox.hooks import HookOptions, PlatformHooks
 from syncd_sandbox.images import ImageServer
 from syncd_sandbox.invariant import InvariantReport, check_invariant
@@ -189,6 +196,28 @@ class SandboxWorld:
         store_user(self.db, account)
         self.accounts[name] = account
         return account
+
+    def create_account(self, who: str) -> WorldAccount:
+        """The platform gives the existing user ``who`` (a new) ATProto account: created on
+        the PDS, then ``users.atproto`` set."""
+        acc = create_account(self.db, self.api, self.account(who))
+        self.accounts[acc.name] = acc
+        self._tokens.pop(acc.name, None)
+        return acc
+
+    def delete_account(self, who: str) -> WorldAccount:
+        """The platform deletes ``who``'s ATProto account on the PDS, then unsets
+        ``users.atproto``."""
+        acc = delete_account(self.db, self.api, self.account(who))
+        self.accounts[acc.name] = acc
+        self._tokens.pop(acc.name, None)
+        return acc
+
+    def set_password(self, who: str, password: str) -> WorldAccount:
+        """Store ``password`` in ``users`` for ``who`` (the PDS keeps the real one)."""
+        acc = set_password(self.db, self.account(who), password)
+        self.accounts[acc.name] = acc
+        return acc
 
     def add_guest(self) -> WorldAccount:
         """The guest ``art`` account (``users._id == "art-guest"``)."""

@@ -29,7 +29,14 @@ from typing import Any
 import httpx
 from pymongo import MongoClient
 
-from syncd_sandbox.accounts import WorldAccount, provision_guest, provision_user
+from syncd_sandbox.accounts import (
+    WorldAccount,
+    create_account,
+    delete_account,
+    provision_guest,
+    provision_user,
+    set_password,
+)
 from syncd_sandbox.hooks import STATS_FILE, HookOptions, read_stats
 from syncd_sandbox.mongo_server import DetachedMongo, ping
 from syncd_sandbox.pds import PdsApi, PdsHandle, start_detached
@@ -340,6 +347,39 @@ class World:
             self.info["processes"].pop("hooks", None)
             self.save()
         return read_stats(self.dir)
+
+    def account(self, action: str, name: str, *, password: str | None = None) -> WorldAccount:
+        """The platform's account lifecycle on a running world: ``create`` (an ATProto
+        account for user ``name``, who is made first if the world has no such user: PDS
+        account, then ``users.atproto``), ``delete`` (PDS account deleted, then
+        ``users.atproto`` unset) or ``password`` (store ``password`` in ``users`` only)."""
+        accounts = self.accounts
+        client: MongoClient[Any] = MongoClient(self.mongo_uri, tz_aware=True)
+        try:
+            db = client[self.database]
+            with PdsApi(self.pds_url, admin_password=self.admin_password) as api:
+                current = accounts.get(name)
+                if action == "create":
+                    if current is None:
+                        current = provision_user(db, api, name, with_atproto=False)
+                    acc = create_account(db, api, current)
+                elif current is None:
+                    raise WorldError(f"no user {name!r} in this world")
+                elif action == "delete":
+                    if not current.has_atproto:
+                        raise WorldError(f"{name} has no ATProto account")
+                    acc = delete_account(db, api, current)
+                elif action == "password":
+                    if password is None:
+                        raise WorldError("password needs a password")
+                    acc = set_password(db, current, password)
+                else:
+                    raise WorldError(f"unknown account action {action!r}")
+        finally:
+            client.close()
+        self.info.setdefault("accounts", {})[name] = acc.to_json()
+        self.save()
+        return acc
 
     def fault(self, kind: str, **params: Any) -> Any:
         """Send a fault to the Mongo sandbox (``syncd_sandbox.mongo.faults.send_fault``)."""

@@ -99,11 +99,19 @@ class Outcome:
 
 
 async def select_accounts(engine: Engine, ident: str | None) -> list[Account]:
+    """``--account`` or every account; an account that is gone (syncd.gone: removed from
+    users, or refused by the PDS) is never one: nothing is re-created into it."""
     if ident is None:
-        return await all_accounts(engine)
+        return await all_accounts(engine)  # the resolver leaves gone accounts out
     account = await resolve_account(engine, ident)
-    if account is None:
+    gone = engine.gone.get(account.did if account is not None else ident)
+    if gone is None and account is None:
         raise AccountNotFound(f"--account: no user with ATProto handle or DID {ident!r}")
+    if gone is not None:
+        raise AccountNotFound(
+            f"--account: {gone.did} is gone ({gone.reason}): syncd no longer writes for it"
+        )
+    assert account is not None
     return [account]
 
 

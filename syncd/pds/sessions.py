@@ -111,7 +111,11 @@ class SessionManager:
             data = await self._xrpc.procedure(
                 "com.atproto.server.refreshSession", token=session.refresh_jwt
             )
-        except AuthError:
+        except XrpcError as exc:
+            if not isinstance(exc, AuthError) and classify(exc).kind in (Kind.RETRY, Kind.WAIT):
+                raise  # no verdict on the session: the caller retries
+            # Refused (an account deleted since answers 400 "Could not find user info"):
+            # the session is dead, log in again.
             self._sessions.pop(session.did, None)
             return None
         return self._keep(session.did, data)

@@ -28,7 +28,15 @@ from syncd.pds.errors import (
 )
 
 _AUTH_ERRORS = {"ExpiredToken", "InvalidToken", "AuthRequired", "AuthenticationRequired"}
-_ACCOUNT_ERRORS = {"AccountDeactivated", "AccountTakedown", "RepoDeactivated", "RepoTakendown"}
+#: The account cannot write at all: deactivated, taken down, or deleted (``AccountNotFound``
+#: answers a write made with a session of an account deleted since).
+_ACCOUNT_ERRORS = {
+    "AccountDeactivated",
+    "AccountTakedown",
+    "RepoDeactivated",
+    "RepoTakendown",
+    "AccountNotFound",
+}
 
 
 def _int_header(headers: httpx.Headers, name: str) -> int | None:

@@ -67,6 +67,8 @@ class Backfill:
         reason = await calls(calls.store.backfill_reason) or "first_start"
         self.deps.health.set_phase("backfill")
         progress = await calls(calls.store.backfill_progress)
+        if not any(p.scanned or p.done for p in progress.values()):
+            await self.deps.resync_accounts()  # accounts as users shows them now
         for coll in self.deps.mongo.collections:
             p = progress.get(coll)
             if p is not None and p.done:

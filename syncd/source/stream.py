@@ -61,6 +61,7 @@ from syncd.ids import doc_key
 from syncd.positions import StreamMark
 from syncd.retry import backoff_delay, sleep_or_stop
 from syncd.source.backfill import sweep
+from syncd.source.users import users_match
 from syncd.state import Outcome, Position
 
 if TYPE_CHECKING:
@@ -173,8 +174,16 @@ class StreamSource:
         and (``split``) the split stage, which must be last. ``slim`` drops the
         documents as well (see :meth:`_read_past_oversized`)."""
         fields = [f for f in EVENT_FIELDS if not (slim and f == "fullDocument")]
+        mongo = self.deps.mongo
         stages: list[dict[str, Any]] = [
-            {"$match": {"ns.coll": {"$in": list(self.deps.mongo.collections)}}},
+            {
+                "$match": {
+                    "$or": [
+                        {"ns.coll": {"$in": list(mongo.collections)}},
+                        users_match(mongo.users_collection),  # account changes
+                    ]
+                }
+            },
             {"$project": dict.fromkeys(fields, 1)},
         ]
         if split:
@@ -404,6 +413,14 @@ class StreamSource:
         ct = event.get("clusterTime")
         ct_pair = (ct.time, ct.inc) if isinstance(ct, Timestamp) else None
         ct_seconds = ct_pair[0] if ct_pair else None
+        if op in DOC_OPS and event["ns"]["coll"] == deps.mongo.users_collection:
+            # An account change, not a document: acted on before the position passes it
+            # (its order among the group's document changes does not matter: an account
+            # that appears is backfilled from its documents as they are then).
+            metrics.EVENTS.labels(collection=event["ns"]["coll"], operation=op).inc()
+            await deps.user_event(event)
+            deps.positions.mark(StreamMark(token, ct_pair))
+            return False
         if op in DOC_OPS:
             coll = event["ns"]["coll"]
             metrics.EVENTS.labels(collection=coll, operation=op).inc()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 
@@ -68,6 +68,41 @@ class ParkedAccount:
     until: float
     since: float
     documents: int
+
+
+@dataclass(frozen=True)
+class OwnerScan:
+    """How far an account backfill has read one collection of its owner's documents."""
+
+    last_id: Any  # the last ``_id`` whose change is applied (None: from the start)
+    phase: str  # "objectid" (resumable, in ``_id`` order), "other", "done"
+    scanned: int
+    total: int | None = None  # the owner's documents when the scan began (progress)
+
+
+@dataclass(frozen=True)
+class KnownAccount:
+    """The ATProto account a platform user had when syncd last saw their ``users`` entry
+    in the change stream (kept in stream order, so a replayed event is compared with the
+    state it followed), and the account backfill due for it, if any."""
+
+    sub: str
+    did: str
+    handle: str
+    backfill_since: float | None = None  # an account backfill is due since then
+    progress: dict[str, OwnerScan] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GoneAccount:
+    """An account syncd no longer writes for: removed from ``users`` or refused by the
+    PDS (deleted, deactivated, taken down). Its ledger rows are kept, flagged by this."""
+
+    did: str
+    sub: str | None  # the ``users`` entry (``_id``) that named it, when known
+    handle: str
+    reason: str
+    since: float
 
 
 @dataclass(frozen=True)
@@ -240,6 +275,19 @@ class Store(Protocol):
     ) -> list[tuple[str, str]]: ...
     def unpark(self, did: str, keys: Iterable[tuple[str, str]], before: float) -> None: ...
     def unpark_account(self, did: str, before: float) -> bool: ...
+
+    def known_account(self, sub: str) -> KnownAccount | None: ...
+    def put_known_account(self, sub: str, did: str, handle: str, *, backfill: bool) -> None: ...
+    def drop_known_account(self, sub: str) -> None: ...
+    def known_accounts(self, after: str, limit: int) -> list[KnownAccount]: ...
+    def account_backfills(self) -> list[KnownAccount]: ...
+    def save_account_scan(
+        self, sub: str, since: float, collection: str, scan: OwnerScan
+    ) -> None: ...
+    def finish_account_backfill(self, sub: str, since: float) -> None: ...
+    def mark_gone(self, did: str, sub: str | None, handle: str, reason: str) -> None: ...
+    def clear_gone(self, did: str) -> None: ...
+    def gone_accounts(self) -> list[GoneAccount]: ...
 
     def skip(self, collection: str, doc_key: str, reason: str) -> None: ...
     def unskip(self, collection: str, doc_key: str) -> None: ...

@@ -7,8 +7,12 @@ collections (prefix ``syncd_``) live in ``state.mongodb_database``:
   with the resume position, the backfill progress and the small ``meta``
   values, so each of them changes in one single-document (atomic) update;
 - ``syncd_ledger``, ``syncd_blobs``, ``syncd_dead_letters``, ``syncd_skipped``,
-  ``syncd_wiped_keys``, ``syncd_sessions``: one document per row of the SQLite
-  tables of the same names, shared by every partition of the cluster;
+  ``syncd_wiped_keys``, ``syncd_sessions``, ``syncd_gone_accounts``: one document
+  per row of the SQLite tables of the same names, shared by every partition of
+  the cluster;
+- ``syncd_accounts``: one document per platform user and partition
+  (``<cluster>/<n>/<sub>``): each partition follows ``users`` in its own stream
+  order and runs its own account backfills;
 - ``syncd_leases``: written by :mod:`syncd.lease`, never here.
 
 Writes use majority write concern and reads majority read concern, so what a
@@ -48,8 +52,11 @@ from syncd.lease import Fence, LeaseLost
 from syncd.state.model import (
     BackfillProgress,
     DeadLetter,
+    GoneAccount,
+    KnownAccount,
     LedgerEntry,
     Lookup,
+    OwnerScan,
     ParkedAccount,
     Position,
     StateOp,
@@ -124,6 +131,21 @@ def _dead_letter(d: dict[str, Any]) -> DeadLetter:
     )
 
 
+def _known(d: dict[str, Any]) -> KnownAccount:
+    since = d.get("backfill_since")
+    progress = {
+        c: OwnerScan(p.get("last_id"), p["phase"], int(p["scanned"]), p.get("total"))
+        for c, p in (d.get("progress") or {}).items()
+    }
+    return KnownAccount(
+        str(d["sub"]),
+        str(d["did"]),
+        str(d.get("handle") or ""),
+        None if since is None else float(since),
+        progress if since is not None else {},
+    )
+
+
 class MongoStateStore:
     """The :class:`~syncd.state.model.Store` of one cluster partition, in MongoDB."""
 
@@ -157,12 +179,15 @@ class MongoStateStore:
         self._sessions = db[PREFIX + "sessions"]
         self._parked_accounts = db[PREFIX + "parked_accounts"]
         self._parked = db[PREFIX + "parked"]
+        self._accounts = db[PREFIX + "accounts"]
+        self._gone = db[PREFIX + "gone_accounts"]
         self._depth = 0
         self._buffer: list[tuple[Collection[dict[str, Any]], _Op]] = []
         self._ledger.create_index([("did", ASCENDING), ("nsid", ASCENDING), ("rkey", ASCENDING)])
         self._ledger.create_index([("c", ASCENDING), ("k", ASCENDING)])
         self._dead.create_index([("retryable", ASCENDING), ("_id", ASCENDING)])
         self._parked.create_index([("did", ASCENDING), ("_id", ASCENDING)])
+        self._accounts.create_index([("scope", ASCENDING), ("backfill_since", ASCENDING)])
 
     def close(self) -> None:
         if self._own_client:
@@ -605,6 +630,98 @@ class MongoStateStore:
         if self._parked.find_one({"did": did}, {"_id": 1}) is None:
             self._write(self._parked_accounts, DeleteOne({"_id": did, "until": {"$lte": before}}))
         return self._parked_accounts.find_one({"_id": did}, {"_id": 1}) is None
+
+    # -- accounts as the stream last showed them; account backfills -------------------
+    def _account_id(self, sub: str) -> str:
+        return f"{self.scope}/{sub}"
+
+    def known_account(self, sub: str) -> KnownAccount | None:
+        self._read()
+        doc = self._accounts.find_one({"_id": self._account_id(sub)})
+        return None if doc is None else _known(doc)
+
+    def put_known_account(self, sub: str, did: str, handle: str, *, backfill: bool) -> None:
+        now = time.time()
+        fields: dict[str, Any] = {
+            "scope": self.scope,
+            "sub": sub,
+            "did": did,
+            "handle": handle,
+            "updated_at": now,
+        }
+        if backfill:
+            fields.update(backfill_since=now, progress={})
+        self._write(
+            self._accounts,
+            UpdateOne({"_id": self._account_id(sub)}, {"$set": fields}, upsert=True),
+        )
+
+    def drop_known_account(self, sub: str) -> None:
+        self._write(self._accounts, DeleteOne({"_id": self._account_id(sub)}))
+
+    def known_accounts(self, after: str, limit: int) -> list[KnownAccount]:
+        self._read()
+        cursor = self._accounts.find({"_id": {"$gt": self._account_id(after)}, "scope": self.scope})
+        return [_known(d) for d in cursor.sort("_id", ASCENDING).limit(limit)]
+
+    def account_backfills(self) -> list[KnownAccount]:
+        self._read()
+        cursor = self._accounts.find({"scope": self.scope, "backfill_since": {"$ne": None}})
+        docs = [d for d in cursor if d.get("backfill_since") is not None]
+        return [_known(d) for d in sorted(docs, key=lambda d: (d["backfill_since"], d["sub"]))]
+
+    def save_account_scan(self, sub: str, since: float, collection: str, scan: OwnerScan) -> None:
+        row = {
+            "last_id": scan.last_id,
+            "phase": scan.phase,
+            "scanned": scan.scanned,
+            "total": scan.total,
+        }
+        self._write(
+            self._accounts,
+            UpdateOne(
+                {"_id": self._account_id(sub), "backfill_since": since},
+                {"$set": {f"progress.{collection}": row}},
+            ),
+        )
+
+    def finish_account_backfill(self, sub: str, since: float) -> None:
+        self._write(
+            self._accounts,
+            UpdateOne(
+                {"_id": self._account_id(sub), "backfill_since": since},
+                {"$set": {"backfill_since": None}, "$unset": {"progress": ""}},
+            ),
+        )
+
+    def mark_gone(self, did: str, sub: str | None, handle: str, reason: str) -> None:
+        fields: dict[str, Any] = {"reason": reason}
+        if sub is not None:
+            fields["sub"] = sub
+        if handle:
+            fields["handle"] = handle
+        update: dict[str, Any] = {"$set": fields, "$setOnInsert": {"since": time.time()}}
+        if sub is None:
+            update["$setOnInsert"]["sub"] = None
+        if not handle:
+            update["$setOnInsert"]["handle"] = ""
+        self._write(self._gone, UpdateOne({"_id": did}, update, upsert=True))
+
+    def clear_gone(self, did: str) -> None:
+        self._write(self._gone, DeleteOne({"_id": did}))
+
+    def gone_accounts(self) -> list[GoneAccount]:
+        self._read()
+        return [
+            GoneAccount(
+                str(d["_id"]),
+                d.get("sub"),
+                str(d.get("handle") or ""),
+                str(d["reason"]),
+                float(d["since"]),
+            )
+            for d in self._gone.find({}).sort("_id", ASCENDING)
+        ]
 
     # -- skipped ---------------------------------------------------------------
     def skip(self, collection: str, doc_key: str, reason: str) -> None:

@@ -14,7 +14,10 @@ It holds everything syncd must remember across restarts:
 - ``dead_letters``: documents that could not be published, with the reason;
 - ``sessions``: refresh tokens, so a restart refreshes instead of logging in;
 - ``wiped_keys``: the record key each document had when ``syncd wipe`` deleted
-  its record, so ``syncd restore`` republishes it under the same key.
+  its record, so ``syncd restore`` republishes it under the same key;
+- ``accounts``: each platform user's account as the change stream last showed it
+  (sub → DID, handle) and the progress of an account backfill due for it;
+- ``gone_accounts``: accounts syncd no longer writes for (their ledger rows stay).
 
 Calls are synchronous and short (WAL, ``synchronous=NORMAL``: a commit is a
 write to the OS, not an fsync); writes that belong together share a transaction.
@@ -39,8 +42,11 @@ import bson
 from syncd.state.model import (
     BackfillProgress,
     DeadLetter,
+    GoneAccount,
+    KnownAccount,
     LedgerEntry,
     Lookup,
+    OwnerScan,
     ParkedAccount,
     Position,
     StateError,
@@ -122,6 +128,21 @@ CREATE TABLE IF NOT EXISTS parked (
     parked_at REAL NOT NULL,
     PRIMARY KEY (did, collection, doc_key)
 );
+CREATE TABLE IF NOT EXISTS accounts (
+    sub TEXT PRIMARY KEY,
+    did TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    backfill_since REAL,
+    progress TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gone_accounts (
+    did TEXT PRIMARY KEY,
+    sub TEXT,
+    handle TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sessions (
     did TEXT PRIMARY KEY,
     refresh_jwt TEXT NOT NULL,
@@ -157,6 +178,36 @@ def _encode_value(value: Any) -> bytes:
 
 def _decode_value(raw: bytes | None) -> Any:
     return None if raw is None else bson.decode(raw)["v"]
+
+
+def _scans_to_json(progress: dict[str, OwnerScan]) -> str:
+    return json.dumps(
+        {
+            c: {
+                "last_id": None
+                if p.last_id is None
+                else base64.b64encode(_encode_value(p.last_id)).decode(),
+                "phase": p.phase,
+                "scanned": p.scanned,
+                "total": p.total,
+            }
+            for c, p in progress.items()
+        }
+    )
+
+
+def _scans_from_json(raw: str | None) -> dict[str, OwnerScan]:
+    out: dict[str, OwnerScan] = {}
+    for c, p in (json.loads(raw) if raw else {}).items():
+        last = None if p["last_id"] is None else _decode_value(base64.b64decode(p["last_id"]))
+        out[c] = OwnerScan(last, p["phase"], int(p["scanned"]), p.get("total"))
+    return out
+
+
+def _known(row: Any) -> KnownAccount:
+    return KnownAccount(
+        str(row[0]), str(row[1]), str(row[2]), row[3], _scans_from_json(row[4]) if row[3] else {}
+    )
 
 
 def _ledger(row: Any) -> LedgerEntry:
@@ -638,6 +689,99 @@ class StateStore:
             )
             row = self._db.execute("SELECT 1 FROM parked_accounts WHERE did=?", (did,)).fetchone()
         return row is None
+
+    # -- accounts as the stream last showed them; account backfills -------------------
+    def known_account(self, sub: str) -> KnownAccount | None:
+        row = self._db.execute(
+            "SELECT sub, did, handle, backfill_since, progress FROM accounts WHERE sub=?", (sub,)
+        ).fetchone()
+        return None if row is None else _known(row)
+
+    def put_known_account(self, sub: str, did: str, handle: str, *, backfill: bool) -> None:
+        """Remember ``sub``'s account; ``backfill``: an account backfill begins now (any
+        earlier one's progress is dropped), else the one due (if any) is kept."""
+        now = time.time()
+        if backfill:
+            self._db.execute(
+                "INSERT INTO accounts (sub, did, handle, backfill_since, progress, updated_at) "
+                "VALUES (?, ?, ?, ?, '{}', ?) ON CONFLICT(sub) DO UPDATE SET did=excluded.did, "
+                "handle=excluded.handle, backfill_since=excluded.backfill_since, "
+                "progress='{}', updated_at=excluded.updated_at",
+                (sub, did, handle, now, now),
+            )
+        else:
+            self._db.execute(
+                "INSERT INTO accounts (sub, did, handle, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(sub) DO UPDATE SET did=excluded.did, handle=excluded.handle, "
+                "updated_at=excluded.updated_at",
+                (sub, did, handle, now),
+            )
+
+    def drop_known_account(self, sub: str) -> None:
+        self._db.execute("DELETE FROM accounts WHERE sub=?", (sub,))
+
+    def known_accounts(self, after: str, limit: int) -> list[KnownAccount]:
+        """Every remembered account, in user order after ``after`` (a page at a time)."""
+        return [
+            _known(r)
+            for r in self._db.execute(
+                "SELECT sub, did, handle, backfill_since, progress FROM accounts "
+                "WHERE sub > ? ORDER BY sub LIMIT ?",
+                (after, limit),
+            )
+        ]
+
+    def account_backfills(self) -> list[KnownAccount]:
+        return [
+            _known(r)
+            for r in self._db.execute(
+                "SELECT sub, did, handle, backfill_since, progress FROM accounts "
+                "WHERE backfill_since IS NOT NULL ORDER BY backfill_since, sub"
+            )
+        ]
+
+    def save_account_scan(self, sub: str, since: float, collection: str, scan: OwnerScan) -> None:
+        """One collection's progress, if the account backfill begun at ``since`` still runs."""
+        with self.transaction():
+            row = self._db.execute(
+                "SELECT progress FROM accounts WHERE sub=? AND backfill_since=?", (sub, since)
+            ).fetchone()
+            if row is None:
+                return
+            progress = _scans_from_json(row[0])
+            progress[collection] = scan
+            self._db.execute(
+                "UPDATE accounts SET progress=? WHERE sub=? AND backfill_since=?",
+                (_scans_to_json(progress), sub, since),
+            )
+
+    def finish_account_backfill(self, sub: str, since: float) -> None:
+        self._db.execute(
+            "UPDATE accounts SET backfill_since=NULL, progress=NULL "
+            "WHERE sub=? AND backfill_since=?",
+            (sub, since),
+        )
+
+    def mark_gone(self, did: str, sub: str | None, handle: str, reason: str) -> None:
+        """``did`` is gone (the newest reason wins; ``since`` is when it first went)."""
+        self._db.execute(
+            "INSERT INTO gone_accounts (did, sub, handle, reason, since) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(did) DO UPDATE SET sub=COALESCE(excluded.sub, gone_accounts.sub), "
+            "handle=CASE WHEN excluded.handle != '' THEN excluded.handle "
+            "ELSE gone_accounts.handle END, reason=excluded.reason",
+            (did, sub, handle, reason, time.time()),
+        )
+
+    def clear_gone(self, did: str) -> None:
+        self._db.execute("DELETE FROM gone_accounts WHERE did=?", (did,))
+
+    def gone_accounts(self) -> list[GoneAccount]:
+        return [
+            GoneAccount(str(r[0]), r[1], str(r[2]), str(r[3]), float(r[4]))
+            for r in self._db.execute(
+                "SELECT did, sub, handle, reason, since FROM gone_accounts ORDER BY did"
+            )
+        ]
 
     # -- skipped (e.g. owner without an ATProto account) -----------------------
     def skip(self, collection: str, doc_key: str, reason: str) -> None:

@@ -119,8 +119,26 @@ def parse_spec(
     return ChangeStreamSpec(scope, db, coll, full, before, checked, split)
 
 
+def _expr_fields(expr: Any) -> set[str] | None:
+    """Top-level event fields an aggregation expression reads (``"$a.b"`` -> ``a``;
+    ``$$variables`` read none; None: it reads the whole event, ``$$ROOT``/``$$CURRENT``)."""
+    if isinstance(expr, str):
+        if expr.startswith("$$"):
+            name = expr[2:].split(".", 1)[0]
+            return None if name in ("ROOT", "CURRENT") else set()
+        return {expr[1:].split(".", 1)[0]} if expr.startswith("$") else set()
+    items = expr.values() if isinstance(expr, dict) else expr if isinstance(expr, list) else ()
+    out: set[str] = set()
+    for item in items:
+        fields = _expr_fields(item)
+        if fields is None:
+            return None
+        out |= fields
+    return out
+
+
 def _match_fields(filter_: Any) -> set[str] | None:
-    """Top-level event fields a ``$match`` filter reads (None: cannot tell, e.g. ``$expr``)."""
+    """Top-level event fields a ``$match`` filter reads (None: cannot tell)."""
     if not isinstance(filter_, dict):
         return None
     out: set[str] = set()
@@ -133,6 +151,11 @@ def _match_fields(filter_: Any) -> set[str] | None:
                 if fields is None:
                     return None
                 out |= fields
+        elif key == "$expr":
+            fields = _expr_fields(value)
+            if fields is None:
+                return None
+            out |= fields
         elif key.startswith("$"):
             return None
         else:
@@ -187,6 +210,32 @@ def _match_strings(
         if type(value) is not str or value not in allowed:
             return False  # missing, another type, or another string
     return True
+
+
+def _compiled_match(filter_: dict[str, Any]) -> tuple[str, Any]:
+    """A ``$match`` filter as ("strings", (conditions, filter)) when it only pins paths to
+    strings, ("any", [clauses]) for a lone ``$or`` (each clause compiled so, tried in
+    order: syncd's clause for its collections first), else ("match", filter)."""
+    strings = _string_conditions(filter_)
+    if strings:
+        return "strings", (strings, filter_)
+    clauses = filter_.get("$or") if len(filter_) == 1 else None
+    if isinstance(clauses, list) and clauses and all(isinstance(c, dict) for c in clauses):
+        return "any", [_compiled_match(c) for c in clauses]
+    return "match", filter_
+
+
+def _matches(compiled: tuple[str, Any], ev: dict[str, Any]) -> bool:
+    kind, arg = compiled
+    if kind == "strings":
+        conditions, filter_ = arg
+        matched = _match_strings(conditions, ev)
+        if matched is None:
+            matched = mm_filtering.filter_applies(filter_, ev)
+        return bool(matched)
+    if kind == "any":
+        return any(_matches(clause, ev) for clause in arg)
+    return bool(mm_filtering.filter_applies(arg, ev))
 
 
 def _simple_projection(spec: Any) -> tuple[bool, frozenset[str], bool] | None:
@@ -342,8 +391,7 @@ class ChangeStreamCursor:
                 fields = _match_fields(arg)
                 if fields is None or fields & _RAW_FIELDS:
                     return None
-                strings = _string_conditions(arg)
-                out.append(("strings", (strings, arg)) if strings else ("match", arg))
+                out.append(_compiled_match(arg))
             elif name == "$project":
                 proj = _simple_projection(arg)
                 if proj is None:
@@ -363,15 +411,8 @@ class ChangeStreamCursor:
             if self._fast is not None:
                 for kind, arg in self._fast:
                     assert out is not None
-                    if kind == "strings":
-                        conditions, filter_ = arg
-                        matched = _match_strings(conditions, out)
-                        if matched is None:
-                            matched = mm_filtering.filter_applies(filter_, out)
-                        if not matched:
-                            return None
-                    elif kind == "match":
-                        if not mm_filtering.filter_applies(arg, out):
+                    if kind in ("strings", "match", "any"):
+                        if not _matches((kind, arg), out):
                             return None
                     else:
                         inclusion, fields, keep_id = arg

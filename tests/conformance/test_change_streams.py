@@ -410,3 +410,47 @@ def test_sandbox_truncated_oplog_rejects_old_token() -> None:
         client.close()
     finally:
         handle.stop()
+
+
+def test_only_account_changes_of_users_pass_syncds_match(db: Database[Doc]) -> None:
+    """syncd's ``$match`` (syncd.source.users): every event of a mirrored collection, and a
+    ``users`` event only when it can change an account -- an insert, a replacement, a
+    delete, or an update setting or removing ``atproto`` or a field inside it. An email or
+    a profile field never leaves the server."""
+    from syncd.source.users import users_match
+
+    users, moods = db["users"], db["moods"]
+    pipeline = [
+        {"$match": {"$or": [{"ns.coll": {"$in": ["moods"]}}, users_match("users")]}},
+        {"$project": dict.fromkeys(["operationType", "ns", "documentKey", "fullDocument"], 1)},
+    ]
+    account = {"did": "did:plc:1", "handle": "u.test", "password": "p"}
+    with db.watch(pipeline, full_document="updateLookup", max_await_time_ms=AWAIT_MS) as stream:
+        users.insert_one({"_id": "u1", "email": "a@x"})  # passes (insert)
+        users.update_one({"_id": "u1"}, {"$set": {"email": "b@x", "profile.bio": "hi"}})
+        users.update_one({"_id": "u1"}, {"$set": {"atproto": account}})
+        users.update_one({"_id": "u1"}, {"$set": {"atprotoX": 1, "name": "n"}})  # not atproto
+        users.update_one({"_id": "u1"}, {"$set": {"atproto.password": "q"}})
+        events = next_events(stream, 3)
+        assert events[2]["fullDocument"]["atproto"]["password"] == "q"
+        users.update_one(
+            {"_id": "u1"}, {"$set": {"email": "c@x"}, "$unset": {"atproto.handle": ""}}
+        )
+        users.update_one({"_id": "u1"}, {"$unset": {"atproto": ""}})
+        moods.insert_one({"_id": 7, "mood": "m"})
+        users.replace_one({"_id": "u1"}, {"email": "d@x"})
+        users.delete_one({"_id": "u1"})
+        events += next_events(stream, 5)
+        assert_no_more(stream)
+    seen = [(e["ns"]["coll"], e["operationType"]) for e in events]
+    assert seen == [
+        ("users", "insert"),
+        ("users", "update"),  # atproto set
+        ("users", "update"),  # atproto.password
+        ("users", "update"),  # $unset of atproto.handle (with an email change)
+        ("users", "update"),  # atproto removed
+        ("moods", "insert"),
+        ("users", "replace"),
+        ("users", "delete"),
+    ]
+    assert all("updateDescription" not in e for e in events)  # read by $match, not sent

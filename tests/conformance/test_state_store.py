@@ -26,6 +26,7 @@ from syncd.state import (
     LedgerPending,
     LedgerPut,
     Outcome,
+    OwnerScan,
     StateStore,
     Store,
 )
@@ -458,3 +459,69 @@ def test_parked_accounts(make_store: tuple[str, Factory]) -> None:
     assert not s.unpark_account("did:plc:a", started + 60)  # parked again until later
     assert s.unpark_account("did:plc:a", started + 3600)
     assert [a.did for a in s.parked_accounts()] == ["did:plc:b"]
+
+
+def test_known_accounts_and_account_backfills(make_store: tuple[str, Factory]) -> None:
+    """A user's account as the stream last showed it, and the resumable progress of the
+    account backfill due for it; a newer backfill drops the older one's progress, and
+    progress saved for a backfill that was replaced meanwhile is ignored."""
+    _, make = make_store
+    s = make()
+    assert s.known_account("auth0|a") is None
+    s.put_known_account("auth0|a", "did:plc:a", "a.test", backfill=False)
+    known = make().known_account("auth0|a")
+    assert known is not None and (known.did, known.handle, known.backfill_since) == (
+        "did:plc:a",
+        "a.test",
+        None,
+    )
+    assert s.account_backfills() == []
+    s.put_known_account("auth0|b", "did:plc:b", "b.test", backfill=True)
+    (job,) = make().account_backfills()
+    assert job.sub == "auth0|b" and job.backfill_since is not None and job.progress == {}
+    since = job.backfill_since
+    oid = ObjectId()
+    s.save_account_scan("auth0|b", since, "moods", OwnerScan(oid, "objectid", 40, 100))
+    s.save_account_scan("auth0|b", since, "pieces", OwnerScan(None, "done", 3, 3))
+    (job,) = make().account_backfills()
+    assert job.progress["moods"] == OwnerScan(oid, "objectid", 40, 100)
+    assert job.progress["pieces"].phase == "done"
+    # The handle changes: the backfill due is kept.
+    s.put_known_account("auth0|b", "did:plc:b", "b2.test", backfill=False)
+    (job,) = s.account_backfills()
+    assert job.handle == "b2.test" and job.progress["moods"].scanned == 40
+    # A new account (a new DID): a new backfill from the start.
+    time.sleep(0.01)
+    s.put_known_account("auth0|b", "did:plc:b2", "b2.test", backfill=True)
+    (job,) = s.account_backfills()
+    assert job.did == "did:plc:b2" and job.progress == {} and job.backfill_since != since
+    s.save_account_scan("auth0|b", since, "moods", OwnerScan(oid, "objectid", 99, 100))
+    assert s.account_backfills()[0].progress == {}  # the replaced backfill's progress
+    s.finish_account_backfill("auth0|b", since)  # ... and its end change nothing
+    assert len(s.account_backfills()) == 1
+    s.finish_account_backfill("auth0|b", job.backfill_since or 0.0)
+    assert s.account_backfills() == []
+    known = s.known_account("auth0|b")
+    assert known is not None and known.did == "did:plc:b2" and known.backfill_since is None
+    s.put_known_account("auth0|c", "did:plc:c", "c.test", backfill=False)
+    assert [k.sub for k in s.known_accounts("", 10)] == ["auth0|a", "auth0|b", "auth0|c"]
+    assert [k.did for k in s.known_accounts("auth0|a", 1)] == ["did:plc:b2"]
+    s.drop_known_account("auth0|b")
+    assert s.known_account("auth0|b") is None and s.known_account("auth0|a") is not None
+    assert [k.sub for k in make().known_accounts("", 10)] == ["auth0|a", "auth0|c"]
+
+
+def test_gone_accounts(make_store: tuple[str, Factory]) -> None:
+    _, make = make_store
+    s = make()
+    assert s.gone_accounts() == []
+    s.mark_gone("did:plc:x", "auth0|x", "x.test", "refused: AccountNotFound")
+    time.sleep(0.01)
+    s.mark_gone("did:plc:x", None, "", "removed_from_users")  # newest reason, first since
+    s.mark_gone("did:plc:y", None, "", "refused: AccountTakedown")
+    gone = {g.did: g for g in make().gone_accounts()}
+    x = gone["did:plc:x"]
+    assert (x.sub, x.handle, x.reason) == ("auth0|x", "x.test", "removed_from_users")
+    assert x.since < time.time() and gone["did:plc:y"].sub is None
+    s.clear_gone("did:plc:x")
+    assert [g.did for g in s.gone_accounts()] == ["did:plc:y"]

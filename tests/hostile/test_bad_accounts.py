@@ -1,7 +1,8 @@
 """Owners syncd cannot write for: no ATProto account, unknown user, wrong password,
-deactivated PDS account, taken-down PDS account. Each is skipped, or its account is parked
-with a clear reason (its documents wait by key, not as dead letters: they are not the
-documents' fault); every other account is unaffected."""
+deactivated PDS account, taken-down PDS account. Each is skipped, its account parked with a
+clear reason (a wrong password: its documents wait by key, not as dead letters: they are
+not the documents' fault), or its account is gone (the PDS refuses it: deactivated, taken
+down; its documents are skips); every other account is unaffected."""
 
 from __future__ import annotations
 
@@ -54,18 +55,23 @@ def test_bad_accounts_are_isolated(rig: Rig) -> None:
         skipped = dict(db.execute("SELECT doc_key, reason FROM skipped"))
         parked = dict(db.execute("SELECT did, reason FROM parked_accounts"))
         waiting = {r[0] for r in db.execute("SELECT doc_key FROM parked")}
+        gone = dict(db.execute("SELECT did, reason FROM gone_accounts"))
     finally:
         db.close()
     key = {name: str(doc["_id"]) for name, doc in docs.items()}
     assert skipped[key["carol"]] == "no_atproto_account"
     assert skipped[key["unknown"]] == "unknown_user"
-    for acc, name in ((dave, "dave"), (erin, "erin"), (frank, "frank")):
-        reason = parked.get(acc.did or "", "")
-        clear = ("auth", "AccountDeactivated", "AccountTakedown", "RepoTakendown")
-        assert any(word in reason for word in clear), (name, reason)
-        assert key[name] in waiting and key[name] not in dead, name
+    assert "auth" in parked.get(dave.did, "") and dave.did not in gone
+    assert key["dave"] in waiting and key["dave"] not in dead
+    for acc, name in ((erin, "erin"), (frank, "frank")):
+        reason = gone.get(acc.did or "", "")
+        clear = ("AccountDeactivated", "AccountTakedown", "RepoDeactivated", "RepoTakendown")
+        assert reason.startswith("refused: ") and any(w in reason for w in clear), (name, reason)
+        assert skipped[key[name]] == "account_gone" and key[name] not in dead, name
+        assert acc.did not in parked and key[name] not in waiting, name
     print(
-        f"\nbad-account reasons: { {n: parked.get(a.did or '') for a, n in ((dave, 'dave'), (erin, 'erin'), (frank, 'frank'))} }"
+        f"\nbad-account reasons: dave parked ({parked.get(dave.did)}), "
+        f"erin gone ({gone.get(erin.did)}), frank gone ({gone.get(frank.did)})"
     )
     tally.count("bad_documents", 5)
     assert rig.syncd.exited_unexpectedly() is None

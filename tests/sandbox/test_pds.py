@@ -447,3 +447,41 @@ def test_short_write_window_for_tests(short_window_pds: Any) -> None:
         again = send(200)
         assert again.status_code == 200, again.text  # (its headers: the per-IP limit now)
         assert len(api.list_records(acct.did, NSID)) == 1800
+
+
+def test_a_deleted_account_answers_account_not_found_and_no_session(
+    api: PdsApi, account: Account
+) -> None:
+    """What syncd meets after the platform deleted an account (syncd/lifecycle.py): a write
+    with a session made before answers 403 ``AccountNotFound`` (syncd: the account is
+    gone); a refresh answers 400 (a dead session, not a retryable error); a login answers
+    401 ``AuthenticationRequired`` (as a wrong password does); the repository is not there."""
+    api.apply_writes(account.access_jwt, account.did, [_create(new_tid())])
+    api.delete_account(account.did)
+    with pytest.raises(PdsError) as exc:
+        api.apply_writes(account.access_jwt, account.did, [_create(new_tid())])
+    assert (exc.value.status, exc.value.error) == (403, "AccountNotFound")
+    with pytest.raises(PdsError) as exc:
+        api.procedure("com.atproto.server.refreshSession", None, token=account.refresh_jwt)
+    assert exc.value.status == 400
+    with pytest.raises(PdsError) as exc:
+        api.create_session(account.did, account.password)
+    assert (exc.value.status, exc.value.error) == (401, "AuthenticationRequired")
+    with pytest.raises(PdsError) as exc:
+        api.query("com.atproto.sync.getRepoStatus", {"did": account.did})
+    assert exc.value.status == 400
+
+
+def test_repo_status_says_whether_an_account_is_active(api: PdsApi, account: Account) -> None:
+    """``com.atproto.sync.getRepoStatus`` (no auth): how syncd looks, hourly, whether an
+    account the PDS refused is active again."""
+    assert api.query("com.atproto.sync.getRepoStatus", {"did": account.did})["active"] is True
+    api.takedown(account.did)
+    status = api.query("com.atproto.sync.getRepoStatus", {"did": account.did})
+    assert status["active"] is False and status["status"] == "takendown"
+    api.takedown(account.did, applied=False)
+    api.deactivate_account(account.access_jwt)
+    status = api.query("com.atproto.sync.getRepoStatus", {"did": account.did})
+    assert status["active"] is False and status["status"] == "deactivated"
+    api.activate_account(account.access_jwt)
+    assert api.query("com.atproto.sync.getRepoStatus", {"did": account.did})["active"] is True

@@ -277,6 +277,45 @@ def test_platform_hooks_on_and_off(world_dir: Path, info: dict[str, Any], db: An
     assert sandbox("hooks", "--dir", str(world_dir), "on", "--lose-fraction", "2").returncode == 2
 
 
+def test_accounts_created_and_deleted_as_the_platform_does(world_dir: Path, db: Any) -> None:
+    """``syncd-sandbox account``: a user without an account gets one (PDS account, then
+    ``users.atproto``), it is deleted (PDS account gone, then ``atproto`` unset), a
+    password is stored in ``users`` only; a new name is a new user."""
+    info = json.loads((world_dir / "world.json").read_text())
+    name = next(n for n, a in info["accounts"].items() if a["did"] is None)
+    out = sandbox("account", "--dir", str(world_dir), "create", name)
+    assert out.returncode == 0, out.stdout + out.stderr
+    acc = json.loads(out.stdout)["account"]
+    user = db.users.find_one({"_id": acc["sub"]})
+    assert user["atproto"] == {
+        "did": acc["did"],
+        "handle": acc["handle"],
+        "password": acc["password"],
+    }
+    with PdsApi(info["pds"]["url"]) as api:
+        assert api.create_session(acc["did"], acc["password"])["did"] == acc["did"]
+        stored = sandbox("account", "--dir", str(world_dir), "password", name, "nope")
+        assert (
+            stored.returncode == 0
+            and db.users.find_one({"_id": acc["sub"]})["atproto"]["password"] == "nope"
+        )
+        assert api.create_session(acc["did"], acc["password"])["did"] == acc["did"]  # PDS kept it
+        gone = sandbox("account", "--dir", str(world_dir), "delete", name)
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert "atproto" not in db.users.find_one({"_id": acc["sub"]})
+        assert api.health()
+        with pytest.raises(Exception, match="RepoNotFound"):
+            api.describe_repo(acc["did"])
+    saved = json.loads((world_dir / "world.json").read_text())["accounts"][name]
+    assert saved["did"] is None and saved["sub"] == acc["sub"]
+    fresh = sandbox("account", "--dir", str(world_dir), "create", "newcomer")
+    assert fresh.returncode == 0 and db.users.find_one(
+        {"_id": json.loads(fresh.stdout)["account"]["sub"]}
+    )
+    missing = sandbox("account", "--dir", str(world_dir), "delete", "nobody")
+    assert missing.returncode == 1 and "no user 'nobody'" in missing.stderr
+
+
 def test_bad_usage_exits_2(world_dir: Path) -> None:
     assert sandbox("fault", "--dir", str(world_dir), "fail-getmore").returncode == 2
     assert sandbox("fault", "--dir", str(world_dir), "no-such-fault").returncode == 2

@@ -15,7 +15,10 @@ from mongomock import aggregate as mm_aggregate
 from mongomock.filtering import filter_applies
 
 from syncd_sandbox.mongo.changestream import (
+    _compiled_match,
+    _match_fields,
     _match_strings,
+    _matches,
     _simple_projection,
     _string_conditions,
 )
@@ -77,3 +80,43 @@ def test_simple_projection_agrees_with_mongomock(
         mine = {k: v for k, v in event.items() if k not in keep}
     (want,) = mm_aggregate.process_pipeline([dict(event)], None, [{"$project": spec}], None)
     assert mine == want
+
+
+def test_syncds_match_keeps_the_fast_path_and_agrees_with_mongomock() -> None:
+    """syncd's ``$match`` (its collections, or an account change of ``users``: an ``$or``
+    with an ``$expr`` on ``updateDescription``) is applied without mongomock's aggregation:
+    the clause pinning ``ns.coll`` to strings first, the users clause through mongomock's
+    matcher; both agree with mongomock on every event."""
+    from syncd.source.users import users_match
+
+    filter_ = {"$or": [{"ns.coll": {"$in": ["moods", "pieces"]}}, users_match("users")]}
+    assert _match_fields(filter_) == {"ns", "operationType", "updateDescription"}
+    compiled = _compiled_match(filter_)
+    assert compiled[0] == "any" and compiled[1][0][0] == "strings"
+
+    def ev(coll: str, op: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "_id": {"_data": "00"},
+            "ns": {"db": "d", "coll": coll},
+            "operationType": op,
+            **extra,
+        }
+
+    def upd(set_: dict[str, Any], removed: list[str]) -> dict[str, Any]:
+        return {"updateDescription": {"updatedFields": set_, "removedFields": removed}}
+
+    cases = [
+        (ev("moods", "update", **upd({"x": 1}, [])), True),
+        (ev("tapes", "insert"), False),
+        (ev("users", "insert"), True),
+        (ev("users", "delete"), True),
+        (ev("users", "update", **upd({"email": "a"}, [])), False),
+        (ev("users", "update", **upd({"atproto.password": "p"}, [])), True),
+        (ev("users", "update", **upd({"atproto": {"did": "d"}}, [])), True),
+        (ev("users", "update", **upd({"atprotoX": 1}, ["profile"])), False),
+        (ev("users", "update", **upd({}, ["atproto"])), True),
+        (ev("users", "update", **upd({"a": 1}, ["atproto.did"])), True),
+    ]
+    for event, want in cases:
+        assert _matches(compiled, event) is want, event
+        assert filter_applies(filter_, event) is want, event

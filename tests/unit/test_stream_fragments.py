@@ -79,14 +79,18 @@ def test_which_servers_split_large_events(info: dict[str, Any], splits: bool) ->
 
 def test_the_pipeline_keeps_only_what_syncd_reads() -> None:
     from syncd.source.stream import StreamSource
+    from syncd.source.users import users_match
 
     class Deps:
         class mongo:
             collections = ("paintings", "kidlisp")
+            users_collection = "users"
 
     source = StreamSource(Deps())  # type: ignore[arg-type]
     match, project = source.pipeline()
-    assert match == {"$match": {"ns.coll": {"$in": ["paintings", "kidlisp"]}}}
+    assert match == {
+        "$match": {"$or": [{"ns.coll": {"$in": ["paintings", "kidlisp"]}}, users_match("users")]}
+    }
     assert project == {"$project": dict.fromkeys(EVENT_FIELDS, 1)}
     assert "updateDescription" not in project["$project"]
     assert source.pipeline(split=True)[-1] == SPLIT_STAGE
