@@ -156,19 +156,6 @@ class Engine:
             self.db, self.positions, self.router.route_many, config.pipeline.queue_size
         )
         self.parking = Parking(self.calls, self._unpark)
-        self.sources = SourceDeps(
-            client=self.client,
-            db=self.db,
-            mongo=config.mongo,
-            calls=self.calls,
-            positions=self.positions,
-            publisher=self.publisher,
-            route_many=self.router.route_many,
-            health=self.health,
-            stopping=self.stopping,
-            save_positions=self.save_checkpoints,
-            dead_letter_retry_seconds=config.pipeline.dead_letter_retry_seconds,
-        )
         self._parked_series: set[tuple[str, str]] = set()
         self.lifecycle = build_lifecycle(
             self.config,
@@ -184,6 +171,21 @@ class Engine:
             xrpc=self.xrpc,
             stopping=self.stopping,
             owns=self.owns,
+        )
+        self.sources = SourceDeps(
+            client=self.client,
+            db=self.db,
+            mongo=config.mongo,
+            calls=self.calls,
+            positions=self.positions,
+            publisher=self.publisher,
+            route_many=self.router.route_many,
+            health=self.health,
+            stopping=self.stopping,
+            save_positions=self.save_checkpoints,
+            dead_letter_retry_seconds=config.pipeline.dead_letter_retry_seconds,
+            user_event=self.lifecycle.on_user_event,
+            resync_accounts=self.lifecycle.resync,
         )
         self._writer_deps = WriterDeps(
             calls=self.calls,

@@ -32,6 +32,10 @@ class SourceDeps:
     stopping: asyncio.Event
     #: Persist the newest safe positions now (a backfill pass's end).
     save_positions: Callable[[], Awaitable[None]]
+    #: A ``users`` change event (:meth:`syncd.lifecycle.Lifecycle.on_user_event`).
+    user_event: Callable[[dict[str, Any]], Awaitable[None]]
+    #: Take the accounts as ``users`` shows them now (before a backfill's first read).
+    resync_accounts: Callable[[], Awaitable[None]]
     dead_letter_retry_seconds: float = 0.0
 
     async def operation_time(self) -> tuple[int, int]:
