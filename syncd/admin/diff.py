@@ -22,8 +22,9 @@ fix for each:
   fields unchanged);
 - **ledger**: syncd's ledger row is missing, pending or wrong → rewrite it
   (or drop it for a document that has no record here);
-- **backref**: the document's ``atproto.rkey``/``uri``/``cid`` do not name its
-  record → set them (or unset them on a document that must have no record).
+- **backref**: the document's back-reference (``atproto.rkey``/``uri``/``cid``;
+  ``at.*`` on tapes) does not name its record → set it (or unset it on a document
+  that must have no record).
 
 The key syncd would use for a document: the document's ``atproto.rkey`` when it
 is a valid TID and a record of this document sits there (the platform's inline
@@ -45,7 +46,7 @@ from syncd.admin.inventory import DocState, RepoRecord
 from syncd.lexicon import LexiconError
 from syncd.mappings import MappingContext
 from syncd.mappings.paintings import Paintings
-from syncd.rkey import decode_tid, free_key, is_tid, named_key, preferred_keys
+from syncd.rkey import backref_rkey, decode_tid, free_key, is_tid, preferred_keys
 from syncd.state import LedgerEntry
 
 MISSING, ORPHAN, DUPLICATE, STALE, BLOB, LEDGER, BACKREF = (
@@ -205,7 +206,7 @@ def record_uri(did: str, nsid: str, rkey: str) -> str:
 
 def adopted_key(state: DocState) -> str | None:
     """The key the document names (:func:`syncd.rkey.named_key`)."""
-    return named_key({"atproto": state.atproto})
+    return backref_rkey(state.backref)
 
 
 def key_candidates(
@@ -301,18 +302,18 @@ def _ledger_problem(
 
 
 def _backref_problem(state: DocState, uri: str, rec: RepoRecord) -> str | None:
-    at = state.atproto or {}
+    at, field = state.backref or {}, state.backref_field
     if at.get("rkey") != rec.rkey:
-        return f"atproto.rkey is {at.get('rkey')!r}"
+        return f"{field}.rkey is {at.get('rkey')!r}"
     if at.get("uri") != uri:
-        return "atproto.uri differs"
+        return f"{field}.uri differs"
     if at.get("cid") not in (None, rec.cid):
-        return "atproto.cid differs"
+        return f"{field}.cid differs"
     return None
 
 
 def _has_backref(state: DocState) -> bool:
-    at = state.atproto or {}
+    at = state.backref or {}
     return any(at.get(k) is not None for k in ("rkey", "uri", "cid"))
 
 

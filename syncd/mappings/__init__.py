@@ -20,6 +20,12 @@ MAPPINGS: dict[str, CollectionMapping] = {
 }
 BY_NSID: dict[str, CollectionMapping] = {m.nsid: m for m in MAPPINGS.values()}
 
+
+def backref_field(collection: str) -> str:
+    """The document field of ``collection`` that holds the back-reference to its record."""
+    return MAPPINGS[collection].backref
+
+
 __all__ = [
     "BY_NSID",
     "MAPPINGS",
@@ -28,5 +34,6 @@ __all__ = [
     "Draft",
     "MappingContext",
     "MappingError",
+    "backref_field",
     "not_public_reason",
 ]

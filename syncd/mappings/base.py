@@ -144,6 +144,10 @@ class CollectionMapping:
     nsid: ClassVar[str]
     guest_allowed: ClassVar[bool] = True
     version: ClassVar[int] = 1
+    #: The document field holding the back-reference ``{rkey, uri, cid}`` to the record
+    #: (platform-facts §5): ``atproto``, except on tapes (``at``). Everything that reads or
+    #: writes a back-reference asks the mapping.
+    backref: ClassVar[str] = "atproto"
 
     def owner(self, doc: Mapping[str, Any]) -> str | None:
         return owner_of(doc, guest_allowed=self.guest_allowed)

@@ -12,7 +12,7 @@ and a newer change supersedes an older one still waiting. For each batch:
 4. **mark pending** what will be sent (one state call), **send** it
    (:mod:`syncd.write.sender`), and **commit** the results (one state call,
    :mod:`syncd.write.commit`);
-5. **write back** ``atproto`` to MongoDB (:mod:`syncd.write.writeback`) while
+5. **write back** the back-reference (``atproto``; ``at`` on tapes) to MongoDB (:mod:`syncd.write.writeback`) while
    the next batch is sent (at most one behind), then report each op done
    (``on_done``), which completes its change so the resume position can pass it.
 
@@ -255,7 +255,7 @@ class AccountWriter:
                 await asyncio.wait_for(self._wake.wait(), 1.0)
 
     async def _write_back_then_finish(self, batch: list[Op], plans: list[Plan]) -> None:
-        """The records are written: set ``atproto`` in MongoDB, then finish the ops (so
+        """The records are written: set the back-references in MongoDB, then finish the ops (so
         the saved position never passes a document not written back)."""
         try:
             await write_back(self.deps.db, plans, self.did, self.deps.stopping)
@@ -381,7 +381,7 @@ class AccountWriter:
                 continue
             doc = p.op.change.doc
             assert doc is not None
-            named = named_key(doc) == p.rkey
+            named = named_key(doc, MAPPINGS[p.collection].backref) == p.rkey
             if named and (p.nsid, p.rkey) in taken:
                 # Another document of this batch took the key this one names first.
                 p.refused_key = KeyCheck(p.rkey, FOREIGN, detail="named by another document")
@@ -409,8 +409,9 @@ def _candidate_keys(ops: list[Op]) -> list[tuple[str, str]]:
         doc = op.change.doc
         if doc is None:
             continue
-        nsid = MAPPINGS[op.change.collection].nsid
-        named = named_key(doc)
+        mapping = MAPPINGS[op.change.collection]
+        nsid = mapping.nsid
+        named = named_key(doc, mapping.backref)
         if named is not None:
             out.append((nsid, named))
         if op.draft is not None:
