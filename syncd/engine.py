@@ -105,7 +105,9 @@ class Engine:
             guest_id=config.mongo.guest_user_id,
         )
         self.mapping_ctx = MappingContext(
-            public_base_url=config.records.public_base_url.rstrip("/"), images=config.images
+            public_base_url=config.records.public_base_url.rstrip("/"),
+            images=config.images,
+            tape_hosts=config.tapes.allowed_hosts,
         )
         self.image_http = make_client(config.images)
         self.image_fetcher = ImageFetcher(self.image_http, config.images)

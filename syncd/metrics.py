@@ -182,7 +182,7 @@ BUILD_INFO = Gauge(
     registry=REGISTRY,
 )
 
-ALL_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
+ALL_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes")
 
 
 def initialise(collections: tuple[str, ...] = ALL_COLLECTIONS) -> None:
