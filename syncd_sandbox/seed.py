@@ -20,11 +20,13 @@ the PDS by :func:`create_legacy_records`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import string
+import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,6 +122,88 @@ def make_kidlisp(
 ) -> Document:
     """A ``kidlisp`` document: ``code``, ``source``, ``when`` (no ``user`` for guests)."""
     return _doc(user, when, {"code": code or short_code(), "source": source, **extra})
+
+
+def make_tape(
+    user: str | None,
+    slug: str | None = None,
+    code: str | None = None,
+    when: datetime | None = None,
+    *,
+    mp4: str | None = None,
+    mp4_status: str = "complete",
+    **extra: Any,
+) -> Document:
+    """A ``tapes`` document (platform-facts §7): ``code``, ``slug`` (``wand-<ms>``),
+    ``when``, ``user`` (absent for guests), ``mp4Status`` and, once converted, ``mp4``
+    (the MP4's full URL)."""
+    doc = _doc(user, when, {})
+    doc["slug"] = slug or f"tape-{int(doc['when'].timestamp() * 1000)}"
+    doc["code"] = code or short_code()
+    doc["mp4Status"] = mp4_status
+    if mp4 is not None:
+        doc["mp4"] = mp4
+    doc.update(extra)
+    return doc
+
+
+_MP4_CHUNK = 1 << 20
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def mp4_header(size: int, brand: bytes = b"isom") -> bytes:
+    """An ISO base media header: ``ftyp`` (``brand``; the PDS reads ``isom`` as
+    video/mp4), a minimal ``moov``/``mvhd``, and an ``mdat`` box header whose payload
+    makes the whole file ``size`` bytes."""
+    ftyp = _box(b"ftyp", brand + struct.pack(">I", 0x200) + b"isomiso2avc1mp41")
+    mvhd = _box(b"mvhd", bytes(4) + struct.pack(">IIII", 0, 0, 1000, 1000) + bytes(80))
+    head = ftyp + _box(b"moov", mvhd)
+    payload = size - len(head) - 8
+    if payload < 0:
+        raise ValueError(f"an MP4 is at least {len(head) + 8} bytes")
+    return head + struct.pack(">I", 8 + payload) + b"mdat"
+
+
+def mp4_chunks(size: int, seed: int = 0, brand: bytes = b"isom") -> Iterator[bytes]:
+    """A deterministic MP4 of exactly ``size`` bytes, a megabyte at a time (a 30 MB test
+    video is never built in memory): :func:`mp4_header` then pseudo-random media data."""
+    head = mp4_header(size, brand)
+    yield head
+    rng = random.Random(seed)
+    left = size - len(head)
+    while left > 0:
+        n = min(_MP4_CHUNK, left)
+        yield rng.randbytes(n)
+        left -= n
+
+
+def mp4_bytes(size: int = 4096, seed: int = 0, brand: bytes = b"isom") -> bytes:
+    """A small MP4 in memory (see :func:`mp4_chunks`)."""
+    return b"".join(mp4_chunks(size, seed, brand))
+
+
+@dataclass(frozen=True)
+class Mp4File:
+    path: Path
+    size: int
+    sha256: str
+
+
+def write_mp4(path: str | Path, size: int, seed: int = 0, brand: bytes = b"isom") -> Mp4File:
+    """Write an MP4 of ``size`` bytes to ``path`` (parents created), streamed."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    tmp = p.with_name(f".{p.name}.tmp")
+    with tmp.open("wb") as fh:
+        for chunk in mp4_chunks(size, seed, brand):
+            digest.update(chunk)
+            fh.write(chunk)
+    tmp.replace(p)
+    return Mp4File(p, size, digest.hexdigest())
 
 
 def png_bytes(width: int = 64, height: int = 64, seed: int = 0) -> bytes:
