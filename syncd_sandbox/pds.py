@@ -64,6 +64,8 @@ class PdsHandle:
     plc_port: int = 0
     data_dir: str = ""
     rate_limits: bool = False
+    #: PDS_BLOB_UPLOAD_LIMIT: the largest blob it takes (the launcher's default admits 50 MB).
+    blob_upload_limit: int = 0
 
     def api(self, timeout: float = 30.0) -> PdsApi:
         return PdsApi(self.url, admin_password=self.admin_password, timeout=timeout)
@@ -110,8 +112,10 @@ class PdsProcess:
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "warn",
         exit_with_parent: bool = True,
+        blob_upload_limit: int | None = None,
     ) -> None:
         self.exit_with_parent = exit_with_parent
+        self.blob_upload_limit = blob_upload_limit  # None: the launcher's (52,428,800)
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.plc_port = plc_port
@@ -146,6 +150,8 @@ class PdsProcess:
         ]
         if self.rate_limits:
             argv.append("--rate-limits")
+        if self.blob_upload_limit is not None:
+            argv += ["--blob-upload-limit", str(self.blob_upload_limit)]
         if self.exit_with_parent:
             argv.append("--exit-with-parent")
         return argv
@@ -175,6 +181,7 @@ class PdsProcess:
             plc_port=self.plc_port,
             data_dir=str(self.data_dir),
             rate_limits=self.rate_limits,
+            blob_upload_limit=int(info.get("blobUploadLimit") or 0),
         )
         return self._handle
 

@@ -36,7 +36,7 @@ from bson import ObjectId
 from PIL import Image, ImageDraw
 
 from syncd_sandbox import platform, tokens
-from syncd_sandbox.images import painting_keys, write_file
+from syncd_sandbox.images import StoredObject, key_path, painting_keys, tape_object, write_file
 
 COLLECTIONS = platform.COLLECTIONS
 GUEST_USER_ID = platform.GUEST_USER_ID
@@ -345,11 +345,33 @@ DEMO_USERS = (
 )
 
 
-def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None) -> Dataset:
-    """The ``demo`` seed: writes the painting files under ``image_root``, returns the documents.
+def write_tape_file(
+    image_root: str | Path, user: str | None, slug: str, size: int, seed: int = 0
+) -> tuple[StoredObject, Mp4File]:
+    """Put a tape's MP4 (``size`` bytes, streamed to disk) where the world stores it."""
+    obj = tape_object(user, slug)
+    return obj, write_mp4(key_path(image_root, obj.bucket, obj.key), size, seed)
+
+
+def store_url(obj: StoredObject, base_url: str | None) -> str:
+    """An object's URL: ``{base_url}/{bucket}/{key}`` (the sandbox's image server), or
+    the platform's own object store when ``base_url`` is None."""
+    if base_url is None:
+        return f"https://{obj.bucket}.sfo3.digitaloceanspaces.com/{obj.key}"
+    return f"{base_url.rstrip('/')}/{obj.bucket}/{obj.key}"
+
+
+def demo_dataset(
+    image_root: str | Path,
+    users: Mapping[str, str] | None = None,
+    store_base_url: str | None = None,
+) -> Dataset:
+    """The ``demo`` seed: writes the painting files and tape MP4s under ``image_root``,
+    returns the documents.
 
     ``users`` maps the demo names (jeffrey, fifi, amelia, kaito) to subs; new
-    subs are made for missing ones.
+    subs are made for missing ones. ``store_base_url``: where the object store serves
+    ``image_root`` (tapes name their MP4 by its full URL).
     """
     rng = random.Random(1234)
     subs = dict(users or {})
@@ -461,6 +483,30 @@ def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None)
     ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(wipe purple)", at(503)))
     ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(ink green)", at(504)))
     ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(wipe black)", at(505), nuked=True))
+
+    # tapes: small MP4s made here; published once converted (`mp4Status: "complete"`),
+    # a guest tape goes to `art`; one still processing, one nuked, one of a user
+    # without an ATProto account.
+    def tape(
+        user: str | None, name: str, minutes: int, *, converted: bool = True, **kw: Any
+    ) -> None:
+        when = at(minutes)
+        slug = f"{name}-{int(when.timestamp() * 1000)}"
+        extra: dict[str, Any] = {}
+        if converted:
+            obj, _ = write_tape_file(image_root, user, slug, 48_000 + 1000 * minutes % 7, minutes)
+            extra["mp4"] = store_url(obj, store_base_url)
+        status = "complete" if converted else "processing"
+        ds.add(
+            "tapes", make_tape(user, slug, short_code(rng), when, mp4_status=status, **extra, **kw)
+        )
+
+    tape(jeffrey, "wand", 600)
+    tape(jeffrey, "line", 601, converted=False)
+    tape(fifi, "rain", 602, nuked=True)
+    tape(amelia, "sleepy", 603)
+    tape(kaito, "hello", 604)
+    tape(None, "guest", 605)
     return ds
 
 

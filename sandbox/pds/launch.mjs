@@ -3,11 +3,16 @@
 // did:plc directory (@did-plc/server), both bound to 127.0.0.1.
 //
 //   node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits]
+//                   [--blob-upload-limit BYTES]
 //                   [--ready-file FILE] [--log-level LEVEL] [--exit-with-parent]
 //
 // Options may also come from the environment: PDS_PORT, PLC_PORT,
-// PDS_DATA_DIRECTORY, PDS_ADMIN_PASSWORD, SANDBOX_RATE_LIMITS=1, LOG_LEVEL.
-// A port of 0 (the default) picks a free one.
+// PDS_DATA_DIRECTORY, PDS_ADMIN_PASSWORD, SANDBOX_RATE_LIMITS=1, LOG_LEVEL,
+// SANDBOX_BLOB_UPLOAD_LIMIT. A port of 0 (the default) picks a free one.
+//
+// The upload limit (PDS_BLOB_UPLOAD_LIMIT) is 52428800 bytes unless given: the
+// platform's tapes are MP4 blobs of up to 50 MB (the tape lexicon's maxSize),
+// which the reference PDS's own default (5 MiB) would refuse.
 //
 // When both servers listen it prints ONE JSON line on stdout
 //   {"ready": true, "pdsUrl": ..., "plcUrl": ..., "pid": ..., ...}
@@ -27,6 +32,8 @@ import path from 'node:path'
 import process from 'node:process'
 
 const HOST = '127.0.0.1'
+// Admits the tape lexicon's largest video (52,428,800 bytes).
+const DEFAULT_BLOB_UPLOAD_LIMIT = 52428800
 
 function usage(msg) {
   process.stderr.write(`launch.mjs: ${msg}\n`)
@@ -43,6 +50,7 @@ function parseArgs(argv) {
     port: Number(process.env.PDS_PORT || 0),
     plcPort: Number(process.env.PLC_PORT || 0),
     rateLimits: ['1', 'true'].includes(process.env.SANDBOX_RATE_LIMITS || ''),
+    blobUploadLimit: Number(process.env.SANDBOX_BLOB_UPLOAD_LIMIT || DEFAULT_BLOB_UPLOAD_LIMIT),
     readyFile: '',
     logLevel: process.env.LOG_LEVEL || 'warn',
     exitWithParent: false,
@@ -65,6 +73,9 @@ function parseArgs(argv) {
         break
       case '--rate-limits':
         opts.rateLimits = true
+        break
+      case '--blob-upload-limit':
+        opts.blobUploadLimit = Number(value())
         break
       case '--ready-file':
         opts.readyFile = value()
@@ -89,6 +100,9 @@ function parseArgs(argv) {
     ['--plc-port', opts.plcPort],
   ]) {
     if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`${name}: bad port`)
+  }
+  if (!Number.isInteger(opts.blobUploadLimit) || opts.blobUploadLimit < 1) {
+    usage('--blob-upload-limit: a positive number of bytes')
   }
   opts.dataDir = path.resolve(opts.dataDir)
   return opts
@@ -187,6 +201,7 @@ async function main() {
     PDS_INVITE_REQUIRED: 'false',
     PDS_SERVICE_HANDLE_DOMAINS: '.test',
     PDS_RATE_LIMITS_ENABLED: opts.rateLimits ? 'true' : 'false',
+    PDS_BLOB_UPLOAD_LIMIT: String(opts.blobUploadLimit),
   })
   // Nothing in the sandbox may reach out to the network.
   delete process.env.PDS_CRAWLERS
@@ -237,6 +252,7 @@ async function main() {
     plcPort,
     dataDir: opts.dataDir,
     rateLimits: opts.rateLimits,
+    blobUploadLimit: opts.blobUploadLimit,
   }
   if (opts.readyFile) writeReadyFile(opts.readyFile, info)
   process.stdout.write(JSON.stringify(info) + '\n')
