@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from syncd.admin.diff import thumbnail_link
+from syncd.admin.diff import record_blob_link
 from syncd.admin.fixes import delete_records
 from syncd.admin.progress import Reporter
 from syncd.admin.reconcile import inspect_with_records, select_accounts
@@ -128,7 +128,7 @@ async def wipe(
         )
         task.done()
         wc.deleted, wc.failed = deleted, failed
-        blobs = {link for r in records if (link := thumbnail_link(r.value))}
+        blobs = {link for r in records if (link := record_blob_link(nsid, r.value))}
         with store.transaction():
             for entry in ledger_rows:
                 current = store.ledger_get(coll, entry.doc_key)

@@ -104,7 +104,15 @@ def test_a_30mb_tape_becomes_a_record_whose_video_is_the_mp4(
     # The guest tape is on the shared `art` account; the processing one is skipped.
     assert str(guest["_id"]) in world.records_by_ref("art", TAPE)
     assert str(pending["_id"]) not in world.records_by_ref("bob", TAPE)
-    assert status(world)["skipped"]["tapes"] == {"mp4_not_ready": 1}
+    report = status(world)
+    assert report["skipped"]["tapes"] == {"mp4_not_ready": 1}
+    assert report["tapes"] == {
+        "mirrored": True,
+        "published": 2,
+        "waiting_for_mp4": 1,
+        "dead_letters": {},
+        "pds_upload_limit": None,
+    }
     assert_mirrored(world, ("tapes",))
     # processing -> complete: published then.
     obj, done = write_tape_file(world.image_dir, world.sub("bob"), pending["slug"], 70_000, 7)
@@ -144,6 +152,11 @@ def test_limits_and_hosts_are_dead_letters_that_say_why(
     assert "62,914,560 bytes" in too_large["detail"] and "52,428,800" in too_large["detail"]
     assert letters[str(moved["_id"])]["reason"] == "mp4_redirect_disallowed_host"
     assert not world.records_by_ref("alice", TAPE)
+    text = run_cli(world.config_path, "status").stdout
+    assert (
+        "tapes: 1 published, 0 waiting for their MP4 (mp4Status not complete), dead letters: "
+        "mp4_redirect_disallowed_host 1, tape_too_large 1" in text
+    ), text
     metrics = syncd.metrics()
     assert metrics["syncd_blob_bytes_sent_total"] == first.size  # nothing of the 60 MB
     assert metric_sum(metrics, "syncd_dead_letters", collection="tapes") == 2
