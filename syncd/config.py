@@ -79,6 +79,7 @@ class TapesConfig:
     retries: int = 4
     upload_concurrency: int = 2
     upload_bytes_in_flight: int = 104_857_600
+    upload_bytes_per_second: int = 0  # per upload; 0: unpaced
     prepared_max: int = 4
     spool_directory: str = ""  # empty: $TMPDIR
 

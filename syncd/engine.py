@@ -173,6 +173,7 @@ class Engine:
             StreamedSettings(
                 upload_concurrency=tapes.upload_concurrency,
                 upload_bytes_in_flight=tapes.upload_bytes_in_flight,
+                upload_bytes_per_second=tapes.upload_bytes_per_second,
                 prepared_max=tapes.prepared_max,
                 retries=tapes.retries,
                 spool_directory=tapes.spool_directory or None,

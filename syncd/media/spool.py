@@ -69,9 +69,44 @@ class Spool:
             offset += len(data)
             yield data
 
+    def paced(self, bytes_per_second: int) -> PacedSpool:
+        """This spool read back no faster than ``bytes_per_second`` (0: as fast as read)."""
+        return PacedSpool(self, bytes_per_second)
+
     @property
     def closed(self) -> bool:
         return bool(self._file.closed)
 
     def close(self) -> None:
         self._file.close()
+
+
+#: Chunk size while pacing: small enough that the pace is even, not bursts of a megabyte.
+PACED_CHUNK_BYTES = 256 * 1024
+
+
+class PacedSpool:
+    """A :class:`Spool`'s bytes at most ``bytes_per_second`` (a stream body for
+    ``uploadBlob``): the PDS takes a large blob in smaller slices of its time."""
+
+    def __init__(self, spool: Spool, bytes_per_second: int) -> None:
+        self._spool = spool
+        self._rate = bytes_per_second
+
+    @property
+    def size(self) -> int:
+        return self._spool.size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._rate <= 0:
+            async for chunk in self._spool.chunks():
+                yield chunk
+            return
+        loop = asyncio.get_running_loop()
+        started, sent = loop.time(), 0
+        async for chunk in self._spool.chunks(PACED_CHUNK_BYTES):
+            yield chunk
+            sent += len(chunk)
+            ahead = sent / self._rate - (loop.time() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)

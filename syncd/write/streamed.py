@@ -23,6 +23,7 @@ parks the account when the account cannot write.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,7 @@ class StreamedSettings:
     prepared_max: int = 4
     retries: int = 4
     spool_directory: str | None = None
+    upload_bytes_per_second: int = 0  # per upload; 0: as fast as the PDS takes it
 
 
 class StreamedStage:
@@ -117,6 +119,7 @@ class StreamedStage:
         blob = result.blob
         max_bytes, why = self.limit.effective(blob.max_bytes)
         limits = FetchLimits(max_bytes, why, self.settings.spool_directory)
+        started = time.monotonic()
         try:
             spool = await fetch_to_spool(self._fetcher, blob, limits, retries=self.settings.retries)
         except ImageError as exc:
@@ -125,6 +128,12 @@ class StreamedStage:
             return
         result.spool, result.size = spool, spool.size
         result.mime_type = blob.accept[0]
+        log.info(
+            "blob_fetched",
+            cid=spool.cid,
+            bytes=spool.size,
+            seconds=round(time.monotonic() - started, 2),
+        )
 
     async def upload(
         self, collection: str, result: StreamedResult, blobs: Blobs, *, force: bool = False
@@ -141,11 +150,14 @@ class StreamedStage:
         if bound is not None and spool.size > bound:
             result.error = self._over_limit(spool.size, result.blob)
             return
+        waited = time.monotonic()
         async with self._uploads:
             await self._bytes.acquire(spool.size)
             metrics.BLOB_UPLOADS_IN_FLIGHT.inc()
+            started = time.monotonic()
             try:
-                answer = await blobs.upload_stream(collection, spool, result.blob.accept[0], cid)
+                body = spool.paced(self.settings.upload_bytes_per_second)
+                answer = await blobs.upload_stream(collection, body, result.blob.accept[0], cid)
             except TooLong as exc:
                 assert isinstance(exc.error, XrpcError)
                 result.parked = blocked_by(exc.error, exc.wait)
@@ -169,7 +181,14 @@ class StreamedStage:
         result.mime_type = mime if isinstance(mime, str) else result.mime_type
         result.size = size if isinstance(size, int) and not isinstance(size, bool) else spool.size
         result.uploaded = True
-        log.info("blob_uploaded", collection=collection, cid=result.link, bytes=result.size)
+        log.info(
+            "blob_uploaded",
+            collection=collection,
+            cid=result.link,
+            bytes=result.size,
+            waited_seconds=round(started - waited, 2),
+            seconds=round(time.monotonic() - started, 2),
+        )
 
     def _over_limit(self, size: int, blob: StreamedBlob) -> Problem:
         # Not retried by itself: a PDS's limit changes only when its operator changes it.

@@ -3,6 +3,7 @@ while its CID is computed (against a real HTTP server on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tracemalloc
 from collections.abc import Iterator
@@ -202,4 +203,18 @@ def test_a_spool_refuses_writes_once_finished() -> None:
     assert spool.finish() == blob_cid(b"abc") == spool.cid
     with pytest.raises(ValueError):
         spool.write(b"d")
+    spool.close()
+
+
+async def test_a_paced_spool_reads_back_no_faster_than_its_rate() -> None:
+    data = mp4_bytes(600_000, seed=4)
+    spool = Spool()
+    spool.write(data)
+    spool.finish()
+    started = asyncio.get_running_loop().time()
+    got = b"".join([c async for c in spool.paced(2_000_000).chunks()])
+    elapsed = asyncio.get_running_loop().time() - started
+    assert got == data and spool.paced(0).size == len(data)
+    assert elapsed >= 0.25  # 600 kB at 2 MB/s: at least 0.3 s, less the first chunk's
+    assert b"".join([c async for c in spool.paced(0).chunks()]) == data
     spool.close()
