@@ -22,7 +22,7 @@ from syncd_sandbox.images import ImageServer
 from syncd_sandbox.mongo_server import ChildMongo
 from syncd_sandbox.pds import PdsProcess
 from syncd_sandbox.platform import NSIDS
-from syncd_sandbox.seed import Mp4File, make_tape, store_url, write_tape_file
+from syncd_sandbox.seed import Mp4File, make_mood, make_tape, store_url, write_tape_file
 from syncd_sandbox.syncd_process import SyncdProcess, metric_sum, run_cli
 from syncd_sandbox.testing import SandboxWorld
 
@@ -77,12 +77,15 @@ def test_a_30mb_tape_becomes_a_record_whose_video_is_the_mp4(
 ) -> None:
     """§7: the MP4 is the video blob; streamed, so syncd's memory stays far below it. A
     guest tape lands on `art`; a tape still processing is published once complete."""
+    world.insert("moods", make_mood(world.sub("alice"), "before the tapes"))
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    before = peak_rss_mb(syncd.pid)  # started, logged in, one record written
     big, mp4 = add_tape(world, "alice", 30 * MB, seed=30)
     guest, guest_mp4 = add_tape(world, None, 200_000, seed=1)
     pending = make_tape(world.sub("bob"), mp4_status="processing")
     world.insert("tapes", pending)
-    syncd.start()
-    syncd.wait_ready()
     rec = syncd.wait_until(lambda: world.records_by_ref("alice", TAPE).get(str(big["_id"])), 120)
     syncd.wait_idle(120)
     rss = peak_rss_mb(syncd.pid)
@@ -96,7 +99,8 @@ def test_a_30mb_tape_becomes_a_record_whose_video_is_the_mp4(
     metrics = syncd.metrics()
     uploaded = metrics["syncd_blob_bytes_uploaded_total"]
     print(
-        f"\n30 MB tape: syncd peak RSS {rss:.1f} MB; blob bytes uploaded {uploaded:,.0f}, "
+        f"\n30 MB tape: syncd peak RSS {rss:.1f} MB ({before:.1f} MB before the tapes); "
+        f"blob bytes uploaded {uploaded:,.0f}, "
         f"sent {metrics['syncd_blob_bytes_sent_total']:,.0f}"
     )
     assert uploaded == mp4.size + guest_mp4.size  # each MP4 once
