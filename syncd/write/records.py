@@ -111,7 +111,9 @@ async def build_records(
         if prep is None:
             # Not prepared ahead (the writer guessed it would not write): prepare now. The
             # task stays on the op, so finishing the op releases the spool.
-            prep = asyncio.ensure_future(streamed.prepare(p.collection, p.op.draft.blob, blobs))
+            prep = asyncio.ensure_future(
+                streamed.prepare(p.collection, p.op.draft.blob, blobs, ahead=False)
+            )
             p.op.extra[STREAMED] = prep
         await attach_streamed(p, await prep, streamed, blobs)
     paintings = [p for p in writes if p.op.draft is not None and p.op.draft.image is not None]

@@ -95,13 +95,22 @@ class StreamedStage:
         self._bytes = ByteBudget(settings.upload_bytes_in_flight)
         self._held = 0
 
-    async def prepare(self, collection: str, blob: StreamedBlob, blobs: Blobs) -> StreamedResult:
+    async def prepare(
+        self, collection: str, blob: StreamedBlob, blobs: Blobs, *, ahead: bool = True
+    ) -> StreamedResult:
         """Fetch, hash and (when the account lacks it) upload ``blob``. Failures are on the
-        result; only cancellation and shutdown (``Abandoned``) raise."""
-        await self._prepared.acquire()
-        result = StreamedResult(blob, held=True)
-        self._held += 1
-        metrics.BLOBS_PREPARED.set(self._held)
+        result; only cancellation and shutdown (``Abandoned``) raise.
+
+        ``ahead``: prepared ahead of the batch, under the ``prepared_max`` bound. A batch
+        that finds an op not prepared ahead (rare: the writer guessed it would not write)
+        prepares it with ``ahead=False``: it already holds a PDS slot, and waiting there
+        for a place held by ops that wait for PDS slots could never end."""
+        result = StreamedResult(blob)
+        if ahead:
+            await self._prepared.acquire()
+            result.held = True
+            self._held += 1
+            metrics.BLOBS_PREPARED.set(self._held)
         try:
             await self._fetch(result)
             if result.spool is not None and result.error is None:

@@ -252,3 +252,17 @@ async def test_prepared_blobs_are_bounded_until_their_ops_finish(server: Loopbac
     stage.release(next(iter(done)).result())
     third = await asyncio.wait_for(pending.pop(), 2.0)
     assert third.link is not None
+
+
+async def test_a_batch_preparing_inline_does_not_wait_for_a_place(server: LoopbackServer) -> None:
+    """A batch already holds a PDS slot: it must not wait for places that ops waiting
+    for PDS slots hold."""
+    stage, blobs, _ = stage_for(server, FakePds(), prepared_max=1)
+    held = await stage.prepare("tapes", tape(server, "/t/a.mp4", mp4_bytes(5_000, 1)), blobs)
+    inline = await asyncio.wait_for(
+        stage.prepare("tapes", tape(server, "/t/b.mp4", mp4_bytes(5_000, 2)), blobs, ahead=False),
+        2.0,
+    )
+    assert inline.link is not None and not inline.held and held.held
+    stage.release(inline)
+    stage.release(held)
