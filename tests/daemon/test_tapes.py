@@ -260,3 +260,43 @@ def test_the_pds_upload_limit_is_learned_from_its_413_and_named(
     assert metrics["syncd_blob_bytes_uploaded_total"] == 600_000
     report = world.check_invariant(collections=("tapes",))
     assert report.ok, report.summary()
+
+
+def test_malformed_tapes_are_dead_letters_and_the_stream_goes_on(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """Bad tape documents are recorded with their reason and skipped; a good tape inserted
+    after them is published; no record for any bad one (the world's own verdict)."""
+    sub = world.sub("alice")
+    png = world.image_dir / "user-aesthetic-computer" / "not-a-video.mp4"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    bad = {
+        "bad_mp4": make_tape(sub, mp4=5),
+        "mp4_disallowed_host": make_tape(sub, mp4="https://evil.example/x.mp4"),
+        "not_mp4": make_tape(
+            sub, mp4=f"{world.image_base_url}/user-aesthetic-computer/not-a-video.mp4"
+        ),
+        "mp4_not_found": make_tape(
+            sub, mp4=f"{world.image_base_url}/user-aesthetic-computer/no.mp4"
+        ),
+        "missing_code": make_tape(sub, mp4=f"{world.image_base_url}/x/y.mp4"),
+        "bad_when": make_tape(sub, mp4=f"{world.image_base_url}/x/y.mp4"),
+    }
+    bad["missing_code"].pop("code")
+    bad["bad_when"]["when"] = "yesterday"
+    odd_status = make_tape(sub, mp4_status={"x": 1})  # not complete: waits, no error
+    world.insert("tapes", *bad.values(), odd_status)
+    syncd.start()
+    syncd.wait_ready()
+    good, _ = add_tape(world, "alice", 30_000)
+    syncd.wait_until(lambda: str(good["_id"]) in world.records_by_ref("alice", TAPE), 60)
+    syncd.wait_idle()
+    letters = dead_letters(world)
+    assert {reason: letters[str(doc["_id"])]["reason"] for reason, doc in bad.items()} == {
+        r: r for r in bad
+    }
+    assert str(odd_status["_id"]) not in letters
+    assert list(world.records_by_ref("alice", TAPE)) == [str(good["_id"])]
+    assert syncd.alive
+    assert_mirrored(world, ("tapes",))
