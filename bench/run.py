@@ -242,6 +242,31 @@ def table(res: dict[str, Any]) -> str:
                 )
             )
             rows.append(("", "cores used", _cores(r.get("cores", {})), "", "", ""))
+            for phase in ("backfill_state", "live_state"):
+                st = r.get(phase)
+                if st:
+                    what = "backfill" if phase == "backfill_state" else "live tailing"
+                    rows.append(
+                        (
+                            "",
+                            f"state round trips per applyWrites batch / per record ({what})",
+                            st["state_round_trips_per_batch"],
+                            st["state_round_trips_per_record"],
+                            f"{st['state_ops_per_record']} state ops per record",
+                            "≤ 1 round trip per batch" if phase == "backfill_state" else "",
+                        )
+                    )
+        if "mongodb_vs_sqlite" in v:
+            rows.append(
+                (
+                    "",
+                    "MongoDB-state records/s vs SQLite-state",
+                    v["mongodb x1"]["records_per_s"],
+                    v["sqlite x1"]["records_per_s"],
+                    f"{v['mongodb_vs_sqlite'] * 100:.0f}%",
+                    "≥ 80%",
+                )
+            )
     out = [
         "| scenario | figure | syncd | baseline / ceiling | ratio | aim |",
         "|---|---|---|---|---|---|",

@@ -16,12 +16,18 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from syncd.images.settings import ImageSettings, parse_origin
+from syncd.mappings import MAPPINGS
 
-#: Every collection syncd can mirror; ``mongo.collections`` chooses among them (an
-#: operator may leave ``tapes`` out: their MP4 uploads are the heavy part).
-DEFAULT_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes")
+#: The collections syncd knows how to mirror: one mapping each (syncd/mappings/). All are
+#: mirrored by default; ``mongo.collections`` may leave some out (``tapes``: their MP4
+#: uploads are the heavy part).
+DEFAULT_COLLECTIONS: tuple[str, ...] = tuple(MAPPINGS)
+#: Keys older versions read that do nothing now: accepted, so an upgrade keeps a working
+#: config, and ignored.
+RETIRED_KEYS = frozenset({("pipeline", "batch_linger_ms")})
 
 
 class ConfigError(ValueError):
@@ -91,10 +97,9 @@ class RecordsConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    # Split across the accounts being written: 2000 left ~40 ops per account at 50
-    # accounts, so backfill sent small applyWrites (bench/, docs/performance.md).
+    # The in-flight window is shared by every account being written: it must leave each
+    # of many accounts a full applyWrites batch (200) to send.
     queue_size: int = 10000
-    batch_linger_ms: int = 20
     shutdown_grace_seconds: float = 8.0
     # Retryable dead letters (image fetch failed, account could not log in) are
     # retried this often; 0 disables.
@@ -130,10 +135,6 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source_path: str | None = None
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.state.directory)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -201,6 +202,8 @@ def _build_section(section: str, cls: type[Any], raw: Any) -> Any:
     known = {f.name for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if (section, key) in RETIRED_KEYS:
+            continue
         if key not in known:
             raise ConfigError(f"{section}.{key}: unknown key")
         values[key] = _coerce(section, key, getattr(defaults, key), value)
@@ -223,6 +226,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("mongo.uri: must start with mongodb:// or mongodb+srv://")
     if not cfg.pds.url.startswith(("http://", "https://")):
         raise ConfigError("pds.url: must start with http:// or https://")
+    if "@" in urlsplit(cfg.pds.url).netloc:
+        # httpx would send it as Basic auth in place of each account's session token:
+        # every write would fail as InvalidToken. (The value is not repeated here.)
+        raise ConfigError(
+            "pds.url: must not carry a user or password (each account logs in with its "
+            "own password from MongoDB); remove the part before '@'"
+        )
     if not 1 <= cfg.pds.max_writes_per_call <= 200:
         raise ConfigError("pds.max_writes_per_call: must be between 1 and 200 (the PDS maximum)")
     if cfg.pds.account_concurrency < 1:

@@ -174,7 +174,7 @@ class Daemon:
         pinger = WatchdogPinger(self.notifier, self.health)
         await engine.parking.load()
         work = asyncio.create_task(self.work(), name="work")
-        redrive = asyncio.create_task(redrive_loop(engine), name="redrive")
+        redrive = asyncio.create_task(redrive_loop(engine.sources), name="redrive")
         parking = asyncio.create_task(engine.parking.run(engine.stopping), name="parking")
         last_status = last_gauges = 0.0
         while not self.should_exit.is_set():
@@ -220,13 +220,13 @@ class Daemon:
         """Backfill when needed, then stream; rescan when the history was lost."""
         assert self.engine is not None
         engine = self.engine
-        store = engine.store
-        stream = StreamSource(engine)
+        calls, store = engine.calls, engine.store
+        stream = StreamSource(engine.sources)
         while True:
-            position = store.load_position()
-            if position is None or store.backfill_start_time() is not None:
-                await Backfill(engine).run()
-                position = store.load_position()
+            position = await calls(store.load_position)
+            if position is None or await calls(store.backfill_start_time) is not None:
+                await Backfill(engine.sources).run()
+                position = await calls(store.load_position)
             self.health.set_phase("streaming")
             try:
                 await stream.run(position)
@@ -239,8 +239,8 @@ class Daemon:
                     action="the saved position has left the oplog; rescanning every collection "
                     "and removing records whose documents are gone",
                 )
-                store.clear_position()
-                await Backfill(engine).ensure_started("history_lost")
+                await calls(store.clear_position)
+                await Backfill(engine.sources).ensure_started("history_lost")
 
     async def _close_engine(self) -> None:
         """Graceful end of work: drain within the grace period, save, release the lease."""

@@ -11,11 +11,13 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from bson import Timestamp
+from bson import CodecOptions, DatetimeConversion
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from syncd import metrics
 from syncd.accounts import AccountResolver
@@ -34,6 +36,7 @@ from syncd.pds.sessions import Account, SessionManager
 from syncd.pds.xrpc import XrpcClient
 from syncd.positions import Positions
 from syncd.router import Router, RouterDeps
+from syncd.source.deps import SourceDeps
 from syncd.source.publish import Publisher
 from syncd.state import open_store
 from syncd.state.aio import StateCalls
@@ -51,9 +54,8 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
     """The client options syncd relies on.
 
     ``DATETIME_AUTO`` decodes dates outside Python's range instead of failing the
-    whole batch (the mapping dead-letters them); ``replace`` keeps invalid UTF-8
-    decodable (as U+FFFD, which lexicon validation rejects) so such a document is
-    dead-lettered instead of stalling the stream.
+    whole batch (the mapping dead-letters them). The source database is read with
+    :data:`SOURCE_CODEC` (see :func:`source_database`).
     """
     register_secret_from_uri(uri)
     return AsyncMongoClient(
@@ -67,6 +69,25 @@ def mongo_client(uri: str, **kwargs: Any) -> AsyncMongoClient[dict[str, Any]]:
         socketTimeoutMS=20_000,
         **kwargs,
     )
+
+
+#: How source documents are decoded: ``surrogateescape`` keeps invalid UTF-8 decodable,
+#: as lone surrogates that lexicon validation rejects ("not valid UTF-8"), so such a
+#: document is dead-lettered instead of stalling the stream -- while a real U+FFFD a
+#: user typed stays a character like any other (``replace`` would confuse the two; the
+#: client option accepts only strict/replace/ignore, the codec any handler).
+SOURCE_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(
+    tz_aware=True,
+    tzinfo=UTC,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+    unicode_decode_error_handler="surrogateescape",
+)
+
+
+def source_database(
+    client: AsyncMongoClient[dict[str, Any]], name: str
+) -> AsyncDatabase[dict[str, Any]]:
+    return client.get_database(name, codec_options=SOURCE_CODEC)
 
 
 class Engine:
@@ -98,7 +119,7 @@ class Engine:
         self.store = open_store(config, fence=fence, partition=partition or 0)
         self.calls = StateCalls.for_store(self.store)
         self.client = mongo_client(config.mongo.uri)
-        self.db = self.client[config.mongo.database]
+        self.db = source_database(self.client, config.mongo.database)
         self.xrpc = XrpcClient(config.pds.url, timeout=config.pds.timeout_seconds)
         self.sessions = SessionManager(self.xrpc, self.store)
         self.repo = Repo(self.xrpc, self.sessions, fence=fence)
@@ -139,6 +160,19 @@ class Engine:
             self.db, self.positions, self.router.route_many, config.pipeline.queue_size
         )
         self.parking = Parking(self.calls, self._unpark)
+        self.sources = SourceDeps(
+            client=self.client,
+            db=self.db,
+            mongo=config.mongo,
+            calls=self.calls,
+            positions=self.positions,
+            publisher=self.publisher,
+            route_many=self.router.route_many,
+            health=self.health,
+            stopping=self.stopping,
+            save_positions=self.save_checkpoints,
+            dead_letter_retry_seconds=config.pipeline.dead_letter_retry_seconds,
+        )
         self._parked_series: set[tuple[str, str]] = set()
         self._writer_deps = WriterDeps(
             calls=self.calls,
@@ -217,13 +251,8 @@ class Engine:
         self._parked_series = set(parked)
 
     async def operation_time(self) -> tuple[int, int]:
-        """The cluster's current operation time: where a stream after a scan must start."""
-        async with self.client.start_session() as session:
-            reply = await self.client.admin.command("ping", session=session)
-            ts = reply.get("operationTime") or session.operation_time
-        if not isinstance(ts, Timestamp):
-            raise RuntimeError("the server reported no operationTime: is it a replica set?")
-        return (ts.time, ts.inc)
+        """The cluster's current operation time (:meth:`SourceDeps.operation_time`)."""
+        return await self.sources.operation_time()
 
     async def save_checkpoints(self) -> None:
         """Persist the newest safe positions, and report lag and queue depths."""

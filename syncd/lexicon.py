@@ -80,10 +80,8 @@ def _check_string(path: str, schema: Mapping[str, Any], value: Any) -> None:
     try:
         encoded = value.encode("utf-8")
     except UnicodeEncodeError:
-        raise LexiconError(path, "not valid UTF-8 (lone surrogate)") from None
-    if "\ufffd" in value:
-        # How syncd's MongoDB client decodes invalid UTF-8 in the source.
-        raise LexiconError(path, "contains U+FFFD: invalid UTF-8 in the source document")
+        # How syncd's MongoDB client decodes invalid UTF-8 in the source (surrogateescape).
+        raise LexiconError(path, "not valid UTF-8 in the source document") from None
     if "maxLength" in schema and len(encoded) > schema["maxLength"]:
         raise LexiconError(path, f"longer than {schema['maxLength']} bytes ({len(encoded)})")
     if "minLength" in schema and len(encoded) < schema["minLength"]:

@@ -205,14 +205,14 @@ BUILD_INFO = Gauge(
     registry=REGISTRY,
 )
 
-ALL_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes")
 
-
-def initialise(collections: tuple[str, ...] = ALL_COLLECTIONS) -> None:
+def initialise(collections: tuple[str, ...] | None = None) -> None:
     """Create the labelled children up front so every series exists from the first scrape."""
     from syncd import __version__
+    from syncd.config import DEFAULT_COLLECTIONS
     from syncd.pds.errors import ERROR_REASONS
 
+    collections = collections or DEFAULT_COLLECTIONS
     BUILD_INFO.labels(version=__version__).set(1)
     for coll in collections:
         DEAD_LETTERS.labels(collection=coll)

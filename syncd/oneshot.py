@@ -57,7 +57,7 @@ async def run_backfill(
         except LookupError as exc:
             print(f"syncd: {exc}")
             return 2
-        backfill = Backfill(engine)
+        backfill = Backfill(engine.sources)
         total = 0
         for coll in collections or list(config.mongo.collections):
             total += await backfill.scan(coll, persist=False, extra_filter=flt)

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from bson import ObjectId
+
 from syncd.ids import doc_key
 
 _ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
@@ -75,14 +77,16 @@ def derive_rkey(when: datetime, doc_id: object, salt: int = 0) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     millis = int(when.timestamp() * 1000)
-    if millis < 0:
-        raise RkeyError(f"when is before 1970: {when.isoformat()}")
     seed = doc_key(doc_id) if salt == 0 else f"{doc_key(doc_id)}#{salt}"
     digest = hashlib.sha256(seed.encode()).digest()
     h = int.from_bytes(digest[:8], "big")
     micros = millis * 1000 + (h % 1000)
-    if micros > _MAX_MICROS:
-        raise RkeyError(f"when is too far in the future for a TID: {when.isoformat()}")
+    if not 0 <= micros <= _MAX_MICROS:
+        # A TID cannot say a date before 1970 or after 2255: such a document (the
+        # platform publishes it all the same) is keyed by when its _id was made.
+        if not isinstance(doc_id, ObjectId):
+            raise RkeyError(f"when {when.isoformat()} cannot form a TID, nor can the _id")
+        micros = int(doc_id.generation_time.timestamp()) * 1_000_000 + (h % 1_000_000)
     clock_id = (h >> 10) & 0x3FF
     return encode_tid((micros << 10) | clock_id)
 

@@ -160,10 +160,10 @@ class Router:
                     problem = Problem("dead", exc.reason, exc.detail)
             elif problem.kind == "skip":
                 metrics.SKIPPED.labels(collection=change.collection, reason=problem.reason).inc()
-            elif (
-                problem.kind == "hidden" and account is not None and named_key(doc, mapping.backref)
-            ):
-                # A record another writer made for a document that is not public.
+            if problem is not None and account is not None and named_key(doc, mapping.backref):
+                # A record another writer (the platform's inline hooks) made for a
+                # document that is not public, or not publishable: its owner's writer
+                # deletes it once it is known to be this document's, and unsets the key.
                 self.writer(account)
         owns = self.deps.owns
         if owns is not None:

@@ -13,15 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from syncd.config import Config, load
-from syncd_sandbox.daemonproc import SyncdProcess
 from syncd_sandbox.faultproxy import FaultProxy
 from syncd_sandbox.invariant import InvariantReport, check_invariant, wait_until_quiet
+from syncd_sandbox.metrics import caught_up, scrape
 from syncd_sandbox.procs import free_port
 from syncd_sandbox.rig import CHAOS_OVERRIDES
 from syncd_sandbox.syncd_config import merge_sections, sandbox_sections, write_config
+from syncd_sandbox.syncd_process import SyncdProcess
 from syncd_sandbox.testing import SandboxWorld
 
 PDS_WRITES = (
@@ -31,25 +30,6 @@ PDS_WRITES = (
     "com.atproto.repo.createRecord",
     "com.atproto.repo.uploadBlob",
 )
-
-
-def scrape(url: str, timeout: float = 2.0) -> dict[str, float] | None:
-    """Unlabelled and summed samples of a ``/metrics`` page (None if it does not answer)."""
-    try:
-        text = httpx.get(url, timeout=timeout, trust_env=False).text
-    except httpx.HTTPError:
-        return None
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
 
 
 class Instance:
@@ -163,10 +143,7 @@ class ClusterRig:
             if metrics is None or metrics.get("syncd_leader") != 1.0:
                 continue
             leaders += 1
-            if (
-                metrics.get("syncd_queue_depth", 1.0) != 0
-                or metrics.get("syncd_stream_connected") != 1.0
-            ):
+            if not caught_up(metrics):
                 return False
         return leaders == self.partitions
 

@@ -41,6 +41,8 @@ from urllib.parse import quote, unquote, urlsplit
 USER_BUCKET = "user-aesthetic-computer"
 GUEST_BUCKET = "art-aesthetic-computer"
 HOST = "127.0.0.1"
+#: The longest a held (slow) download waits to be released.
+HOLD_LIMIT_SECONDS = 120.0
 
 _TYPES = {
     ".png": "image/png",
@@ -307,6 +309,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             with path.open("rb") as fh:
                 try:
+                    held = self.server.held_for(self.path)
+                    if held is not None:
+                        # A slow download: half the body now, the rest once released.
+                        self.wfile.write(fh.read(size // 2))
+                        self.wfile.flush()
+                        self.server.note_holding(self.path)
+                        held.wait(HOLD_LIMIT_SECONDS)
                     shutil.copyfileobj(fh, self.wfile)
                 except (BrokenPipeError, ConnectionResetError):
                     # The client stopped reading (a fetcher refusing a body too large).
@@ -334,10 +343,20 @@ class _Server(ThreadingHTTPServer):
         self.hits: Counter[str] = Counter()
         self.faults: dict[str, list[int]] = {}
         self.redirects: dict[str, str] = {}  # URL path -> Location (302)
+        self.held: dict[str, threading.Event] = {}
+        self.holding: Counter[str] = Counter()
 
     def note(self, method: str, path: str) -> None:
         with self.lock:
             self.hits[urlsplit(path).path] += 1
+
+    def held_for(self, path: str) -> threading.Event | None:
+        with self.lock:
+            return self.held.get(urlsplit(path).path)
+
+    def note_holding(self, path: str) -> None:
+        with self.lock:
+            self.holding[urlsplit(path).path] += 1
 
     def take_fault(self, path: str) -> int | None:
         key = urlsplit(path).path
@@ -391,6 +410,20 @@ class ImageServer:
         with self._server.lock:
             self._server.redirects[f"/{bucket}/{key}"] = location
 
+    def hold(self, bucket: str, key: str) -> threading.Event:
+        """Make ``/{bucket}/{key}`` a slow download: every GET gets its headers and half
+        its body, then waits until the returned event is set (at most
+        ``HOLD_LIMIT_SECONDS``) for the rest. :meth:`holding` says how many are waiting."""
+        release = threading.Event()
+        with self._server.lock:
+            self._server.held[f"/{bucket}/{key}"] = release
+        return release
+
+    def holding(self, bucket: str, key: str) -> int:
+        """How many GETs of ``/{bucket}/{key}`` have reached the held half of their body."""
+        with self._server.lock:
+            return self._server.holding[f"/{bucket}/{key}"]
+
     def start(self) -> ImageServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -402,6 +435,9 @@ class ImageServer:
         return self
 
     def stop(self) -> None:
+        with self._server.lock:
+            for release in self._server.held.values():
+                release.set()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(5)

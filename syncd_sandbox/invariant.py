@@ -400,8 +400,8 @@ def expectation_for(
         return exp(PUBLISH, "image missing: no thumbnail", did, record=record)
     url, data = found
     img = thumbs.decode(data)
-    if img is None:  # the platform cannot make a thumbnail of it either
-        return exp(PUBLISH, "image does not decode: no thumbnail", did, record=record)
+    if img is None:  # hostile, not missing: issue 13 keeps these dead letters
+        return exp(INVALID, "image does not decode", did)
     return exp(PUBLISH, "", did, record=record, image_size=img.size, image=data, image_url=url)
 
 
@@ -705,22 +705,6 @@ def _compare_video(
         _PASSED.clear()
     _PASSED.add(cache_key)
     return None
-
-
-def metrics_caught_up(metrics_url: str, timeout: float = 2.0) -> bool:
-    """syncd says it has nothing queued (``syncd_queue_depth`` 0) and its stream is open."""
-    try:
-        text = httpx.get(metrics_url, timeout=timeout, trust_env=False).text
-    except httpx.HTTPError:
-        return False
-    depth = 0.0
-    connected = False
-    for line in text.splitlines():
-        if line.startswith("syncd_queue_depth{"):
-            depth += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("syncd_stream_connected"):
-            connected = float(line.rsplit(" ", 1)[1]) == 1.0
-    return connected and depth == 0
 
 
 def wait_until_quiet(

@@ -66,6 +66,8 @@ class PdsHandle:
     rate_limits: bool = False
     #: PDS_BLOB_UPLOAD_LIMIT: the largest blob it takes (the launcher's default admits 50 MB).
     blob_upload_limit: int = 0
+    #: Seconds the repository-write budget lasts (None: the PDS's hour).
+    rate_limit_window: int | None = None
 
     def api(self, timeout: float = 30.0) -> PdsApi:
         return PdsApi(self.url, admin_password=self.admin_password, timeout=timeout)
@@ -108,18 +110,23 @@ class PdsProcess:
         port: int = 0,
         plc_port: int = 0,
         rate_limits: bool = False,
+        rate_limit_window: int | None = None,
         admin_password: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "warn",
         exit_with_parent: bool = True,
         blob_upload_limit: int | None = None,
     ) -> None:
+        """``rate_limit_window``: the per-account repository-write budget (5,000 points)
+        lasts this many seconds instead of an hour, the daily one (35,000) 24 times as
+        long (``launch.mjs --rate-limit-window-seconds``); implies ``rate_limits``."""
         self.exit_with_parent = exit_with_parent
         self.blob_upload_limit = blob_upload_limit  # None: the launcher's (52,428,800)
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.plc_port = plc_port
-        self.rate_limits = rate_limits
+        self.rate_limits = rate_limits or rate_limit_window is not None
+        self.rate_limit_window = rate_limit_window
         self.admin_password = admin_password or tokens.token_hex(12)
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / "pds.log"
         self.log_level = log_level
@@ -152,6 +159,8 @@ class PdsProcess:
             argv.append("--rate-limits")
         if self.blob_upload_limit is not None:
             argv += ["--blob-upload-limit", str(self.blob_upload_limit)]
+        if self.rate_limit_window is not None:
+            argv += ["--rate-limit-window-seconds", str(int(self.rate_limit_window))]
         if self.exit_with_parent:
             argv.append("--exit-with-parent")
         return argv
@@ -182,6 +191,7 @@ class PdsProcess:
             data_dir=str(self.data_dir),
             rate_limits=self.rate_limits,
             blob_upload_limit=int(info.get("blobUploadLimit") or 0),
+            rate_limit_window=self.rate_limit_window,
         )
         return self._handle
 

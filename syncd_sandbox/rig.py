@@ -14,14 +14,10 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from syncd_sandbox import tally
-from syncd_sandbox.daemonproc import SyncdProcess
 from syncd_sandbox.faultproxy import FaultProxy
-from syncd_sandbox.invariant import (
-    InvariantReport,
-    check_invariant,
-    metrics_caught_up,
-    wait_until_quiet,
-)
+from syncd_sandbox.invariant import InvariantReport, check_invariant, wait_until_quiet
+from syncd_sandbox.metrics import metrics_caught_up
+from syncd_sandbox.syncd_process import SyncdProcess
 from syncd_sandbox.testing import SandboxWorld
 
 CHAOS_OVERRIDES: dict[str, dict[str, Any]] = {

@@ -1,14 +1,17 @@
-"""Run the real ``syncd`` CLI as a subprocess, the way systemd would (dev/test only).
+"""Run the real ``syncd`` CLI as a child process, the way systemd would (dev/test only).
 
-Tests use it to send SIGTERM/SIGKILL at chosen moments, read its JSON log lines,
-and scrape its ops listener (``/metrics``, ``/healthz``, ``/readyz``).
+The one helper for every test and benchmark that runs the daemon: start it (again
+and again: chaos tests SIGKILL and restart it; every run appends to one log file,
+so a test can scan everything the daemon ever wrote), send SIGTERM/SIGKILL at
+chosen moments, read its JSON log lines, and scrape its ops listener
+(``/metrics``, ``/healthz``, ``/readyz``; parsing in :mod:`syncd_sandbox.metrics`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,52 +23,32 @@ from typing import Any
 import httpx
 
 from syncd.config import Config, load
+from syncd_sandbox.metrics import metric_sum, parse_metrics
 
-_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text format → {"name{labels}": value} (labels as printed)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE_RE.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
-
-
-def metric_sum(samples: Mapping[str, float], name: str, **labels: str) -> float:
-    """Sum of every sample of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for key, value in samples.items():
-        base, _, rest = key.partition("{")
-        if base != name:
-            continue
-        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
+__all__ = ["SyncdProcess", "metric_sum", "parse_metrics", "run_cli"]
 
 
 class SyncdProcess:
-    """``python -m syncd <command> --config PATH`` with logs captured to a file."""
+    """``python -m syncd <command> --config PATH``, restartable any number of times."""
 
     def __init__(
         self,
         config_path: str | os.PathLike[str],
+        log_path: str | os.PathLike[str] | None = None,
         *,
         command: Sequence[str] = ("run",),
-        log_path: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self.command = list(command)
         self.log_path = Path(log_path) if log_path else self.config_path.parent / "syncd.log"
         self.env = dict(os.environ if env is None else env)
-        if env is None:
+        if env is None:  # never talk to the test runner's own systemd
             self.env.pop("NOTIFY_SOCKET", None)
+            self.env.pop("WATCHDOG_USEC", None)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
         self._log_offset = 0
 
     @property
@@ -73,6 +56,9 @@ class SyncdProcess:
         return load(self.config_path, environ={})
 
     def start(self) -> SyncdProcess:
+        if self.running:
+            raise RuntimeError("syncd is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         try:
@@ -80,45 +66,85 @@ class SyncdProcess:
                 [sys.executable, "-m", "syncd", *self.command, "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
             )
         finally:
             log.close()
+        self.starts += 1
         return self
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        if self.proc is None:
+            raise RuntimeError("syncd is not running")
         return self.proc.pid
 
     @property
-    def alive(self) -> bool:
+    def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    alive = running
+
     def terminate(self, timeout: float = 15.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took)."""
+        """SIGTERM; returns (exit code, seconds it took). SIGKILL and fail after ``timeout``."""
         assert self.proc is not None
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            code = self.proc.wait(5)
+            self.proc.wait(10)
             raise AssertionError(f"syncd did not stop within {timeout}s of SIGTERM") from None
-        return code, time.monotonic() - started
+        return int(code), time.monotonic() - started
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; the exit code (0 when it was not running)."""
+        if self.proc is None:
+            return 0
+        return self.terminate(timeout)[0]
 
     def kill(self) -> None:
-        """SIGKILL: a crash, nothing flushed."""
-        if self.alive:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL, right now: a crash, nothing flushed (no-op if it already exited)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.kills += 1
+        self.proc.wait(10)
+
+    def kill_now(self) -> bool:
+        """SIGKILL without waiting (safe to call from another thread); True if sent."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return False
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        self.kills += 1
+        return True
 
     def wait(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code within ``timeout``, or None if it is still running."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def exited_unexpectedly(self) -> int | None:
+        """The exit code if the process ended on its own, else None."""
+        return None if self.proc is None else self.proc.poll()
 
     # -- observing -----------------------------------------------------------
     def log_lines(self, *, since_start: bool = False) -> list[dict[str, Any]]:
@@ -189,22 +215,37 @@ class SyncdProcess:
         result: dict[str, float] = self.wait_until(idle, timeout)
         return result
 
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
             return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_for_log(self, needle: str, timeout: float = 20.0) -> bool:
+        """Until ``needle`` appears in the log (False if the process exits first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return True
+            if not self.running:
+                return False
+            time.sleep(0.05)
+        return False
 
     def __enter__(self) -> SyncdProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self.alive:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
+        if self.running:
             try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+                self.stop(15)
+            except AssertionError:
+                pass  # it was killed
 
 
 def run_cli(

@@ -8,7 +8,10 @@ tests fail; the PDS also exits by itself if the test process dies):
 * ``sandbox_mongo`` -- the Mongo sandbox (:class:`ChildMongo`, ``.uri``);
 * ``sandbox_mongo_client`` -- a ``MongoClient`` on it (``tz_aware=True``);
 * ``rate_limited_pds_process`` / ``rate_limited_pds`` -- a second PDS with
-  ``PDS_RATE_LIMITS_ENABLED=true``, started only when a test asks for it.
+  ``PDS_RATE_LIMITS_ENABLED=true``, started only when a test asks for it;
+* ``short_window_pds`` -- ``short_window_pds(seconds)``: a rate-limited PDS whose
+  repository-write budget lasts ``seconds`` instead of an hour (one per window,
+  started when first asked for).
 
 Function-scoped:
 
@@ -18,7 +21,8 @@ Function-scoped:
   and the guest ``art``; change them with
   ``@pytest.mark.sandbox_world(users=["alice"])``.
 * ``rate_limited_world`` -- the same against the rate-limited PDS.
-* ``make_world`` -- a factory: ``make_world(users=[...], rate_limited=False)``.
+* ``make_world`` -- a factory: ``make_world(users=[...], rate_limited=False,
+  rate_limit_window=None)`` (a window in seconds: the world is on ``short_window_pds``).
 
 Usage in a conftest::
 
@@ -69,6 +73,7 @@ __all__ = [
     "sandbox_mongo_client",
     "sandbox_pds",
     "sandbox_pds_process",
+    "short_window_pds",
     "world",
 ]
 
@@ -412,8 +417,15 @@ class SandboxWorld:
                 pass
 
 
-def _start_pds(base: Path, name: str, rate_limits: bool) -> PdsProcess:
-    proc = PdsProcess(base / name, rate_limits=rate_limits, log_path=base / f"{name}.log")
+def _start_pds(
+    base: Path, name: str, rate_limits: bool, rate_limit_window: int | None = None
+) -> PdsProcess:
+    proc = PdsProcess(
+        base / name,
+        rate_limits=rate_limits,
+        rate_limit_window=rate_limit_window,
+        log_path=base / f"{name}.log",
+    )
     proc.start()
     return proc
 
@@ -444,6 +456,26 @@ def rate_limited_pds_process(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="session")
 def rate_limited_pds(rate_limited_pds_process: PdsProcess) -> PdsHandle:
     return rate_limited_pds_process.handle
+
+
+@pytest.fixture(scope="session")
+def short_window_pds(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[int], PdsProcess]]:
+    """``short_window_pds(seconds)``: a rate-limited PDS whose write budget lasts ``seconds``."""
+    started: dict[int, PdsProcess] = {}
+
+    def get(seconds: int) -> PdsProcess:
+        if seconds not in started:
+            base = tmp_path_factory.mktemp(f"sandbox-pds-w{seconds}")
+            started[seconds] = _start_pds(base, "pds", True, seconds)
+        return started[seconds]
+
+    try:
+        yield get
+    finally:
+        for proc in started.values():
+            proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -494,14 +526,23 @@ def make_world(
     sandbox_mongo: ChildMongo,
     sandbox_mongo_client: MongoClient[Any],
 ) -> Iterator[WorldFactory]:
-    """``make_world(users=("alice", "bob"), rate_limited=False, guest=True)``."""
+    """``make_world(users=("alice", "bob"), rate_limited=False, guest=True,
+    rate_limit_window=None)``."""
     made: list[SandboxWorld] = []
 
     def factory(
-        users: Sequence[str] | None = None, *, rate_limited: bool = False, guest: bool = True
+        users: Sequence[str] | None = None,
+        *,
+        rate_limited: bool = False,
+        guest: bool = True,
+        rate_limit_window: int | None = None,
     ) -> SandboxWorld:
-        pds_fixture = "rate_limited_pds_process" if rate_limited else "sandbox_pds_process"
-        pds_process: PdsProcess = request.getfixturevalue(pds_fixture)
+        pds_process: PdsProcess
+        if rate_limit_window is not None:
+            pds_process = request.getfixturevalue("short_window_pds")(rate_limit_window)
+        else:
+            pds_fixture = "rate_limited_pds_process" if rate_limited else "sandbox_pds_process"
+            pds_process = request.getfixturevalue(pds_fixture)
         tmp = tmp_path / f"world{len(made)}"
         tmp.mkdir()
         w = SandboxWorld(

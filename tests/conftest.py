@@ -20,6 +20,7 @@ from syncd_sandbox.testing import (  # noqa: F401  (pytest finds fixtures and ho
     sandbox_mongo_client,
     sandbox_pds,
     sandbox_pds_process,
+    short_window_pds,
     world,
 )
 
@@ -34,6 +35,7 @@ PROCESS_FIXTURES = frozenset(
         "sandbox_pds",
         "rate_limited_pds_process",
         "rate_limited_pds",
+        "short_window_pds",
         "sandbox_mongo",
         "sandbox_mongo_client",
         "sandbox_process",

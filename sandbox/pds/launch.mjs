@@ -4,6 +4,7 @@
 //
 //   node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits]
 //                   [--blob-upload-limit BYTES]
+//                   [--rate-limit-window-seconds N] [--rate-limit-day-window-seconds N]
 //                   [--ready-file FILE] [--log-level LEVEL] [--exit-with-parent]
 //
 // Options may also come from the environment: PDS_PORT, PLC_PORT,
@@ -13,6 +14,16 @@
 // The upload limit (PDS_BLOB_UPLOAD_LIMIT) is 52428800 bytes unless given: the
 // platform's tapes are MP4 blobs of up to 50 MB (the tape lexicon's maxSize),
 // which the reference PDS's own default (5 MiB) would refuse.
+//
+// --rate-limit-window-seconds N (tests only; implies --rate-limits): the PDS's
+// per-account repository-write budget keeps its points (5000, hard-coded in
+// @atproto/pds dist/index.js as `repo-write-hour`) but its window lasts N
+// seconds instead of an hour, so a test can spend a budget and see it reset.
+// The daily budget (`repo-write-day`, 35000 points) is scaled by the same
+// factor (24 N seconds) unless --rate-limit-day-window-seconds says otherwise.
+// Responses say so honestly: `ratelimit-policy: 5000;w=N`. The launcher wraps
+// @atproto/xrpc-server's createServer to change the two durations before the
+// PDS builds its limiters, and refuses to start if it did not find both.
 //
 // When both servers listen it prints ONE JSON line on stdout
 //   {"ready": true, "pdsUrl": ..., "plcUrl": ..., "pid": ..., ...}
@@ -27,6 +38,7 @@
 
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
+import { createRequire } from 'node:module'
 import net from 'node:net'
 import path from 'node:path'
 import process from 'node:process'
@@ -39,6 +51,8 @@ function usage(msg) {
   process.stderr.write(`launch.mjs: ${msg}\n`)
   process.stderr.write(
     'usage: node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits] ' +
+      '[--blob-upload-limit BYTES] [--rate-limit-window-seconds N] ' +
+      '[--rate-limit-day-window-seconds N] ' +
       '[--ready-file FILE] [--log-level LEVEL] [--exit-with-parent]\n',
   )
   process.exit(2)
@@ -51,6 +65,8 @@ function parseArgs(argv) {
     plcPort: Number(process.env.PLC_PORT || 0),
     rateLimits: ['1', 'true'].includes(process.env.SANDBOX_RATE_LIMITS || ''),
     blobUploadLimit: Number(process.env.SANDBOX_BLOB_UPLOAD_LIMIT || DEFAULT_BLOB_UPLOAD_LIMIT),
+    windowSeconds: 0,
+    dayWindowSeconds: 0,
     readyFile: '',
     logLevel: process.env.LOG_LEVEL || 'warn',
     exitWithParent: false,
@@ -76,6 +92,14 @@ function parseArgs(argv) {
         break
       case '--blob-upload-limit':
         opts.blobUploadLimit = Number(value())
+        break
+      case '--rate-limit-window-seconds':
+        opts.windowSeconds = Number(value())
+        opts.rateLimits = true
+        break
+      case '--rate-limit-day-window-seconds':
+        opts.dayWindowSeconds = Number(value())
+        opts.rateLimits = true
         break
       case '--ready-file':
         opts.readyFile = value()
@@ -104,8 +128,37 @@ function parseArgs(argv) {
   if (!Number.isInteger(opts.blobUploadLimit) || opts.blobUploadLimit < 1) {
     usage('--blob-upload-limit: a positive number of bytes')
   }
+  for (const [name, seconds] of [
+    ['--rate-limit-window-seconds', opts.windowSeconds],
+    ['--rate-limit-day-window-seconds', opts.dayWindowSeconds],
+  ]) {
+    if (!Number.isInteger(seconds) || seconds < 0) usage(`${name}: a whole number of seconds`)
+  }
+  if (opts.windowSeconds && !opts.dayWindowSeconds) opts.dayWindowSeconds = 24 * opts.windowSeconds
   opts.dataDir = path.resolve(opts.dataDir)
   return opts
+}
+
+// The write budgets' windows, changed where the PDS hands its limits to the XRPC
+// server (`rateLimits.shared` of createServer's options; see dist/index.js).
+const WRITE_LIMITS = { 'repo-write-hour': 'windowSeconds', 'repo-write-day': 'dayWindowSeconds' }
+
+function shortenWriteWindows(opts) {
+  const pdsRequire = createRequire(createRequire(import.meta.url).resolve('@atproto/pds'))
+  const serverMod = pdsRequire('@atproto/xrpc-server/dist/server.js')
+  const original = serverMod.createServer
+  const seen = {}
+  serverMod.createServer = (lexicons, options) => {
+    for (const limit of options?.rateLimits?.shared ?? []) {
+      const key = WRITE_LIMITS[limit.name]
+      if (key && opts[key]) {
+        seen[limit.name] = { points: limit.points, from: limit.durationMs / 1000, to: opts[key] }
+        limit.durationMs = opts[key] * 1000
+      }
+    }
+    return original(lexicons, options)
+  }
+  return seen
 }
 
 // A free loopback port (the PDS must know its own port before it starts: it
@@ -209,10 +262,21 @@ async function main() {
   delete process.env.PDS_BSKY_APP_VIEW_DID
   delete process.env.PDS_EMAIL_SMTP_URL
 
+  const shorten = Boolean(opts.windowSeconds || opts.dayWindowSeconds)
+  const windows = shorten ? shortenWriteWindows(opts) : {}
   const pdsMod = await import('@atproto/pds')
   const { PDS, envToCfg, envToSecrets, readEnv } = pdsMod.default ?? pdsMod
   const env = readEnv()
   const pds = await PDS.create(envToCfg(env), envToSecrets(env))
+  if (shorten) {
+    const wanted = Object.keys(WRITE_LIMITS).filter((name) => opts[WRITE_LIMITS[name]])
+    const missing = wanted.filter((name) => !windows[name])
+    if (missing.length) {
+      // A PDS version that names its limits otherwise: never run with an hour-long
+      // window a test believes is short.
+      throw new Error(`short write windows: no ${missing.join(', ')} limit found`)
+    }
+  }
   bindLoopback(pds.app)
   await pds.start()
 
@@ -253,6 +317,7 @@ async function main() {
     dataDir: opts.dataDir,
     rateLimits: opts.rateLimits,
     blobUploadLimit: opts.blobUploadLimit,
+    writeWindows: windows,
   }
   if (opts.readyFile) writeReadyFile(opts.readyFile, info)
   process.stdout.write(JSON.stringify(info) + '\n')

@@ -123,15 +123,14 @@ def when_of(doc: Mapping[str, Any]) -> datetime:
         raise MappingError("bad_when", f"`when` must be a date, got {type(when).__name__}")
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    if when.year < 1970 or when.year > 2200:
-        raise MappingError("when_out_of_range", f"`when` year {when.year} is out of range")
-    return when
+    return when  # any date the platform could store: the record takes it as it is
 
 
 def rfc3339(when: datetime) -> str:
-    """RFC 3339 with milliseconds and ``Z``, as the platform writes ``when``."""
-    when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    """RFC 3339 with milliseconds and ``Z``, as the platform writes ``when`` (four-digit
+    years, also before 1000)."""
+    text = when.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
 
 
 def ref_of(doc: Mapping[str, Any]) -> str:
@@ -151,7 +150,8 @@ def text(doc: Mapping[str, Any], name: str, *, required: bool = True) -> str | N
         return None
     if not isinstance(value, str):
         raise MappingError(f"bad_{name}", f"`{name}` must be a string, got {type(value).__name__}")
-    if required and not value.strip():
+    if required and not value:
+        # Only empty: a mood of spaces is text the platform publishes as it is.
         raise MappingError(f"missing_{name}", f"`{name}` is empty")
     return value
 

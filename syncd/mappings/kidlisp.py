@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 from syncd.mappings.base import CollectionMapping, MappingContext, ref_of, rfc3339, text, when_of
 
@@ -19,7 +18,9 @@ class Kidlisp(CollectionMapping):
         return {
             "code": code,
             "source": text(doc, "source"),
-            "acUrl": f"{ctx.public_base_url}/${quote(code, safe='')}",
+            # As the platform writes it: the code as it is (a code no URI can hold makes
+            # the record invalid, and the document a dead letter, not a rewritten URL).
+            "acUrl": f"{ctx.public_base_url}/${code}",
             "when": rfc3339(when_of(doc)),
             "ref": ref_of(doc),
         }

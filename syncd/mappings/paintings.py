@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from syncd.images.errors import ImageError
 from syncd.images.urls import PaintingSource, painting_source_from_doc
@@ -41,12 +40,12 @@ class Paintings(CollectionMapping):
         slug = text(doc, "slug")
         code = text(doc, "code")
         assert code is not None
-        quoted = quote(code, safe="")
+        # The code as it is, as the platform writes these URLs (platform-facts §3).
         return {
             "slug": slug,
             "code": code,
-            "imageUrl": f"{ctx.public_base_url}/media/paintings/{quoted}",
-            "acUrl": f"{ctx.public_base_url}/#{quoted}",
+            "imageUrl": f"{ctx.public_base_url}/media/paintings/{code}",
+            "acUrl": f"{ctx.public_base_url}/#{code}",
             "when": rfc3339(when_of(doc)),
             "ref": ref_of(doc),
         }
@@ -62,4 +61,4 @@ class Paintings(CollectionMapping):
 
     @staticmethod
     def recording_url(fields: Mapping[str, Any], ctx: MappingContext) -> str:
-        return f"{ctx.public_base_url}/media/paintings/{quote(fields['code'], safe='')}.zip"
+        return f"{ctx.public_base_url}/media/paintings/{fields['code']}.zip"

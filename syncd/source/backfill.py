@@ -28,7 +28,7 @@ from syncd.positions import BackfillMark
 from syncd.retry import classify, pause_for, sleep_or_stop
 
 if TYPE_CHECKING:
-    from syncd.engine import Engine
+    from syncd.source.deps import SourceDeps
 
 log = structlog.get_logger("syncd.backfill")
 
@@ -49,24 +49,25 @@ class _Scan:
 
 
 class Backfill:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, deps: SourceDeps) -> None:
+        self.deps = deps
 
     async def ensure_started(self, reason: str) -> None:
-        store = self.engine.store
-        if store.backfill_start_time() is None:
-            start = await self.engine.operation_time()
-            store.begin_backfill(start, self.engine.config.mongo.collections, reason=reason)
+        calls = self.deps.calls
+        if await calls(calls.store.backfill_start_time) is None:
+            start = await self.deps.operation_time()
+            collections = self.deps.mongo.collections
+            await calls(calls.store.begin_backfill, start, collections, reason=reason)
             log.info("backfill_started", reason=reason, operation_time=list(start))
 
     async def run(self, *, sweep: bool = False) -> None:
         """Continue (or start) the daemon's backfill pass, then hand over to the stream."""
-        store = self.engine.store
+        calls = self.deps.calls
         await self.ensure_started("first_start")
-        reason = store.backfill_reason() or "first_start"
-        self.engine.health.set_phase("backfill")
-        progress = store.backfill_progress()
-        for coll in self.engine.config.mongo.collections:
+        reason = await calls(calls.store.backfill_reason) or "first_start"
+        self.deps.health.set_phase("backfill")
+        progress = await calls(calls.store.backfill_progress)
+        for coll in self.deps.mongo.collections:
             p = progress.get(coll)
             if p is not None and p.done:
                 log.info("backfill_collection_already_done", collection=coll)
@@ -78,12 +79,12 @@ class Backfill:
                 scanned=p.scanned if p else 0,
                 persist=True,
             )
-        await self.engine.positions.drained()
-        await self.engine.save_checkpoints()
+        await self.deps.positions.drained()
+        await self.deps.save_positions()
         if sweep or reason == "history_lost":
-            await self.sweep(self.engine.config.mongo.collections)
-            await self.engine.positions.drained()
-        store.finish_backfill()
+            await self.sweep(self.deps.mongo.collections)
+            await self.deps.positions.drained()
+        await calls(calls.store.finish_backfill)
         log.info("backfill_finished", reason=reason)
 
     async def scan(
@@ -97,10 +98,10 @@ class Backfill:
         extra_filter: dict[str, Any] | None = None,
     ) -> int:
         """Emit every document of ``collection`` (matching ``extra_filter``) as a change."""
-        engine = self.engine
-        coll = engine.db[collection]
-        page = engine.config.mongo.scan_batch_size
-        size = engine.publisher.group
+        deps = self.deps
+        coll = deps.db[collection]
+        page = deps.mongo.scan_batch_size
+        size = deps.publisher.group
         base = dict(extra_filter or {})
         started = time.monotonic()
         if phase == OBJECTID:
@@ -147,7 +148,7 @@ class Backfill:
                         resume_after=str(scan.last_id),
                         retry_in=round(wait, 2),
                     )
-                    await sleep_or_stop(wait, engine.stopping)
+                    await sleep_or_stop(wait, deps.stopping)
                 finally:
                     await cursor.close()
             last_id, scanned, in_page = scan.last_id, scan.scanned, scan.in_page
@@ -155,21 +156,21 @@ class Backfill:
                 self._page_done(collection, last_id, scanned, 0, persist)
             phase = OTHER
             if persist:
-                engine.positions.mark(BackfillMark(collection, None, OTHER, scanned, False))
+                deps.positions.mark(BackfillMark(collection, None, OTHER, scanned, False))
         if phase == OTHER:
             query = dict(base, _id={"$not": {"$type": "objectId"}})
             others: list[tuple[Any, dict[str, Any]]] = []
             async for doc in coll.find(query).batch_size(page):
                 others.append((doc["_id"], doc))
                 if len(others) >= size:
-                    await engine.publisher.emit_many(collection, others, operation="backfill")
+                    await deps.publisher.emit_many(collection, others, operation="backfill")
                     scanned += len(others)
                     others = []
             if others:
-                await engine.publisher.emit_many(collection, others, operation="backfill")
+                await deps.publisher.emit_many(collection, others, operation="backfill")
                 scanned += len(others)
             if persist:
-                engine.positions.mark(BackfillMark(collection, None, DONE, scanned, True))
+                deps.positions.mark(BackfillMark(collection, None, DONE, scanned, True))
         metrics.BACKFILL_REMAINING.labels(collection=collection).set(0)
         log.info(
             "backfill_collection_scanned",
@@ -184,7 +185,7 @@ class Backfill:
         interrupted scan re-reads what was not routed."""
         if not group:
             return
-        await self.engine.publisher.emit_many(scan.collection, group, operation="backfill")
+        await self.deps.publisher.emit_many(scan.collection, group, operation="backfill")
         scan.last_id = group[-1][0]
         scan.scanned += len(group)
         scan.in_page += len(group)
@@ -198,35 +199,37 @@ class Backfill:
     def _page_done(
         self, collection: str, last_id: Any, scanned: int, remaining: int, persist: bool
     ) -> None:
-        engine = self.engine
+        deps = self.deps
         metrics.BACKFILL_REMAINING.labels(collection=collection).set(remaining)
         if persist:
-            engine.positions.mark(BackfillMark(collection, last_id, OBJECTID, scanned, False))
-        engine.health.beat("source")
+            deps.positions.mark(BackfillMark(collection, last_id, OBJECTID, scanned, False))
+        deps.health.beat("source")
 
     async def sweep(self, collections: Iterable[str]) -> int:
-        """Remove records whose documents no longer exist (ledger rows without a document)."""
-        engine = self.engine
-        removed = 0
-        for collection in collections:
-            after = ""
-            while page := await engine.calls(engine.store.ledger_page, collection, after, 500):
-                engine.health.beat("source")
-                removed += await self._sweep_keys(collection, [e.doc_key for e in page])
-                after = page[-1].doc_key
-        log.info("sweep_finished", removed=removed)
-        return removed
+        """Remove records whose documents no longer exist (:func:`sweep`)."""
+        return await sweep(self.deps, collections)
 
-    async def _sweep_keys(self, collection: str, keys: list[str]) -> int:
-        engine = self.engine
-        ids = [parse_doc_key(k) for k in keys]
-        found = {
-            doc_key(d["_id"])
-            async for d in engine.db[collection].find({"_id": {"$in": ids}}, {"_id": 1})
-        }
-        missing = [i for k, i in zip(keys, ids, strict=True) if k not in found]
-        if missing:
-            await engine.publisher.emit_many(
-                collection, [(i, None) for i in missing], operation="sweep"
-            )
-        return len(missing)
+
+async def sweep(deps: SourceDeps, collections: Iterable[str]) -> int:
+    """Remove records whose documents no longer exist (ledger rows without a document),
+    reading the ledger a page at a time off the event loop."""
+    removed = 0
+    for collection in collections:
+        after = ""
+        while page := await deps.calls(deps.calls.store.ledger_page, collection, after, 500):
+            deps.health.beat("source")
+            keys = [e.doc_key for e in page]
+            ids = [parse_doc_key(k) for k in keys]
+            found = {
+                doc_key(d["_id"])
+                async for d in deps.db[collection].find({"_id": {"$in": ids}}, {"_id": 1})
+            }
+            missing = [i for k, i in zip(keys, ids, strict=True) if k not in found]
+            if missing:
+                await deps.publisher.emit_many(
+                    collection, [(i, None) for i in missing], operation="sweep"
+                )
+            removed += len(missing)
+            after = page[-1].doc_key
+    log.info("sweep_finished", removed=removed)
+    return removed

@@ -60,10 +60,11 @@ from syncd.changes import Change
 from syncd.ids import doc_key
 from syncd.positions import StreamMark
 from syncd.retry import backoff_delay, sleep_or_stop
+from syncd.source.backfill import sweep
 from syncd.state import Outcome, Position
 
 if TYPE_CHECKING:
-    from syncd.engine import Engine
+    from syncd.source.deps import SourceDeps
 
 log = structlog.get_logger("syncd.stream")
 
@@ -78,6 +79,8 @@ SPLIT_STAGE: dict[str, Any] = {"$changeStreamSplitLargeEvent": {}}
 #: The largest change event a server sends (``BSONObjMaxInternalSize``).
 MAX_EVENT_BYTES = 16 * 1024 * 1024 + 16 * 1024
 BATCH_SIZE = 1000
+#: Changes routed together at most (they are in hand: one batch from the server).
+GROUP_SIZE = 200
 
 
 class HistoryLost(Exception):
@@ -145,12 +148,25 @@ def event_size(event: dict[str, Any], doc: dict[str, Any] | None) -> int:
     return len(bson.encode({**event, "fullDocument": doc}))
 
 
+def buffered(stream: Any) -> int:
+    """Events the driver already holds (from the last batch): they can be routed with the
+    ones before them without waiting. 0 when the driver does not say (older pymongo)."""
+    data = getattr(getattr(stream, "_cursor", None), "_data", None)
+    try:
+        return len(data) if data is not None else 0
+    except TypeError:
+        return 0
+
+
 class StreamSource:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, deps: SourceDeps) -> None:
+        self.deps = deps
         self.opened = 0  # how many times the stream was opened (tests, status)
         self.on_open: Any = None
         self.split = False  # the open stream ends with $changeStreamSplitLargeEvent
+        # Changes registered (tickets open) and not routed yet: the events of one batch
+        # go to the router together (one state read for them).
+        self._group: list[Change] = []
 
     def pipeline(self, *, split: bool = False, slim: bool = False) -> list[dict[str, Any]]:
         """The stages after ``$changeStream``: the collections, the fields syncd reads,
@@ -158,7 +174,7 @@ class StreamSource:
         documents as well (see :meth:`_read_past_oversized`)."""
         fields = [f for f in EVENT_FIELDS if not (slim and f == "fullDocument")]
         stages: list[dict[str, Any]] = [
-            {"$match": {"ns.coll": {"$in": list(self.engine.config.mongo.collections)}}},
+            {"$match": {"ns.coll": {"$in": list(self.deps.mongo.collections)}}},
             {"$project": dict.fromkeys(fields, 1)},
         ]
         if split:
@@ -174,44 +190,44 @@ class StreamSource:
         return {}
 
     async def _splits(self) -> bool:
-        info = await self.engine.client.admin.command("buildInfo")
+        info = await self.deps.client.admin.command("buildInfo")
         return split_supported(dict(info))
 
     async def run(self, position: Position | None) -> None:
-        engine = self.engine
+        deps = self.deps
         token = position.token if position else None
         start = position.cluster_time if position and token is None else None
         attempt = 0
-        while not engine.stopping.is_set():
+        while not deps.stopping.is_set():
             fragments = Reassembly()
             try:
                 self.split = await self._splits()
-                stream = await engine.db.watch(
+                stream = await deps.db.watch(
                     self.pipeline(split=self.split),
                     full_document="updateLookup",
-                    max_await_time_ms=engine.config.mongo.max_await_ms,
+                    max_await_time_ms=deps.mongo.max_await_ms,
                     batch_size=BATCH_SIZE,
                     **self._position(token, start),
                 )
                 async with stream:
                     self.opened += 1
                     attempt = 0
-                    engine.health.set_stream_connected(True)
+                    deps.health.set_stream_connected(True)
                     log.info(
                         "stream_opened", resumed=token is not None, start=start, split=self.split
                     )
                     if self.on_open is not None:
                         self.on_open()
-                    while not engine.stopping.is_set():
+                    while not deps.stopping.is_set():
                         change = await stream.try_next()
-                        engine.health.beat("source")
+                        deps.health.beat("source")
                         if change is None:
                             idle = stream.resume_token
                             if fragments.pending:
                                 continue  # never save a position inside a split event
                             if idle is not None and idle != token:
                                 token = dict(idle)
-                                engine.positions.mark(StreamMark(dict(idle)))
+                                deps.positions.mark(StreamMark(dict(idle)))
                             continue
                         if "splitEvent" in change:
                             whole = fragments.add(change)
@@ -223,9 +239,13 @@ class StreamSource:
                         invalidated = await self._emit(change)
                         if invalidated:
                             break
+                        if not buffered(stream):
+                            await self._flush()  # nothing more in hand: route what is
+                    await self._flush()
             except OperationFailure as exc:
+                await self._flush()
                 if exc.code in HISTORY_LOST_CODES or "ChangeStreamHistoryLost" in str(exc):
-                    engine.health.set_stream_connected(False, "history lost")
+                    deps.health.set_stream_connected(False, "history lost")
                     raise HistoryLost(str(exc)) from None
                 if exc.code in OVERSIZED_CODES:
                     log.warning(
@@ -239,7 +259,7 @@ class StreamSource:
                         token, start = moved
                         continue
                     # No progress (the slim pass failed or saw nothing yet): back off.
-                engine.health.set_stream_connected(False, f"error {exc.code}")
+                deps.health.set_stream_connected(False, f"error {exc.code}")
                 delay = backoff_delay(attempt, cap=10.0)
                 attempt += 1
                 log.warning(
@@ -247,14 +267,16 @@ class StreamSource:
                 )
                 await self._pause(delay)
             except FragmentGap as exc:
+                await self._flush()
                 # Only the whole event is ever routed or saved: read it again from the top.
-                engine.health.set_stream_connected(False, "fragment gap")
+                deps.health.set_stream_connected(False, "fragment gap")
                 delay = backoff_delay(attempt, cap=10.0)
                 attempt += 1
                 log.warning("stream_fragment_gap", error=str(exc), retry_in=round(delay, 2))
                 await self._pause(delay)
             except PyMongoError as exc:
-                engine.health.set_stream_connected(False, type(exc).__name__)
+                await self._flush()
+                deps.health.set_stream_connected(False, type(exc).__name__)
                 delay = backoff_delay(attempt, cap=10.0)
                 attempt += 1
                 log.warning(
@@ -262,15 +284,15 @@ class StreamSource:
                 )
                 await self._pause(delay)
             else:
-                engine.health.set_stream_connected(False, "reopening")
-        engine.health.set_stream_connected(False, "stopped")
+                deps.health.set_stream_connected(False, "reopening")
+        deps.health.set_stream_connected(False, "stopped")
 
     async def _pause(self, seconds: float) -> None:
         """Back off, still beating: waiting for MongoDB to come back is not being stuck."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            self.engine.health.beat("source")
-            await sleep_or_stop(min(1.0, left), self.engine.stopping)
+            self.deps.health.beat("source")
+            await sleep_or_stop(min(1.0, left), self.deps.stopping)
 
     # -- events the server cannot send -------------------------------------------------------
     async def _past_oversized(
@@ -281,7 +303,7 @@ class StreamSource:
             return await self._read_past_oversized(token, start)
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST_CODES:
-                self.engine.health.set_stream_connected(False, "history lost")
+                self.deps.health.set_stream_connected(False, "history lost")
                 raise HistoryLost(str(exc)) from None
             log.warning("stream_failed", code=exc.code, error=str(exc)[:200], during="slim pass")
         except PyMongoError as exc:
@@ -297,25 +319,26 @@ class StreamSource:
         when the stream is idle (everything up to now was read), or after one batch of
         events (the server failed to build that batch, so the event was within it).
         """
-        engine = self.engine
-        stream = await engine.db.watch(
+        deps = self.deps
+        stream = await deps.db.watch(
             self.pipeline(slim=True),
-            max_await_time_ms=engine.config.mongo.max_await_ms,
+            max_await_time_ms=deps.mongo.max_await_ms,
             batch_size=BATCH_SIZE,
             **self._position(token, start),
         )
         async with stream:
             for _ in range(BATCH_SIZE):
-                if engine.stopping.is_set():
+                if deps.stopping.is_set():
                     break
                 event = await stream.try_next()
-                engine.health.beat("source")
+                deps.health.beat("source")
                 if event is None:
                     break
                 token, start = event["_id"], None
                 oversized, invalidated = await self._emit_read_directly(event)
                 if oversized or invalidated:
                     break
+        await self._flush()
         return token, start
 
     async def _emit_read_directly(self, event: dict[str, Any]) -> tuple[bool, bool]:
@@ -326,7 +349,7 @@ class StreamSource:
         coll = event["ns"]["coll"]
         doc: dict[str, Any] | None = None
         if op != "delete":
-            source = self.engine.db.get_collection(coll, read_concern=ReadConcern("majority"))
+            source = self.deps.db.get_collection(coll, read_concern=ReadConcern("majority"))
             try:
                 doc = await source.find_one({"_id": event["documentKey"]["_id"]})
             except OperationFailure as exc:
@@ -348,14 +371,14 @@ class StreamSource:
 
     async def _dead_letter_unreadable(self, event: dict[str, Any], exc: OperationFailure) -> None:
         """The document could not be read at all: record why, and move past its event."""
-        engine = self.engine
+        deps = self.deps
         coll = event["ns"]["coll"]
         key = doc_key(event["documentKey"]["_id"])
         metrics.EVENTS.labels(collection=coll, operation=event["operationType"]).inc()
         self._count_oversized(event, "dead_letter")
         ct = event.get("clusterTime")
         ct_pair = (ct.time, ct.inc) if isinstance(ct, Timestamp) else None
-        ticket = await engine.positions.open(
+        ticket = await deps.positions.open(
             StreamMark(event["_id"], ct_pair), started=ct_pair[0] if ct_pair else time.time()
         )
         detail = (
@@ -363,7 +386,7 @@ class StreamSource:
             f"by _id failed with code {exc.code}: {str(exc)[:300]}"
         )
         outcome = Outcome(coll, key, "dead", "oversized_event", detail)
-        await engine.calls(engine.store.apply, [outcome])
+        await deps.calls(deps.calls.store.apply, [outcome])
         log.warning("dead_letter", collection=coll, doc=key, reason="oversized_event")
         ticket.complete()
 
@@ -375,7 +398,7 @@ class StreamSource:
     # -- routing -----------------------------------------------------------------------------
     async def _emit(self, event: dict[str, Any]) -> bool:
         """Route one event; True when the stream was invalidated and must be reopened."""
-        engine = self.engine
+        deps = self.deps
         op = event.get("operationType", "")
         token = event["_id"]
         ct = event.get("clusterTime")
@@ -386,7 +409,7 @@ class StreamSource:
             metrics.EVENTS.labels(collection=coll, operation=op).inc()
             doc_id = event["documentKey"]["_id"]
             doc = event.get("fullDocument") if op != "delete" else None
-            ticket = await engine.positions.open(
+            ticket = await deps.positions.open(
                 StreamMark(token, ct_pair), started=ct_seconds or time.time()
             )
             change = Change(
@@ -398,18 +421,23 @@ class StreamSource:
                 ticket=ticket,
                 cluster_time=ct_seconds,
             )
-            await engine.router.route(change)
+            self._group.append(change)
+            if len(self._group) >= GROUP_SIZE:
+                await self._flush()
             return False
+        await self._flush()  # what came before is routed before this acts
         coll = (event.get("ns") or {}).get("coll")
         metrics.EVENTS.labels(collection=coll or "*", operation=op).inc()
-        engine.positions.mark(StreamMark(token, ct_pair))
+        deps.positions.mark(StreamMark(token, ct_pair))
         if op in ("drop", "rename", "dropDatabase"):
             # Every document of the collection is gone: remove their records.
-            from syncd.source.backfill import Backfill
-
-            targets = [coll] if coll else list(engine.config.mongo.collections)
+            targets = [coll] if coll else list(deps.mongo.collections)
             log.warning("collection_dropped", collection=coll, operation=op)
-            await Backfill(engine).sweep(
-                [c for c in targets if c in engine.config.mongo.collections]
-            )
+            await sweep(deps, [c for c in targets if c in deps.mongo.collections])
         return op == "invalidate"
+
+    async def _flush(self) -> None:
+        """Route the changes registered so far, in order, as one group."""
+        if self._group:
+            group, self._group = self._group, []
+            await self.deps.route_many(group)

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pymongo import ASCENDING, DeleteOne, MongoClient, UpdateOne
+from pymongo import ASCENDING, DeleteMany, DeleteOne, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
@@ -58,7 +58,38 @@ from syncd.state.rules import apply_ops
 
 PREFIX = "syncd_"
 LEASES = PREFIX + "leases"
-_Op = UpdateOne | DeleteOne
+
+
+class _DeleteId:
+    """Delete the row with this ``_id`` if there is one: a published document's "no
+    dead letter, not skipped" is one of these per row, and a run of them is sent as one
+    ``$in`` delete (one statement, not one per document)."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, _id: str) -> None:
+        self.id = _id
+
+
+_Op = UpdateOne | DeleteOne | _DeleteId
+
+
+def _statements(ops: list[_Op]) -> list[UpdateOne | DeleteOne | DeleteMany]:
+    """``ops`` in order, each run of :class:`_DeleteId` folded into one delete."""
+    out: list[UpdateOne | DeleteOne | DeleteMany] = []
+    run: list[str] = []
+    for op in [*ops, None]:
+        if isinstance(op, _DeleteId):
+            run.append(op.id)
+            continue
+        if run:
+            out.append(
+                DeleteMany({"_id": {"$in": run}}) if len(run) > 1 else DeleteOne({"_id": run[0]})
+            )
+            run = []
+        if op is not None:
+            out.append(op)
+    return out
 
 
 def _ledger_id(collection: str, doc_key: str) -> str:
@@ -175,7 +206,7 @@ class MongoStateStore:
         self._buffer.clear()
         for coll, ops in groups.values():
             try:
-                coll.bulk_write(ops, ordered=True)
+                coll.bulk_write(_statements(ops), ordered=True)
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
                 if self.fence is not None and any(e.get("code") == 11000 for e in errors):
@@ -506,7 +537,7 @@ class MongoStateStore:
         self._write(self._dead, UpdateOne({"_id": _id}, update, upsert=True))
 
     def clear_dead_letter(self, collection: str, doc_key: str) -> None:
-        self._write(self._dead, DeleteOne({"_id": _ledger_id(collection, doc_key)}))
+        self._write(self._dead, _DeleteId(_ledger_id(collection, doc_key)))
 
     def dead_letters(
         self, collection: str | None = None, limit: int | None = None
@@ -582,7 +613,7 @@ class MongoStateStore:
         self._write(self._skipped, UpdateOne({"_id": _id}, {"$set": doc}, upsert=True))
 
     def unskip(self, collection: str, doc_key: str) -> None:
-        self._write(self._skipped, DeleteOne({"_id": _ledger_id(collection, doc_key)}))
+        self._write(self._skipped, _DeleteId(_ledger_id(collection, doc_key)))
 
     def skipped_counts(self) -> list[tuple[str, str, int]]:
         self._read()

@@ -132,8 +132,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 
 # Dead-letter counts kept by the database itself, one row per collection: counting
-# 1 M rows with GROUP BY after every batch made 600 changes take 25 s instead of
-# 1.4 s. Triggers live in the file, so any syncd version's writes keep them right.
+# Counting with GROUP BY means a scan of every dead letter each time the gauge is read;
+# the triggers keep the counts as rows change. They live in the file, so the writes of
+# any syncd version (and of the admin commands) keep them right.
 _COUNTS = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS dead_letter_counts (collection TEXT PRIMARY KEY, n INTEGER NOT NULL);

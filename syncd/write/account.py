@@ -196,9 +196,13 @@ class AccountWriter:
         parking = self.deps.parking
         while True:
             if parking.is_parked(self.did):
-                await self._park_queue()
-                continue
-            if not self.queue.ready:
+                await self._park_writes()
+                if not self.queue.ready:
+                    await self._wait_parked()
+                    continue
+                # What is left needs no PDS write (an echo of syncd's own write-back, a
+                # dead letter to record): settled now, not parked.
+            elif not self.queue.ready:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -254,11 +258,13 @@ class AccountWriter:
                     return
             self._writeback = asyncio.create_task(self._write_back_then_finish(batch, plans))
 
-    async def _park_queue(self) -> None:
-        """Parked: hand every waiting op to the parking (by key), then wait until the
-        account may write again (or more ops arrive)."""
+    async def _park_writes(self) -> None:
+        """Parked: hand every waiting op that would write to the PDS to the parking (by
+        key). Ops whose plan is already known to need no write (the ledger row the router
+        read says the record holds this content) stay, so an echo of syncd's own
+        write-back is not parked and re-read later, and the parked count is what waits."""
         parking = self.deps.parking
-        ops = self.queue.drop_all()
+        ops = self.queue.drop_where(self._would_write)
         if ops:
             for op in ops:
                 for key in (IMAGE, STREAMED):
@@ -269,7 +275,18 @@ class AccountWriter:
             reason = parking.reason(self.did) or "parked"
             await parking.park(self.did, Blocked(reason, until), ops)
             self._finish(ops)
-        if parking.is_parked(self.did):
+
+    def _would_write(self, op: Op) -> bool:
+        """Whether ``op`` may need a PDS call (a guess from the router's ledger read; the
+        batch plans again, and a write it finds after all is parked by the sender)."""
+        try:
+            return plan(op, self.did, op.holder_hint).action != NONE
+        except Exception:  # whatever it is, the parking keeps it
+            return True
+
+    async def _wait_parked(self) -> None:
+        """Wait until the account may write again, or more ops arrive (at most 1 s)."""
+        if self.deps.parking.is_parked(self.did):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)

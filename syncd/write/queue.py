@@ -84,6 +84,18 @@ class DocumentQueue:
         self._ready -= len(out)
         return out
 
+    def drop_where(self, pred: Callable[[Op], bool]) -> list[Op]:
+        """Remove the ops ``pred`` picks (an account parked: those that would write); the
+        others keep their places. Returns the removed ops, in order."""
+        out: list[Op] = []
+        for key, (op, ready) in list(self._ops.items()):
+            if pred(op):
+                out.append(op)
+                del self._ops[key]
+                if ready:
+                    self._ready -= 1
+        return out
+
     def drop_all(self) -> list[Op]:
         """Empty the queue (shutdown, an account parked): the ops, in order."""
         ops = [op for op, _ in self._ops.values()]

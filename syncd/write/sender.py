@@ -5,8 +5,11 @@
   ``max_writes`` writes, which the PDS applies all or nothing.
 * The write budget: once the PDS has said how many points the account has left
   (:mod:`syncd.pds.ratelimit`), a batch that would overdraw it is cut to the part
-  the points pay for; a 429 that names the points left does the same, and
-  otherwise the batch waits as the 429 says.
+  the points pay for, and when they pay for nothing no call is made until the
+  window resets (a refused call's points count too: each one sent to learn the
+  wait would cost the daily budget a batch); a 429 that names the points left
+  does the same, and otherwise the batch waits as the 429 says. A wait longer
+  than ``PARK_AFTER`` parks the account (:mod:`syncd.parking`).
 * A refused batch (the all-or-nothing 500, a 4xx) is sent again as idempotent
   single calls -- ``putRecord`` is an upsert, ``deleteRecord`` of a missing key
   succeeds -- which settle it one record at a time. Writes whose existence is
@@ -19,6 +22,7 @@ Errors are classified by the one retry policy (:mod:`syncd.retry`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -56,6 +60,8 @@ log = structlog.get_logger("syncd.writer")
 #: Single calls of one batch in flight at once.
 SINGLE_CONCURRENCY = 8
 _KINDS = {CREATE: "create", UPDATE: "update", DELETE: "delete"}
+#: Waited past a budget's reset (``ratelimit-reset`` is whole seconds).
+RESET_MARGIN = 0.5
 
 
 def _blob_missing(exc: XrpcError) -> bool:
@@ -155,16 +161,22 @@ class Sender:
         pending = list(chunks([p for p in plans if batchable(p)], self._max_writes))
         while pending:
             chunk = pending.pop(0)
+            written: list[Plan] = []
             try:
-                leftover = await self._apply(chunk)
+                leftover = await self._apply(chunk, written)
                 singles.extend(leftover)
                 held = {id(p) for p in leftover}
                 moved = [p for p in chunk if p.retire is not None and id(p) not in held]
                 if moved:
                     await self._retire(moved)
             except Blocked as blocked:
+                # The part of the chunk the budget paid for is written: it is committed
+                # as such, not parked (a move still owes its second commit: parked, and
+                # planned again as the update of the record it named).
+                done = {id(p) for p in written if p.retire is None}
                 for p in [*chunk, *(q for c in pending for q in c), *singles]:
-                    p.parked = blocked
+                    if id(p) not in done:
+                        p.parked = blocked
                 return
         if singles:
             sem = asyncio.Semaphore(SINGLE_CONCURRENCY)
@@ -175,8 +187,11 @@ class Sender:
 
             await asyncio.gather(*(one(p) for p in singles))
 
-    async def _apply(self, chunk: list[Plan]) -> list[Plan]:
-        """Send one applyWrites; returns the plans that must be sent one by one."""
+    async def _apply(self, chunk: list[Plan], written: list[Plan]) -> list[Plan]:
+        """Send one applyWrites (or, cut to the budget, several); returns the plans that
+        must be sent one by one. The plans applied are added to ``written`` as they are,
+        so a :class:`Blocked` raised after part of the chunk went through parks only the
+        rest."""
         writes: list[dict[str, Any]] = []
         main_index: list[int] = []
         for p in chunk:
@@ -196,10 +211,23 @@ class Sender:
             budget = self._repo.write_budget(self.did)
             if budget is not None:
                 # The last write said how many points are left: a batch costing more
-                # would be refused whole (and spend them). Send what they pay for; when
-                # nothing fits, send anyway and let the 429 say how long to wait.
+                # would be refused whole, and its points counted all the same (the
+                # daily budget's too). Send what they pay for; when they pay for
+                # nothing, send nothing until the window resets -- or give way.
                 fit = plans_that_fit(budget.remaining, chunk)
-                if 0 < fit < len(chunk):
+                if fit == 0:
+                    wait = budget.reset_at - time.time()
+                    if wait > PARK_AFTER:
+                        raise Blocked("rate_limited", budget.reset_at)
+                    log.info(
+                        "write_budget_spent_waiting",
+                        did=self.did,
+                        points_left=budget.remaining,
+                        seconds=round(max(0.0, wait), 1),
+                    )
+                    await sleep_or_stop(max(0.0, wait) + RESET_MARGIN, self._stopping)
+                    continue
+                if fit < len(chunk):
                     log.info(
                         "batch_sized_to_write_budget",
                         did=self.did,
@@ -207,7 +235,8 @@ class Sender:
                         writes=len(chunk),
                         sending=fit,
                     )
-                    return await self._apply(chunk[:fit]) + await self._apply(chunk[fit:])
+                    head = await self._apply(chunk[:fit], written)
+                    return head + await self._apply(chunk[fit:], written)
             log.debug(
                 "apply_writes",
                 did=self.did,
@@ -239,7 +268,8 @@ class Sender:
                     fit = plans_that_fit(getattr(exc, "remaining", None), chunk)
                     if 0 < fit < len(chunk):
                         # The budget left still takes part of the batch: send that now.
-                        return await self._apply(chunk[:fit]) + await self._apply(chunk[fit:])
+                        head = await self._apply(chunk[:fit], written)
+                        return head + await self._apply(chunk[fit:], written)
                     if verdict.wait is not None and verdict.wait > PARK_AFTER:
                         # The budget is spent for longer than is worth holding a slot:
                         # the account gives way (syncd.parking).
@@ -251,6 +281,7 @@ class Sender:
             for p, i in zip(chunk, main_index, strict=True):
                 if p.action in WRITES:
                     p.uri, p.cid = results[i].get("uri"), results[i].get("cid")
+            written.extend(chunk)
             return []
 
     async def _retire(self, plans: list[Plan]) -> None:

@@ -275,6 +275,12 @@ class Commands:
             "repl": {"setName": sb.set_name, "isWritablePrimary": True, "primary": sb.advertised},
             "storageEngine": {"name": "sandbox", "persistent": sb.data_dir is not None},
             "opcounters": {k: bson.int64.Int64(v) for k, v in sb.opcounters.items()},
+            "metrics": {
+                "commands": {
+                    name: {"total": bson.int64.Int64(n), "failed": bson.int64.Int64(0)}
+                    for name, n in sorted(sb.command_totals.items())
+                }
+            },
             "sandbox": True,
         }
 

@@ -15,7 +15,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,9 @@ class MongoSandbox:
         self.total_connections = 0
         #: ``serverStatus().opcounters``: counted as a mongod counts them (see count_op).
         self.opcounters: dict[str, int] = dict.fromkeys(OPCOUNTERS, 0)
+        #: ``serverStatus().metrics.commands.<name>.total``: commands received, one per
+        #: round trip (a bulk write of 200 updates is one ``update`` command).
+        self.command_totals: Counter[str] = Counter()
         self.retry_cache: OrderedDict[tuple[bytes, int], dict[str, Any]] = OrderedDict()
         self.process_id = ObjectId()
         self.tv_counter = 0
@@ -512,6 +515,7 @@ class MongoSandbox:
                 request.change_stream = "$changeStream" in pipeline[0]
         if name in self.commands.table:
             self.count_op(name)
+            self.command_totals[name] += 1
         try:
             fail = self.faults.fail_command
             data = fail.take(name, conn.app_name) if fail.mode != "off" else None

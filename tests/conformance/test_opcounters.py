@@ -77,3 +77,23 @@ def test_opcounters_move_as_a_server_counts(client: MongoClient[Doc], db: Databa
     assert after["query"] - before["query"] == (1 if version >= (7, 1) else 0)
     assert after["command"] - before["command"] >= (1 if version >= (7, 1) else 2)
     assert after["insert"] == before["insert"] and after["update"] == before["update"]
+
+
+def test_command_totals_count_round_trips(client: MongoClient[Doc], db: Database[Doc]) -> None:
+    """``serverStatus().metrics.commands.<name>.total``: one per command received, so a
+    bulk write of many statements is one ``update`` (how the benchmarks count round trips)."""
+
+    def totals() -> dict[str, int]:
+        commands = client.admin.command("serverStatus")["metrics"]["commands"]
+        return {name: int(c["total"]) for name, c in commands.items()}
+
+    coll = db["round_trips"]
+    coll.insert_one({"_id": "warm-up"})
+    before = totals()
+    coll.bulk_write([UpdateOne({"_id": i}, {"$set": {"v": i}}, upsert=True) for i in range(50)])
+    coll.insert_many([{"_id": f"n{i}"} for i in range(30)])
+    list(coll.find({}))
+    after = totals()
+    assert after.get("update", 0) - before.get("update", 0) == 1
+    assert after.get("insert", 0) - before.get("insert", 0) == 1
+    assert after.get("find", 0) - before.get("find", 0) == 1

@@ -231,6 +231,32 @@ def test_batch_lookup_and_apply(make_store: tuple[str, Factory]) -> None:
     assert not s.blob_known("did:plc:a", "bafyA")
 
 
+def test_a_batch_of_clears_keeps_its_order(make_store: tuple[str, Factory]) -> None:
+    """Runs of "no dead letter, not skipped" are folded into one delete per run on
+    MongoDB: a dead letter written between two runs, and one cleared after it is
+    written, come out as the ops' order says."""
+    _, make = make_store
+    s = make()
+    keys = [f"d{i}" for i in range(6)]
+    s.apply([Outcome("moods", k, "dead", "bad_when", "x") for k in keys])
+    s.apply([Outcome("moods", k, "skip", "wip") for k in ("s1", "s2")])
+    s.apply(
+        [
+            Outcome("moods", "d0", "published"),
+            Outcome("moods", "d1", "published"),
+            Outcome("moods", "s1", "hidden"),
+            Outcome("moods", "d2", "dead", "bad_mood", "again"),  # between two runs
+            Outcome("moods", "d3", "published"),
+            Outcome("moods", "new", "dead", "bad_when", "y"),
+            Outcome("moods", "new", "published"),  # written, then cleared, in one batch
+            Outcome("moods", "d4", "hidden"),
+        ]
+    )
+    left = {d.doc_key: d.reason for d in s.dead_letters("moods")}
+    assert left == {"d2": "bad_mood", "d5": "bad_when"}
+    assert s.skipped_counts() == [("moods", "wip", 1)]
+
+
 def test_dead_letter_counts_and_due_pages(make_store: tuple[str, Factory]) -> None:
     _, make = make_store
     s = make()

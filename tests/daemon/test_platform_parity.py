@@ -195,3 +195,89 @@ def test_old_way_thumbnails_are_reported_and_remade_by_reconcile_only(
     }
     assert run_cli(world.config_path, "reconcile", "--check").returncode == 0
     assert_mirrored(world, ("paintings",))
+
+
+def _platform_writes(world: SandboxWorld, who: str, nsid: str, record: dict[str, Any]) -> str:
+    """The platform's inline writer: createRecord with a PDS-picked key, as it does for
+    whatever a user saved (the PDS does not validate a lexicon it does not know)."""
+    made = world.api.procedure(
+        "com.atproto.repo.createRecord",
+        {"repo": world.did(who), "collection": nsid, "record": {"$type": nsid, **record}},
+        token=world.access_token(who),
+    )
+    return str(made["uri"]).rsplit("/", 1)[1]
+
+
+def test_a_platform_record_of_an_unpublishable_document_is_removed_and_its_key_unset(
+    world: SandboxWorld, syncd: SyncdProcess
+) -> None:
+    """Issue 13: over a published limit, or an image that is not an image, is a dead
+    letter -- and a dead letter has no record, not even the one the platform's inline
+    writer made for it; its ``atproto.rkey`` is unset. A record of another document at
+    the same collection is never touched."""
+    alice = world.sub("alice")
+    too_long = make_mood(alice, "m" * 5001)
+    painting = world.add_painting("alice", data=b"this is not a png at all")
+    other = make_mood(alice, "fine")
+    keys = {
+        "moods": _platform_writes(
+            world,
+            "alice",
+            MOOD,
+            {
+                "mood": too_long["mood"],
+                "when": "2025-01-01T00:00:00.000Z",
+                "ref": str(too_long["_id"]),
+            },
+        ),
+        "paintings": _platform_writes(
+            world,
+            "alice",
+            PAINTING,
+            {
+                "slug": painting["slug"],
+                "when": "2025-01-01T00:00:00.000Z",
+                "ref": str(painting["_id"]),
+            },
+        ),
+    }
+    stranger = _platform_writes(
+        world,
+        "alice",
+        MOOD,
+        {"mood": "fine", "when": "2025-01-01T00:00:00.000Z", "ref": str(other["_id"])},
+    )
+    too_long["atproto"] = {"rkey": keys["moods"]}
+    other["atproto"] = {"rkey": stranger}
+    world.insert("moods", too_long, other)
+    world.db.paintings.update_one(
+        {"_id": painting["_id"]}, {"$set": {"atproto": {"rkey": keys["paintings"]}}}
+    )
+    # Bob has nothing else syncd would write, and his mood is refused before any writer
+    # sees it (``mood`` is a number): his writer exists only to remove this record.
+    lonely = make_mood(world.sub("bob"), "b")
+    lonely["mood"] = 12345
+    lonely_key = _platform_writes(
+        world,
+        "bob",
+        MOOD,
+        {"mood": "12345", "when": "2025-01-01T00:00:00.000Z", "ref": str(lonely["_id"])},
+    )
+    lonely["atproto"] = {"rkey": lonely_key}
+    world.insert("moods", lonely)
+    assert world.get_record("bob", MOOD, lonely_key) is not None
+    assert world.get_record("alice", PAINTING, keys["paintings"]) is not None
+    syncd.start()
+    syncd.wait_ready()
+    syncd.wait_idle()
+    assert world.get_record("bob", MOOD, lonely_key) is None
+    assert world.get_record("alice", MOOD, keys["moods"]) is None
+    assert world.get_record("alice", PAINTING, keys["paintings"]) is None
+    assert world.get_record("alice", MOOD, stranger) is not None
+    for coll, doc in (("moods", too_long), ("paintings", painting), ("moods", lonely)):
+        now = world.db[coll].find_one({"_id": doc["_id"]}) or {}
+        assert "rkey" not in (now.get("atproto") or {}), (coll, now.get("atproto"))
+    dead = {d["id"]: d["reason"] for d in status(world)["dead_letters"]["recent"]}
+    assert dead[str(too_long["_id"])] == "lexicon_invalid"
+    assert str(painting["_id"]) in dead
+    assert_mirrored(world, ("moods", "paintings"))

@@ -417,3 +417,33 @@ def test_unlimited_pds_sends_no_rate_limit_headers(sandbox_pds: PdsHandle) -> No
     resp = httpx.get(f"{sandbox_pds.url}/xrpc/com.atproto.server.describeServer")
     assert resp.status_code == 200
     assert "ratelimit-limit" not in resp.headers
+
+
+def test_short_write_window_for_tests(short_window_pds: Any) -> None:
+    """``launch.mjs --rate-limit-window-seconds 20``: the same 5,000 points, a 20 s window
+    that says so in its policy, and the budget is whole again after the reset."""
+    handle: PdsHandle = short_window_pds(20).handle
+    assert handle.rate_limit_window == 20
+    with handle.api() as api:
+        acct = api.create_account(unique_handle("window"))
+
+        def send(n: int) -> httpx.Response:
+            body = {"repo": acct.did, "writes": [_create(new_tid()) for _ in range(n)]}
+            return _xrpc(api, acct, "com.atproto.repo.applyWrites", body)
+
+        for _ in range(8):  # 4800 of 5000 points
+            resp = send(200)
+            assert resp.status_code == 200, resp.text
+        assert resp.headers["ratelimit-policy"] == "5000;w=20"
+        assert resp.headers["ratelimit-remaining"] == "200"
+        refused = send(200)  # 600 points: refused whole
+        assert refused.status_code == 429
+        assert refused.headers["ratelimit-policy"] == "5000;w=20"
+        reset = int(refused.headers["ratelimit-reset"])
+        assert time.time() < reset <= time.time() + 21
+        # A refused call's points are counted too: what was left no longer pays for 66.
+        assert send(66).status_code == 429
+        time.sleep(max(0.0, reset - time.time()) + 1.5)
+        again = send(200)
+        assert again.status_code == 200, again.text  # (its headers: the per-IP limit now)
+        assert len(api.list_records(acct.did, NSID)) == 1800

@@ -17,9 +17,9 @@ import httpx
 
 from syncd_sandbox import tally
 from syncd_sandbox.accounts import WorldAccount, store_user
-from syncd_sandbox.daemonproc import SyncdProcess
 from syncd_sandbox.load import LoadGenerator
 from syncd_sandbox.rig import Rig
+from syncd_sandbox.syncd_process import SyncdProcess
 from syncd_sandbox.testing import SandboxWorld
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.")

@@ -43,12 +43,15 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[tapes]\nspool_directory = 'tmp'", "tapes.spool_directory"),
         ("[pds]\nblob_upload_limit = -1", "pds.blob_upload_limit"),
         ("[mongo\n", "--config"),
+        ("[pds]\nurl = 'https://syncd:hunter2@pds.example'", "pds.url"),
+        ("[pds]\nurl = 'https://token@pds.example'", "pds.url"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text), environ={})
     assert str(info.value).startswith(key)
+    assert "hunter2" not in str(info.value)
 
 
 def test_environment_and_credentials_override(tmp_path: Path) -> None:
@@ -93,3 +96,21 @@ def test_example_config_documents_every_key_with_its_default() -> None:
             assert (tuple(value) if isinstance(value, list) else value) == default, (
                 f"{section}.{f.name}"
             )
+
+
+def test_a_retired_key_is_accepted_and_ignored(tmp_path: Path) -> None:
+    # pipeline.batch_linger_ms did nothing; configs written for it still load.
+    path = tmp_path / "c.toml"
+    path.write_text("[pipeline]\nbatch_linger_ms = 20\nqueue_size = 5\n")
+    cfg = config.load(
+        path,
+        environ={"SYNCD_MONGO_URI": "mongodb://h/?replicaSet=rs0", "SYNCD_PDS_URL": "http://pds"},
+    )
+    assert cfg.pipeline.queue_size == 5 and not hasattr(cfg.pipeline, "batch_linger_ms")
+
+
+def test_the_known_collections_are_the_mappings() -> None:
+    from syncd.config import DEFAULT_COLLECTIONS
+    from syncd.mappings import MAPPINGS
+
+    assert DEFAULT_COLLECTIONS == tuple(MAPPINGS)

@@ -67,7 +67,6 @@ def test_valid_records_pass() -> None:
             "record.thumbnail",
         ),
         ({"thumbnail": None}, "record.thumbnail"),
-        ({"slug": "bad \ufffd utf8"}, "record.slug"),
         ({"slug": "lone \udc80 surrogate"}, "record.slug"),
         ({"ref": 12}, "record.ref"),
     ],
@@ -128,3 +127,10 @@ def test_every_lexicon_file_loads() -> None:
         lex = lexicon.load(f"computer.aesthetic.{nsid}")
         assert lex.key == "tid"
         assert "when" in lex.record["required"] and "ref" in lex.record["required"]
+
+
+def test_a_real_replacement_character_is_text_like_any_other() -> None:
+    # Only invalid UTF-8 in the source (decoded as lone surrogates) is refused.
+    lexicon.validate("computer.aesthetic.painting", painting(slug="who typed \ufffd?"))
+    with pytest.raises(LexiconError, match="not valid UTF-8"):
+        lexicon.validate("computer.aesthetic.painting", painting(slug="bad \udcff bytes"))

@@ -108,7 +108,7 @@ def test_public_documents() -> None:
         ({"mood": "x", "when": "2024-01-01"}, "bad_when"),
         ({"mood": "x", "when": DatetimeMS(-(10**15))}, "when_out_of_range"),
         ({"mood": 5}, "bad_mood"),
-        ({"mood": "   "}, "missing_mood"),
+        ({"mood": ""}, "missing_mood"),
     ],
 )
 def test_bad_documents_have_reasons(fields: dict[str, Any], reason: str) -> None:
@@ -239,3 +239,14 @@ def test_the_tape_lexicon_is_the_published_one() -> None:
         lexicon.validate(
             "computer.aesthetic.tape", {**record, "video": {**video, "mimeType": "video/quicktime"}}
         )
+
+
+def test_the_platform_publishes_what_it_stores() -> None:
+    # A mood of spaces, a `when` before 1970 or in a far year: text and dates as stored.
+    m = MAPPINGS["moods"]
+    assert m.draft(doc(user="u", mood="   "), CTX).fields["mood"] == "   "
+    for year, text in ((1960, "1960-05-04T03:02:01.123Z"), (5, "0005-05-04T03:02:01.123Z")):
+        when = datetime(year, 5, 4, 3, 2, 1, 123000, tzinfo=UTC)
+        fields = m.draft(doc(user="u", mood="x", when=when), CTX).fields
+        assert fields["when"] == text
+        lexicon.validate("computer.aesthetic.mood", {"$type": "computer.aesthetic.mood", **fields})

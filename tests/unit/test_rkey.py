@@ -48,11 +48,20 @@ def test_naive_datetimes_are_utc() -> None:
     )
 
 
-def test_out_of_range_when() -> None:
+def test_a_when_no_tid_can_say_is_keyed_by_the_ids_time() -> None:
+    # The platform publishes a document of 1960 or 9000 all the same; a TID says
+    # 1970..2255 only, so such a document's key comes from when its _id was made.
+    oid = ObjectId.from_datetime(datetime(2024, 6, 1, tzinfo=UTC))
+    for when in (datetime(1960, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)):
+        key = derive_rkey(when, oid)
+        assert is_tid(key) and key == derive_rkey(when, oid)  # stable
+        micros = decode_tid(key) >> 10
+        assert abs(micros / 1e6 - oid.generation_time.timestamp()) < 1
+    assert derive_rkey(datetime(1960, 1, 1, tzinfo=UTC), oid, 1) != derive_rkey(
+        datetime(1960, 1, 1, tzinfo=UTC), oid
+    )
     with pytest.raises(RkeyError):
-        derive_rkey(datetime(1960, 1, 1, tzinfo=UTC), ObjectId())
-    with pytest.raises(RkeyError):
-        derive_rkey(datetime(9000, 1, 1, tzinfo=UTC), ObjectId())
+        derive_rkey(datetime(1960, 1, 1, tzinfo=UTC), "string-id")
 
 
 @given(st.integers(min_value=0, max_value=(1 << 63) - 1))

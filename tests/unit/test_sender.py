@@ -237,3 +237,71 @@ async def test_check_key(
     assert check.state == state
     if holder not in (None, str(OID)):
         assert pds.calls == []  # decided from the ledger alone
+
+
+class _BudgetPds(FakePds):
+    """The write budget as the reference PDS keeps it: every applyWrites costs 3 points a
+    create, charged even when refused (429); successful ones say the points left."""
+
+    def __init__(self, points: int, reset_in: float) -> None:
+        super().__init__()
+        self.budget, self.points, self.reset_in = points, points, reset_in
+        self.reset_at = time.time() + reset_in
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if time.time() >= self.reset_at:  # a new window
+            self.points, self.reset_at = self.budget, time.time() + self.reset_in
+        if request.url.path.endswith("applyWrites"):
+            cost = 3 * len(json.loads(request.content)["writes"])
+            self.points -= cost  # charged before the handler runs, refused or not
+            if self.points < 0:
+                headers = _limit(0, self.reset_at - time.time())
+                return httpx.Response(429, json={"error": "RateLimitExceeded"}, headers=headers)
+        resp = super().handler(request)
+        if resp.status_code == 200 and request.url.path.endswith("applyWrites"):
+            resp.headers.update(_limit(self.points, self.reset_at - time.time()))
+        return resp
+
+
+def _sender(pds: FakePds) -> Sender:
+    xrpc = XrpcClient("http://pds.test", transport=httpx.MockTransport(pds.handler))
+    repo = Repo(xrpc, _Sessions())  # type: ignore[arg-type]
+    return Sender(lambda: ACCOUNT, repo, None, asyncio.Event(), max_writes=4, retry_cap=0.01)  # type: ignore[arg-type]
+
+
+async def test_a_budget_known_to_pay_for_nothing_sends_nothing_and_parks() -> None:
+    """A call sent only to be refused would spend its points all the same (the daily
+    budget's too, tests/sandbox/test_pds.py): once the headers say the points left pay
+    for no write, the rest waits for the reset without a call."""
+    pds = _BudgetPds(points=4 * 3 + 2, reset_in=1800)  # one batch of 4, then 2 points
+    plans = [plan(CREATE, f"k{i}") for i in range(8)]
+    await _sender(pds).send(plans)
+    assert pds.calls == ["applyWrites"]  # no second, refused, call
+    assert set(pds.records) == {f"k{i}" for i in range(4)}
+    parked = [p.parked for p in plans[4:]]
+    assert all(isinstance(b, Blocked) and b.reason == "rate_limited" for b in parked)
+    assert parked[0].until == pytest.approx(time.time() + 1800, abs=5)  # type: ignore[union-attr]
+
+
+async def test_a_budget_that_resets_soon_is_waited_for_without_a_refused_call() -> None:
+    pds = _BudgetPds(points=4 * 3, reset_in=1.0)
+    plans = [plan(CREATE, f"k{i}") for i in range(6)]
+    started = time.monotonic()
+    await _sender(pds).send(plans)
+    assert time.monotonic() - started >= 0.5  # waited for the reset ...
+    assert pds.calls == ["applyWrites", "applyWrites"]  # ... and was never refused
+    assert set(pds.records) == {f"k{i}" for i in range(6)}
+    assert all(p.parked is None for p in plans)
+
+
+async def test_the_part_the_budget_paid_for_is_written_not_parked() -> None:
+    """A batch cut to the budget: its first part is written; when the rest cannot be paid
+    for, only the rest is parked (the written part, parked too, would be committed as not
+    written and sent again after the reset)."""
+    pds = _BudgetPds(points=4 * 3 + 2 * 3 + 1, reset_in=1800)
+    plans = [plan(CREATE, f"k{i}") for i in range(8)]
+    await _sender(pds).send(plans)
+    assert pds.calls == ["applyWrites", "applyWrites"]  # 4, then the 2 the points pay for
+    assert set(pds.records) == {f"k{i}" for i in range(6)}
+    assert [p.parked is None for p in plans] == [True] * 6 + [False] * 2
+    assert all(p.cid == f"c-{p.rkey}" for p in plans[:6])

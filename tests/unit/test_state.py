@@ -161,3 +161,29 @@ def test_state_files_are_owner_only_from_the_first_byte(tmp_path: Path) -> None:
     assert modes["syncd.sqlite3"] == 0o600
     assert {m for n, m in modes.items() if n.startswith("syncd.sqlite3")} == {0o600}, modes
     assert "syncd.sqlite3-wal" in modes
+
+
+def test_dead_letter_counts_of_a_state_file_from_before_the_triggers(tmp_path: Path) -> None:
+    """A state file written by a syncd without the counts table (its dead letters counted
+    by nobody) is counted once when opened, and kept by the triggers from then on."""
+    s = StateStore(tmp_path)
+    for i in range(5):
+        s.dead_letter("moods", f"m{i}", "r", "x")
+    s._db.executescript(
+        "DROP TRIGGER dead_letters_counted; DROP TRIGGER dead_letters_uncounted; "
+        "DROP TABLE dead_letter_counts;"
+    )
+    s.dead_letter("moods", "m5", "r", "x")  # written as the old syncd wrote: uncounted
+    s.dead_letter("pieces", "p0", "r", "x")
+    s.close()
+    s = StateStore(tmp_path)
+    try:
+        assert s.dead_letter_counts() == {"moods": 6, "pieces": 1}
+        s.dead_letter("moods", "m0", "again", "y")  # the same document: counted once
+        s.dead_letter("kidlisp", "k0", "r", "x")
+        s.clear_dead_letter("pieces", "p0")
+        with s.transaction():
+            s._db.execute("DELETE FROM dead_letters WHERE collection = 'moods'")  # all at once
+        assert s.dead_letter_counts() == {"kidlisp": 1}
+    finally:
+        s.close()

@@ -80,14 +80,11 @@ def test_which_servers_split_large_events(info: dict[str, Any], splits: bool) ->
 def test_the_pipeline_keeps_only_what_syncd_reads() -> None:
     from syncd.source.stream import StreamSource
 
-    class Config:
+    class Deps:
         class mongo:
             collections = ("paintings", "kidlisp")
 
-    class Engine:
-        config = Config
-
-    source = StreamSource(Engine())  # type: ignore[arg-type]
+    source = StreamSource(Deps())  # type: ignore[arg-type]
     match, project = source.pipeline()
     assert match == {"$match": {"ns.coll": {"$in": ["paintings", "kidlisp"]}}}
     assert project == {"$project": dict.fromkeys(EVENT_FIELDS, 1)}

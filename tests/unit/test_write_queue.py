@@ -18,6 +18,7 @@ from syncd.checkpoint import Checkpointer, Ticket
 from syncd.images.urls import PaintingSource
 from syncd.mappings import Draft, MappingContext, StreamedBlob
 from syncd.pds.sessions import Account
+from syncd.state import LedgerEntry
 from syncd.write import AccountWriter, WriterDeps
 from syncd.write.images import ImageResult
 from syncd.write.queue import DocumentQueue
@@ -221,3 +222,60 @@ async def test_a_superseded_tape_stops_its_upload() -> None:
     await settle()
     assert first_task.cancelled() and done == [first]
     assert len(streamed.futures) == 2
+
+
+def test_drop_where_takes_the_picked_ops_and_keeps_the_others_in_place() -> None:
+    q = DocumentQueue(lambda o: None)
+    a, b, c, d = (op("moods", k) for k in "abcd")
+    for o in (a, b, c):
+        q.push(o)
+    q.push(d, ready=False)
+    assert q.drop_where(lambda o: o.change.key in "bd") == [b, d]
+    assert len(q) == 2 and q.ready == 2
+    assert q.take(10) == [a, c] and q.ready == 0
+
+
+# -- a parked writer: what waits for the account, and what does not --------------------
+
+
+class FakeParking:
+    def __init__(self) -> None:
+        self.parked: list[tuple[str, str, list[str]]] = []
+
+    def is_parked(self, did: str) -> bool:
+        return True
+
+    def until(self, did: str) -> float:
+        return 0.0
+
+    def reason(self, did: str) -> str:
+        return "rate_limited"
+
+    async def park(self, did: str, blocked: Any, ops: list[Op]) -> None:
+        self.parked.append((did, blocked.reason, [o.change.key for o in ops]))
+
+
+def _ledger(o: Op, fingerprint: str) -> LedgerEntry:
+    assert o.draft is not None
+    return LedgerEntry(
+        o.change.collection, o.change.key, ACCOUNT.did, o.draft.nsid, "3kabc", "bafy",
+        fingerprint, None, False, 0.0,
+    )  # fmt: skip
+
+
+async def test_a_parked_writer_parks_only_what_would_write() -> None:
+    """The echo of syncd's own write-back (the ledger says the record holds this content)
+    needs no PDS call: it is not parked (re-read later for nothing, and counted as waiting)."""
+    done: list[Op] = []
+    w = writer(FakeImages(), done)
+    parking = FakeParking()
+    w.deps.parking = parking  # type: ignore[assignment]
+    new, echo, changed = op("moods", "new"), op("moods", "echo"), op("moods", "changed")
+    echo.holder_hint = _ledger(echo, fingerprint="echo")  # the draft's fingerprint is its key
+    changed.holder_hint = _ledger(changed, fingerprint="older")
+    for o in (new, echo, changed):
+        w.submit(o)
+    await w._park_writes()
+    assert parking.parked == [(ACCOUNT.did, "rate_limited", ["new", "changed"])]
+    assert done == [new, changed]  # their changes complete: the keys wait in the store
+    assert w.queue.take(10) == [echo]  # settled through the normal path, no PDS write
