@@ -14,10 +14,10 @@ import time
 import pytest
 
 from syncd_sandbox import tally
+from syncd_sandbox.metrics import parse_metrics
 from syncd_sandbox.platform import NSIDS
 from syncd_sandbox.rig import Rig
 from syncd_sandbox.seed import make_mood, make_tape, store_url, write_tape_file
-from syncd_sandbox.syncd_process import parse_metrics
 from syncd_sandbox.testing import SandboxWorld
 
 pytestmark = pytest.mark.slow

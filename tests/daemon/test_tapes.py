@@ -19,11 +19,12 @@ from pymongo import MongoClient
 
 from syncd_sandbox import tokens
 from syncd_sandbox.images import ImageServer
+from syncd_sandbox.metrics import metric_sum
 from syncd_sandbox.mongo_server import ChildMongo
 from syncd_sandbox.pds import PdsProcess
 from syncd_sandbox.platform import NSIDS
 from syncd_sandbox.seed import Mp4File, make_mood, make_tape, store_url, write_tape_file
-from syncd_sandbox.syncd_process import SyncdProcess, metric_sum, run_cli
+from syncd_sandbox.syncd_process import SyncdProcess, run_cli
 from syncd_sandbox.testing import SandboxWorld
 
 from .mirror import assert_mirrored
