@@ -47,6 +47,7 @@ NSID = {
     "moods": "computer.aesthetic.mood",
     "pieces": "computer.aesthetic.piece",
     "kidlisp": "computer.aesthetic.kidlisp",
+    "tapes": "computer.aesthetic.tape",
 }
 
 

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from syncd.images.settings import ImageSettings
+from syncd.images.settings import ImageSettings, parse_origin
 from syncd.mappings import MAPPINGS
 
-#: The collections syncd knows how to mirror: one mapping each (syncd/mappings/).
+#: The collections syncd knows how to mirror: one mapping each (syncd/mappings/). All are
+#: mirrored by default; ``mongo.collections`` may leave some out (``tapes``: their MP4
+#: uploads are the heavy part).
 DEFAULT_COLLECTIONS: tuple[str, ...] = tuple(MAPPINGS)
 #: Keys older versions read that do nothing now: accepted, so an upgrade keeps a working
 #: config, and ignored.
@@ -50,6 +52,9 @@ class PdsConfig:
     max_writes_per_call: int = 200
     account_concurrency: int = 8
     retry_max_seconds: float = 60.0
+    # The PDS's PDS_BLOB_UPLOAD_LIMIT in bytes, when known (0: unknown; learned from the
+    # PDS's 413 answers). Blobs over it are dead-lettered before they are downloaded.
+    blob_upload_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,21 @@ class ClusterConfig:
     partitions: int = 1
     lease_seconds: float = 15.0
     instance_id: str = ""  # empty: hostname:pid
+
+
+@dataclass(frozen=True)
+class TapesConfig:
+    """Tape MP4s: where they may come from, and the bounds on their uploads (which
+    never take the PDS slots of text writes)."""
+
+    allowed_hosts: tuple[str, ...] = ()  # empty: images.allowed_hosts
+    timeout_seconds: float = 30.0
+    retries: int = 4
+    upload_concurrency: int = 2
+    upload_bytes_in_flight: int = 104_857_600
+    upload_bytes_per_second: int = 0  # per upload; 0: unpaced
+    prepared_max: int = 4
+    spool_directory: str = ""  # empty: $TMPDIR
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     images: ImageSettings = field(default_factory=ImageSettings)
+    tapes: TapesConfig = field(default_factory=TapesConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -122,6 +143,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "state": StateConfig,
     "cluster": ClusterConfig,
     "images": ImageSettings,
+    "tapes": TapesConfig,
     "records": RecordsConfig,
     "pipeline": PipelineConfig,
     "metrics": MetricsConfig,
@@ -215,6 +237,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("pds.max_writes_per_call: must be between 1 and 200 (the PDS maximum)")
     if cfg.pds.account_concurrency < 1:
         raise ConfigError("pds.account_concurrency: must be at least 1")
+    _validate_tapes(cfg.tapes)
     if cfg.state.backend not in ("sqlite", "mongodb"):
         raise ConfigError(
             f"state.backend: unsupported backend {cfg.state.backend!r} (sqlite or mongodb)"
@@ -240,6 +263,21 @@ def _validate(cfg: Config) -> None:
     host, sep, port = cfg.metrics.listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError("metrics.listen: expected HOST:PORT, e.g. 127.0.0.1:9464")
+
+
+def _validate_tapes(tapes: TapesConfig) -> None:
+    for entry in tapes.allowed_hosts:
+        try:
+            parse_origin(entry)
+        except ValueError as exc:
+            raise ConfigError(f"tapes.allowed_hosts: {exc}") from None
+    for name in ("upload_concurrency", "upload_bytes_in_flight", "prepared_max"):
+        if getattr(tapes, name) < 1:
+            raise ConfigError(f"tapes.{name}: must be at least 1")
+    if tapes.timeout_seconds <= 0:
+        raise ConfigError("tapes.timeout_seconds: must be greater than 0")
+    if tapes.spool_directory and not Path(tapes.spool_directory).is_absolute():
+        raise ConfigError("tapes.spool_directory: must be an absolute path (or empty: $TMPDIR)")
 
 
 def from_mapping(raw: dict[str, Any], *, source_path: str | None = None) -> Config:

@@ -8,6 +8,7 @@ one code path whichever command moved it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from datetime import UTC
@@ -30,6 +31,7 @@ from syncd.lease import LeaseLost
 from syncd.lifecycle import build_lifecycle
 from syncd.logs import register_secret_from_uri
 from syncd.mappings import MappingContext
+from syncd.media.limits import UploadLimit
 from syncd.parking import Parking, reason_label
 from syncd.pds.repo import Repo
 from syncd.pds.sessions import Account, SessionManager
@@ -42,6 +44,7 @@ from syncd.state import open_store
 from syncd.state.aio import StateCalls
 from syncd.write import AccountWriter, WriterDeps
 from syncd.write.images import ImageStage
+from syncd.write.streamed import StreamedSettings, StreamedStage
 
 if TYPE_CHECKING:
     from syncd.lease import Fence
@@ -130,12 +133,18 @@ class Engine:
             gone=self.gone.reason,
         )
         self.mapping_ctx = MappingContext(
-            public_base_url=config.records.public_base_url.rstrip("/"), images=config.images
+            public_base_url=config.records.public_base_url.rstrip("/"),
+            images=config.images,
+            tape_hosts=config.tapes.allowed_hosts,
         )
         self.image_http = make_client(config.images)
         self.image_fetcher = ImageFetcher(self.image_http, config.images)
         self.thumbnails = ThumbnailPool.from_settings(config.images)
         self.images = ImageStage(config.images, self.image_fetcher, self.thumbnails)
+        self.upload_limit = UploadLimit(config.pds.blob_upload_limit)
+        self.streamed = (
+            self._streamed_stage(config) if "tapes" in config.mongo.collections else None
+        )
         self.positions = Positions(self.store, config.pipeline.queue_size)
         self.positions.on_wait(lambda: self.health.beat("source"))
         self.stopping = asyncio.Event()
@@ -199,8 +208,33 @@ class Engine:
             retry_cap=config.pds.retry_max_seconds,
             parking=self.parking,
             on_done=self.router.op_done,
+            streamed=self.streamed,
         )
         metrics.initialise(tuple(config.mongo.collections))
+
+    def _streamed_stage(self, config: Config) -> StreamedStage:
+        """Tape MP4s: their own fetcher (the tapes' origins and timeouts, the image client)
+        and upload bounds, apart from the text writes' PDS slots."""
+        tapes = config.tapes
+        settings = dataclasses.replace(
+            config.images,
+            allowed_hosts=tapes.allowed_hosts or config.images.allowed_hosts,
+            timeout_seconds=tapes.timeout_seconds,
+            retries=tapes.retries,
+        )
+        fetcher = ImageFetcher(self.image_http, settings, max_concurrent=tapes.prepared_max)
+        return StreamedStage(
+            fetcher,
+            self.upload_limit,
+            StreamedSettings(
+                upload_concurrency=tapes.upload_concurrency,
+                upload_bytes_in_flight=tapes.upload_bytes_in_flight,
+                upload_bytes_per_second=tapes.upload_bytes_per_second,
+                prepared_max=tapes.prepared_max,
+                retries=tapes.retries,
+                spool_directory=tapes.spool_directory or None,
+            ),
+        )
 
     def _credentials_changed(self, account: Account) -> None:
         """New credentials in ``users``: new sessions, and a parked account tries again now."""

@@ -206,6 +206,29 @@ ACCOUNTS_GONE = Gauge(
     ["reason"],
     registry=REGISTRY,
 )
+BLOB_BYTES_SENT = Counter(
+    "syncd_blob_bytes_sent_total",
+    "Blob bytes streamed to uploadBlob, counted as they are sent: includes attempts that "
+    "failed or were cut short (syncd_blob_bytes_uploaded_total counts completed uploads).",
+    registry=REGISTRY,
+)
+BLOB_BYTES_IN_FLIGHT = Gauge(
+    "syncd_blob_bytes_in_flight",
+    "Bytes of streamed blobs (tape MP4s) being uploaded now (bounded by "
+    "tapes.upload_bytes_in_flight).",
+    registry=REGISTRY,
+)
+BLOB_UPLOADS_IN_FLIGHT = Gauge(
+    "syncd_blob_uploads_in_flight",
+    "Streamed blob (tape MP4) uploads in progress (bounded by tapes.upload_concurrency).",
+    registry=REGISTRY,
+)
+BLOBS_PREPARED = Gauge(
+    "syncd_blobs_prepared",
+    "Streamed blobs (tape MP4s) spooled to disk and waiting for their record (bounded by "
+    "tapes.prepared_max).",
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "syncd_build_info",
     "Always 1; the version label says which syncd runs.",

@@ -8,7 +8,8 @@ its own -- what a look at that key found (:class:`KeyCheck`). Output is a
 record exists: crash recovery) or delete; or ``check`` when the named key must
 be looked at first (the writer looks, then plans again with the answer).
 
-**The key the document names wins** (``atproto.rkey``: the platform's own inline
+**The key the document names wins** (``atproto.rkey``, ``at.rkey`` on tapes: the
+mapping's ``backref`` field; the platform's own inline
 writers put the key the PDS picked there, and permalinks use it), but only once
 it is known to be this document's: its record carries this document's ``ref``
 (or the legacy ``mongoId``), or there is no record there and no other document
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from syncd.changes import Op, Problem
-from syncd.mappings import MAPPINGS
+from syncd.mappings import MAPPINGS, backref_field
 from syncd.mappings.base import when_of
 from syncd.rkey import derive_rkey, named_key
 from syncd.state import LedgerEntry
@@ -96,13 +97,14 @@ class Plan:
     def seen_rkey(self) -> Any:
         """The back-reference as the document stood when planned (write-backs are
         conditional on it, so they never overwrite a key another writer set since)."""
-        return backref(self.op.change.doc).get("rkey")
+        return backref(self.op.change.doc, backref_field(self.collection)).get("rkey")
 
 
-def backref(doc: dict[str, Any] | None) -> dict[str, Any]:
+def backref(doc: dict[str, Any] | None, field: str) -> dict[str, Any]:
+    """The document's back-reference (``doc[field]``, the mapping's ``backref``), or {}."""
     if not doc:
         return {}
-    at = doc.get("atproto")
+    at = doc.get(field)
     return at if isinstance(at, dict) else {}
 
 
@@ -129,7 +131,8 @@ def _publish(
     assert draft is not None
     doc = op.change.doc
     assert doc is not None
-    named = named_key(doc)
+    field = backref_field(op.change.collection)
+    named = named_key(doc, field)
     refused: KeyCheck | None = None
     if named is not None and (mine is None or named != mine.rkey):
         check = checks.get(named)
@@ -143,7 +146,7 @@ def _publish(
     if mine is not None and (named is None or named == mine.rkey):
         if not mine.pending and mine.fingerprint == draft.fingerprint:
             p = Plan(op, NONE, nsid=mine.nsid, rkey=mine.rkey, cid=mine.cid, refused_key=refused)
-            if backref(doc).get("rkey") != mine.rkey:
+            if backref(doc, field).get("rkey") != mine.rkey:
                 p.writeback = "set"
                 p.uri = f"at://{did}/{mine.nsid}/{mine.rkey}"
             return p
@@ -182,10 +185,10 @@ def _remove(op: Op, did: str, mine: LedgerEntry | None, checks: dict[str, KeyChe
     """The record must not live in this repository: delete what is this document's."""
     doc = op.change.doc
     mapping = MAPPINGS[op.change.collection]
-    unset = "unset" if op.desired is None and backref(doc).get("rkey") else None
+    unset = "unset" if op.desired is None and backref(doc, mapping.backref).get("rkey") else None
     # A key the document names, in its owner's repository, is deleted only once it is
     # known to be this document's record (never trust the key alone).
-    named = named_key(doc) if op.extra.get("owner_did") == did else None
+    named = named_key(doc, mapping.backref) if op.extra.get("owner_did") == did else None
     if mine is not None and named == mine.rkey:
         named = None
     refused: KeyCheck | None = None

@@ -3,17 +3,15 @@
 Used alike by the daemon (:mod:`syncd.planner`, the writer) and the admin
 commands (:mod:`syncd.admin.diff`):
 
-* :func:`named_key` -- the key the document itself names (``atproto.rkey``,
-  written back by syncd, the platform's inline writers or the old scripts);
+* :func:`named_key` -- the key the document itself names in its back-reference
+  (``atproto.rkey``; ``at.rkey`` on tapes: the mapping's ``backref`` field),
+  written back by syncd, the platform's inline writers or the old scripts;
   it wins once it is known to be this document's record;
 * :func:`derive_rkey` -- otherwise a TID derived from the document;
 * :func:`free_key` -- the derived key, re-derived with a salt while another
   document holds it (two documents in the same millisecond);
 * :func:`preferred_keys` -- the order in which the known keys are tried:
   named, ledger, wiped (``syncd wipe`` remembered it), derived.
-
-A TID is 13 characters of base32-sortable encoding of a 64-bit integer: a zero
-top bit, 53 bits of microseconds since the Unix epoch, 10 bits of "clock id".
 
 A TID is 13 characters of base32-sortable encoding of a 64-bit integer: a zero
 top bit, 53 bits of microseconds since the Unix epoch, 10 bits of "clock id".
@@ -93,14 +91,19 @@ def derive_rkey(when: datetime, doc_id: object, salt: int = 0) -> str:
     return encode_tid((micros << 10) | clock_id)
 
 
-def named_key(doc: Mapping[str, Any] | None) -> str | None:
-    """The record key ``doc`` names (``atproto.rkey``), if it is a valid TID."""
-    at = doc.get("atproto") if doc else None
+def backref_rkey(at: Any) -> str | None:
+    """The record key a back-reference value (``{rkey, uri, cid}``) names, if a valid TID."""
     if isinstance(at, Mapping):
         rkey = at.get("rkey")
         if isinstance(rkey, str) and is_tid(rkey):
             return rkey
     return None
+
+
+def named_key(doc: Mapping[str, Any] | None, field: str) -> str | None:
+    """The record key ``doc`` names in its back-reference ``field`` (the mapping's
+    ``backref``: ``atproto``, or ``at`` on tapes), if it is a valid TID."""
+    return backref_rkey(doc.get(field)) if doc else None
 
 
 def free_key(when: datetime, doc_id: object, taken: Callable[[str], bool]) -> str:

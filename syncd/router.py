@@ -204,7 +204,7 @@ class Router:
                     problem = Problem("dead", exc.reason, exc.detail)
             elif problem.kind == "skip":
                 metrics.SKIPPED.labels(collection=change.collection, reason=problem.reason).inc()
-            if problem is not None and account is not None and named_key(doc):
+            if problem is not None and account is not None and named_key(doc, mapping.backref):
                 # A record another writer (the platform's inline hooks) made for a
                 # document that is not public, or not publishable: its owner's writer
                 # deletes it once it is known to be this document's, and unsets the key.
@@ -262,7 +262,8 @@ class Router:
                 targets[entry.did] = account
             else:
                 log.warning("record_holder_unknown", did=entry.did, doc=change.key)
-        if owner_did is not None and owner_did not in targets and named_key(change.doc):
+        field = MAPPINGS[change.collection].backref
+        if owner_did is not None and owner_did not in targets and named_key(change.doc, field):
             if owner_did in self.writers:
                 targets[owner_did] = self.writers[owner_did].account
         return targets

@@ -66,6 +66,7 @@ def collect(config: Config) -> dict[str, Any]:
             # `syncd reconcile --apply` attaches it once the image exists.
             "without_thumbnail": store.without_blob_count("paintings"),
             "skipped": skipped,
+            "tapes": tapes_summary(config, store, records, skipped),
             "parked": describe_parked(store.parked_accounts()),
             "dead_letters": {"counts": store.dead_letter_counts(), "recent": dead},
             "cluster": cluster(config) if config.state.backend == "mongodb" else None,
@@ -116,6 +117,25 @@ def accounts(store: Store, handles: dict[str, str | None]) -> dict[str, Any]:
         after = (letters[-1].collection, letters[-1].doc_key)
         conflicts.update(d.detail for d in letters if d.reason == DID_CONFLICT)
     return {"backfills": backfills, "gone": gone, "did_conflicts": sorted(conflicts)}
+
+
+def tapes_summary(
+    config: Config, store: Store, records: dict[str, dict[str, int]], skipped: dict[str, Any]
+) -> dict[str, Any]:
+    """Tapes at a glance: mirrored or left out, published, waiting for their MP4, and the
+    dead letters by reason (an MP4 over a limit says which one in its detail)."""
+    if "tapes" not in config.mongo.collections:
+        return {"mirrored": False}
+    reasons: dict[str, int] = {}
+    for d in store.dead_letters("tapes", limit=10_000):
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+    return {
+        "mirrored": True,
+        "published": sum(records.get("tapes", {}).values()),
+        "waiting_for_mp4": skipped.get("tapes", {}).get("mp4_not_ready", 0),
+        "dead_letters": reasons,
+        "pds_upload_limit": config.pds.blob_upload_limit or None,
+    }
 
 
 def cluster(config: Config) -> dict[str, Any]:
@@ -170,6 +190,17 @@ def render(report: dict[str, Any]) -> str:
             f"paintings without a thumbnail (image missing when published): "
             f"{report['without_thumbnail']} (`syncd reconcile --apply` attaches them once "
             "the image exists)"
+        )
+    tapes = report.get("tapes") or {}
+    if tapes.get("mirrored") is False:
+        lines.append("tapes: not mirrored (left out of mongo.collections)")
+    elif tapes:
+        dead = ", ".join(f"{r} {n}" for r, n in sorted(tapes["dead_letters"].items()))
+        limit = tapes.get("pds_upload_limit")
+        lines.append(
+            f"tapes: {tapes['published']} published, {tapes['waiting_for_mp4']} waiting for "
+            f"their MP4 (mp4Status not complete), dead letters: {dead or 'none'}; PDS upload "
+            f"limit {f'{limit:,} bytes' if limit else 'not configured (learned from 413s)'}"
         )
     handles = report.get("handles") or {}
     for coll, per in sorted(report["records"].items()):

@@ -1,4 +1,5 @@
 """A few live changes for the demo (dev/test only): insert, edit, soft delete, and a
+tape whose MP4 conversion completes, and a
 user without an ATProto account getting one (the platform's way: the PDS account,
 then ``users.atproto``), whose earlier documents syncd then publishes.
 
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 
 from pymongo import MongoClient
 
+from syncd_sandbox.seed import store_url, write_tape_file
 from syncd_sandbox.world import World
 
 
@@ -46,6 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     backref = doc.get("atproto")
     uri = backref.get("uri") if isinstance(backref, dict) else None
     print(f"== live: back-reference written by syncd: {uri}")
+    tape = db.tapes.find_one({"mp4Status": "processing", "nuked": {"$ne": True}})
+    if tape is not None:
+        # The platform's converter finished: the MP4 is stored and the tape says so.
+        root = world.info["images"]["root"]
+        user = tape.get("user")
+        sub = user if isinstance(user, str) else None
+        obj, mp4 = write_tape_file(root, sub, str(tape["slug"]), 256_000, 9)
+        db.tapes.update_one(
+            {"_id": tape["_id"]},
+            {"$set": {"mp4Status": "complete", "mp4": store_url(obj, world.image_base_url)}},
+        )
+        print(f"== live: tape {tape['_id']} converted ({mp4.size:,} byte MP4): published now")
+        time.sleep(2)
+        at = (db.tapes.find_one({"_id": tape["_id"]}) or {}).get("at")
+        tape_uri = at.get("uri") if isinstance(at, dict) else None
+        print(f"== live: the tape's back-reference (in `at`): {tape_uri}")
     waiting = next((n for n, a in world.accounts.items() if not a.has_atproto), None)
     if waiting is not None:
         sub = world.accounts[waiting].sub

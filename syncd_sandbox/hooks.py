@@ -55,6 +55,9 @@ from syncd_sandbox.images import UnsafeKeyError, painting_objects
 from syncd_sandbox.pds import PdsApi, PdsError
 
 STATS_FILE = "hooks.stats.json"
+#: The platform's inline writers played here. Tapes have one too (upload the MP4, then
+#: createRecord and ``at``), not played yet: their records need the MP4 as a blob.
+HOOK_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
 _CODEC: CodecOptions[Any] = CodecOptions(
     tz_aware=True,
     tzinfo=UTC,
@@ -72,7 +75,7 @@ class HookOptions:
     lose_fraction: float = 0.0  # write-backs never written
     seed: int | None = None
     mood_skew_ms: tuple[int, int] = (1, 25)  # inline mood `when` is this far off
-    collections: tuple[str, ...] = platform.COLLECTIONS
+    collections: tuple[str, ...] = HOOK_COLLECTIONS
     workers: int = 4
 
     def __post_init__(self) -> None:
@@ -82,7 +85,7 @@ class HookOptions:
                 raise ValueError(f"{name} must be 0 <= min <= max, got {(lo, hi)}")
         if not 0.0 <= self.lose_fraction <= 1.0:
             raise ValueError(f"lose_fraction must be within [0, 1], got {self.lose_fraction}")
-        unknown = set(self.collections) - set(platform.COLLECTIONS)
+        unknown = set(self.collections) - set(HOOK_COLLECTIONS)
         if unknown:
             raise ValueError(f"unknown collections {sorted(unknown)}")
 

@@ -49,6 +49,7 @@ _TYPES = {
     ".zip": "application/zip",
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
+    ".mp4": "video/mp4",
 }
 
 
@@ -193,6 +194,16 @@ def painting_keys(
     return image.bucket, image.key, recording.key
 
 
+def tape_object(user: str | None, slug: str, bucket: object = None) -> StoredObject:
+    """Where the world stores a tape's converted MP4: ``{sub}/{slug}.mp4`` in the user's
+    bucket, ``{slug}.mp4`` in the guest bucket (beside the tape's zip). The document
+    names it by its full URL (``mp4``), so readers never derive this layout."""
+    check_slug(slug)
+    where = painting_bucket(user, bucket)
+    name = _enc_path(slug) + ".mp4"
+    return StoredObject(where, name if user is None else f"{encode_sub(user)}/{name}")
+
+
 def _segments(path: str) -> list[str]:
     parts = path.split("/")
     out: list[str] = []
@@ -275,6 +286,13 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             self._reply(fault, b"injected fault\n", "text/plain", head=head)
             return
+        location = self.server.redirects.get(urlsplit(self.path).path)
+        if location is not None:
+            self.send_response(HTTPStatus.FOUND)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         try:
             path = url_path_to_file(self.server.root, self.path)
         except (UnsafeKeyError, UnicodeDecodeError):
@@ -290,14 +308,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             with path.open("rb") as fh:
-                held = self.server.held_for(self.path)
-                if held is not None:
-                    # A slow download: half the body now, the rest once released.
-                    self.wfile.write(fh.read(size // 2))
-                    self.wfile.flush()
-                    self.server.note_holding(self.path)
-                    held.wait(HOLD_LIMIT_SECONDS)
-                shutil.copyfileobj(fh, self.wfile)
+                try:
+                    held = self.server.held_for(self.path)
+                    if held is not None:
+                        # A slow download: half the body now, the rest once released.
+                        self.wfile.write(fh.read(size // 2))
+                        self.wfile.flush()
+                        self.server.note_holding(self.path)
+                        held.wait(HOLD_LIMIT_SECONDS)
+                    shutil.copyfileobj(fh, self.wfile)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client stopped reading (a fetcher refusing a body too large).
+                    self.close_connection = True
 
     def do_GET(self) -> None:
         self._serve(head=False)
@@ -320,6 +342,7 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.faults: dict[str, list[int]] = {}
+        self.redirects: dict[str, str] = {}  # URL path -> Location (302)
         self.held: dict[str, threading.Event] = {}
         self.holding: Counter[str] = Counter()
 
@@ -381,6 +404,11 @@ class ImageServer:
         target = "*" if bucket is None or key is None else f"/{bucket}/{key}"
         with self._server.lock:
             self._server.faults.setdefault(target, []).extend([status] * count)
+
+    def redirect(self, bucket: str, key: str, location: str) -> None:
+        """Answer ``/{bucket}/{key}`` with a 302 to ``location`` (anywhere)."""
+        with self._server.lock:
+            self._server.redirects[f"/{bucket}/{key}"] = location
 
     def hold(self, bucket: str, key: str) -> threading.Event:
         """Make ``/{bucket}/{key}`` a slow download: every GET gets its headers and half

@@ -16,13 +16,17 @@ Once the system is quiet and syncd has caught up:
   at one of its keys (a 512×512 ``contain``-on-black PNG, nearest-neighbour for
   small sources, at most 1,048,576 bytes, on the PDS); mood ``mood, when,
   ref``; piece ``slug, when, ref``; kidlisp ``code, source, acUrl, when, ref``;
+  tape ``slug, code, acUrl, when, ref`` and ``video``: a ``video/mp4`` blob whose
+  bytes, read back from the PDS, hash equal to the MP4 at the document's ``mp4``
+  (read from the object store; a tape whose MP4 is missing, elsewhere, not an MP4,
+  over 52,428,800 bytes or over the PDS's upload limit must have no record);
 * no record exists for any other document (not public, over a published
   limit or otherwise invalid, owned by a user without an ATProto account, or
   gone);
 * every record key is a TID;
-* every ``atproto.rkey`` back-reference names that record (``atproto.uri``,
-  when present, its URI), and a document without a record carries none (a
-  non-TID value there is garbage from the source and is left alone).
+* every back-reference (``atproto.rkey``; ``at.rkey`` on tapes) names that record
+  (its ``uri``, when present, its URI), and a document without a record carries
+  none (a non-TID value there is garbage from the source and is left alone).
 
 A legacy record carrying ``mongoId`` instead of ``ref`` belongs to the
 document it names: it is not an orphan, together with a ``ref`` record it is a
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -104,6 +108,7 @@ class Expectation:
     backref: Any = None
     image: bytes | None = field(default=None, repr=False)  # the source image (paintings)
     image_url: str | None = None  # where it was found
+    video: tuple[str, int] | None = None  # a tape's MP4: (sha256, size)
 
 
 @dataclass
@@ -176,12 +181,33 @@ class _Unverifiable(Exception):
     """The image store did not answer 200 or 404: nothing can be concluded yet."""
 
 
+_MP4_HEAD = 64
+_STREAM_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Mp4:
+    """What the object store holds at a tape's ``mp4``: nothing (404), elsewhere, or the
+    bytes' sha256, size and first bytes."""
+
+    status: str  # "ok" | "missing" | "elsewhere"
+    sha256: str = ""
+    size: int = 0
+    head: bytes = b""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = httpx.URL(url)
+    return u.scheme, u.host, u.port
+
+
 class _Http:
     def __init__(self, pds_url: str, client: httpx.Client | None) -> None:
         self.pds_url = pds_url.rstrip("/")
         self.client = client or httpx.Client(timeout=15.0, trust_env=False)
         self._own = client is None
         self.cache: dict[str, tuple[int, bytes | None]] = {}
+        self.mp4_cache: dict[str, _Mp4] = {}
 
     def close(self) -> None:
         if self._own:
@@ -204,6 +230,59 @@ class _Http:
             cursor = page.get("cursor")
             if not cursor or not records:
                 return out
+
+    def _hash(self, chunks: Iterator[bytes]) -> tuple[str, int, bytes]:
+        digest, size, head = hashlib.sha256(), 0, b""
+        for chunk in chunks:
+            if len(head) < _MP4_HEAD:
+                head = (head + chunk)[:_MP4_HEAD]
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size, head
+
+    def blob_digest(self, did: str, cid: str) -> tuple[str, int] | None:
+        """(sha256, size) of a blob read back with getBlob (streamed), or None."""
+        url = f"{self.pds_url}/xrpc/com.atproto.sync.getBlob"
+        with self.client.stream("GET", url, params={"did": did, "cid": cid}) as r:
+            if r.status_code != 200:
+                return None
+            sha, size, _ = self._hash(r.iter_bytes(_STREAM_CHUNK))
+        return sha, size
+
+    def mp4(self, url: str, store_origin: tuple[str, str, int | None]) -> _Mp4:
+        """A tape's MP4, read from the object store only (redirects followed within it);
+        hashed as it streams. Raises :class:`_Unverifiable` when the store cannot say."""
+        hit = self.mp4_cache.get(url)
+        if hit is not None:
+            return hit
+        current = url
+        for _ in range(4):
+            try:
+                if _origin(current) != store_origin:
+                    out = _Mp4("elsewhere")
+                    break
+            except (httpx.InvalidURL, TypeError, ValueError):
+                out = _Mp4("elsewhere")
+                break
+            try:
+                with self.client.stream("GET", current) as r:
+                    if r.status_code in (301, 302, 303, 307, 308):
+                        current = str(r.url.join(r.headers.get("Location", "")))
+                        continue
+                    if r.status_code in (404, 410):
+                        out = _Mp4("missing")
+                        break
+                    if r.status_code != 200:
+                        raise _Unverifiable(f"GET {current}: {r.status_code}")
+                    sha, size, head = self._hash(r.iter_raw(_STREAM_CHUNK))
+                    out = _Mp4("ok", sha, size, head)
+                    break
+            except httpx.HTTPError as exc:
+                raise _Unverifiable(f"GET {current}: {type(exc).__name__}") from None
+        else:
+            out = _Mp4("elsewhere")  # a redirect loop: no MP4 the platform could read
+        self.mp4_cache[url] = out
+        return out
 
     def get_blob(self, did: str, cid: str) -> bytes | None:
         r = self.client.get(
@@ -270,6 +349,7 @@ def expectation_for(
     guest_id: str = platform.GUEST_USER_ID,
     exempt_dids: frozenset[str] = frozenset(),
     http: _Http,
+    pds_blob_limit: int | None = None,
 ) -> Expectation:
     """Decide, from the platform's facts alone, what the PDS must hold for ``doc``.
 
@@ -277,7 +357,7 @@ def expectation_for(
     """
     doc_id = doc.get("_id")
     ref = str(doc_id) if isinstance(doc_id, ObjectId) else None
-    at = doc.get("atproto")
+    at = doc.get(platform.backref_field(collection))
     backref = at.get("rkey") if isinstance(at, Mapping) else None
 
     def exp(state: str, reason: str = "", did: str | None = None, **kw: Any) -> Expectation:
@@ -301,6 +381,8 @@ def expectation_for(
         record = platform.record_for(collection, doc)
     except platform.Invalid as exc:
         return exp(INVALID, exc.reason, did)
+    if collection == "tapes":
+        return _tape_expectation(doc, record, image_url_template, http, pds_blob_limit, exp, did)
     if collection != "paintings":
         return exp(PUBLISH, "", did, record=record)
     try:
@@ -323,6 +405,31 @@ def expectation_for(
     return exp(PUBLISH, "", did, record=record, image_size=img.size, image=data, image_url=url)
 
 
+def _tape_expectation(
+    doc: Mapping[str, Any],
+    record: dict[str, Any],
+    template: str,
+    http: _Http,
+    pds_blob_limit: int | None,
+    exp: Callable[..., Expectation],
+    did: str,
+) -> Expectation:
+    """A converted tape has a record whose video is its MP4 -- when the MP4 can be one."""
+    store = _origin(template.replace("{bucket}", "b").replace("{key}", "k"))
+    mp4 = http.mp4(str(doc["mp4"]), store)
+    if mp4.status == "elsewhere":
+        return exp(INVALID, "mp4 is not in the platform's object store", did)
+    if mp4.status == "missing":
+        return exp(INVALID, "mp4 missing from the object store", did)
+    if not platform.sniffed_as_mp4(mp4.head):
+        return exp(INVALID, "mp4 is not an MP4 the PDS reads as video/mp4", did)
+    if mp4.size > platform.VIDEO_MAX_BYTES:
+        return exp(INVALID, f"mp4 of {mp4.size} bytes is over the lexicon's maxSize", did)
+    if pds_blob_limit is not None and mp4.size > pds_blob_limit:
+        return exp(INVALID, f"mp4 of {mp4.size} bytes is over the PDS's upload limit", did)
+    return exp(PUBLISH, "", did, record=record, video=(mp4.sha256, mp4.size))
+
+
 def _config_value(config: Any, section: str, name: str) -> Any:
     return getattr(getattr(config, section, None), name, None)
 
@@ -342,6 +449,7 @@ def check_invariant(
     extra_dids: Iterable[str] = (),
     exempt_dids: Iterable[str] = (),
     http_client: httpx.Client | None = None,
+    pds_blob_limit: int | None = None,
 ) -> InvariantReport:
     """Read MongoDB (``db``, sync pymongo) and the PDS and list every violation.
 
@@ -353,6 +461,7 @@ def check_invariant(
     Repositories scanned: every DID in ``users`` plus ``extra_dids`` (accounts that
     lost their ``users`` entry). Documents owned by ``exempt_dids`` (accounts made
     unwritable on purpose) and the records in those repositories are not checked.
+    ``pds_blob_limit``: the PDS's upload limit (a tape whose MP4 is over it has no record).
     """
     template = image_url_template or _config_value(config, "images", "url_template")
     if not isinstance(template, str) or "{key}" not in template:
@@ -372,7 +481,17 @@ def check_invariant(
         for coll in colls:
             for doc in db[coll].find({}):
                 _check_document(
-                    coll, doc, held, seen, users, template, guest_user_id, exempt, http, report
+                    coll,
+                    doc,
+                    held,
+                    seen,
+                    users,
+                    template,
+                    guest_user_id,
+                    exempt,
+                    http,
+                    report,
+                    pds_blob_limit,
                 )
         for (nsid, ident), recs in held.items():
             if (nsid, ident) in seen:
@@ -427,6 +546,7 @@ def _check_document(
     exempt: frozenset[str],
     http: _Http,
     report: InvariantReport,
+    pds_blob_limit: int | None = None,
 ) -> None:
     nsid = platform.NSIDS[coll]
     report.documents_checked += 1
@@ -440,6 +560,7 @@ def _check_document(
             guest_id=guest_user_id,
             exempt_dids=exempt,
             http=http,
+            pds_blob_limit=pds_blob_limit,
         )
     except _Unverifiable as exc:
         report.violations.append(Violation("unverifiable", coll, key, None, str(exc)))
@@ -463,7 +584,8 @@ def _check_document(
                     coll,
                     key,
                     None,
-                    f"atproto.rkey={e.backref!r} but no record may exist ({e.reason})",
+                    f"{platform.backref_field(coll)}.rkey={e.backref!r} but no record may "
+                    f"exist ({e.reason})",
                 )
             )
         return
@@ -486,7 +608,8 @@ def _check_document(
     problem = _compare(e, value, did, http, report)
     if problem:
         report.violations.append(Violation("stale", coll, key, did, f"record {rkey}: {problem}"))
-    at = doc.get("atproto")
+    field_name = platform.backref_field(coll)
+    at = doc.get(field_name)
     at_uri = at.get("uri") if isinstance(at, Mapping) else None
     if e.backref != rkey or at_uri not in (None, uri):
         report.violations.append(
@@ -495,7 +618,7 @@ def _check_document(
                 coll,
                 key,
                 did,
-                f"atproto.rkey={e.backref!r} uri={at_uri!r}; record {uri}",
+                f"{field_name}.rkey={e.backref!r} uri={at_uri!r}; record {uri}",
             )
         )
 
@@ -505,6 +628,8 @@ def _compare(
 ) -> str | None:
     assert e.record is not None
     got = dict(value)
+    if e.collection == "tapes":
+        return _compare_video(e, got, did, http, report)
     thumb = got.pop("thumbnail", None)
     if got != e.record:
         diff = {
@@ -535,6 +660,51 @@ def _compare(
             _PASSED.clear()
         _PASSED.add(cache_key)
     return verdict
+
+
+def _fields_differ(e: Expectation, got: Mapping[str, Any]) -> str | None:
+    assert e.record is not None
+    if dict(got) == e.record:
+        return None
+    diff = {
+        k: (e.record.get(k), got.get(k))
+        for k in sorted(set(got) | set(e.record))
+        if e.record.get(k) != got.get(k)
+    }
+    return f"fields differ (expected, got): {str(diff)[:300]}"
+
+
+def _compare_video(
+    e: Expectation, got: dict[str, Any], did: str, http: _Http, report: InvariantReport
+) -> str | None:
+    """A tape's record: its fields, and a video blob that is its MP4, byte for byte."""
+    video = got.pop("video", None)
+    differ = _fields_differ(e, got)
+    if differ:
+        return differ
+    assert e.video is not None
+    sha, size = e.video
+    if not isinstance(video, Mapping) or video.get("$type") != "blob":
+        return f"video is not a blob: {video!r:.100}"
+    link = video.get("ref")
+    cid = link.get("$link") if isinstance(link, Mapping) else None
+    if not isinstance(cid, str):
+        return "video blob has no ref.$link"
+    if video.get("mimeType") != platform.VIDEO_MIME_TYPE or video.get("size") != size:
+        return f"video declared {video.get('mimeType')!r}, {video.get('size')!r} bytes; the MP4 is {size}"
+    report.blobs_checked += 1
+    cache_key = (cid, sha, video.get("mimeType"), size)
+    if cache_key in _PASSED:
+        return None
+    found = http.blob_digest(did, cid)
+    if found is None:
+        return "video blob not on the PDS"
+    if found != (sha, size):
+        return f"video blob ({found[1]} bytes, sha256 {found[0][:12]}) is not the MP4 ({size} bytes, sha256 {sha[:12]})"
+    if len(_PASSED) >= _PASSED_MAX:
+        _PASSED.clear()
+    _PASSED.add(cache_key)
+    return None
 
 
 def wait_until_quiet(

@@ -64,6 +64,8 @@ class PdsHandle:
     plc_port: int = 0
     data_dir: str = ""
     rate_limits: bool = False
+    #: PDS_BLOB_UPLOAD_LIMIT: the largest blob it takes (the launcher's default admits 50 MB).
+    blob_upload_limit: int = 0
     #: Seconds the repository-write budget lasts (None: the PDS's hour).
     rate_limit_window: int | None = None
 
@@ -113,11 +115,13 @@ class PdsProcess:
         log_path: str | os.PathLike[str] | None = None,
         log_level: str = "warn",
         exit_with_parent: bool = True,
+        blob_upload_limit: int | None = None,
     ) -> None:
         """``rate_limit_window``: the per-account repository-write budget (5,000 points)
         lasts this many seconds instead of an hour, the daily one (35,000) 24 times as
         long (``launch.mjs --rate-limit-window-seconds``); implies ``rate_limits``."""
         self.exit_with_parent = exit_with_parent
+        self.blob_upload_limit = blob_upload_limit  # None: the launcher's (52,428,800)
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.plc_port = plc_port
@@ -153,6 +157,8 @@ class PdsProcess:
         ]
         if self.rate_limits:
             argv.append("--rate-limits")
+        if self.blob_upload_limit is not None:
+            argv += ["--blob-upload-limit", str(self.blob_upload_limit)]
         if self.rate_limit_window is not None:
             argv += ["--rate-limit-window-seconds", str(int(self.rate_limit_window))]
         if self.exit_with_parent:
@@ -184,6 +190,7 @@ class PdsProcess:
             plc_port=self.plc_port,
             data_dir=str(self.data_dir),
             rate_limits=self.rate_limits,
+            blob_upload_limit=int(info.get("blobUploadLimit") or 0),
             rate_limit_window=self.rate_limit_window,
         )
         return self._handle

@@ -15,7 +15,12 @@ Decisions where the facts are silent (each one the conservative reading):
 * a required text field must be a non-empty string; lengths are UTF-8 bytes
   (the lexicon language's ``maxLength``); a string that held invalid UTF-8 in
   MongoDB (read here with ``surrogateescape``) is invalid;
-* ``uri`` fields must be a scheme followed by non-space characters.
+* ``uri`` fields must be a scheme followed by non-space characters;
+* a tape is public once converted: ``mp4Status == "complete"`` and ``mp4`` set
+  (platform-facts §7), the flags as elsewhere; its MP4 is the video blob, so an MP4
+  the PDS would not read as ``video/mp4`` (its ``ftyp`` brand, as the PDS sniffs it),
+  over the lexicon's 52,428,800 bytes or over the PDS's upload limit cannot make a
+  record; the MP4 is read from the platform's object store only.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ PAINTING = "computer.aesthetic.painting"
 MOOD = "computer.aesthetic.mood"
 PIECE = "computer.aesthetic.piece"
 KIDLISP = "computer.aesthetic.kidlisp"
+TAPE = "computer.aesthetic.tape"
 
 NSIDS: dict[str, str] = {
     "paintings": PAINTING,
     "moods": MOOD,
     "pieces": PIECE,
     "kidlisp": KIDLISP,
+    "tapes": TAPE,
 }
 COLLECTIONS = tuple(NSIDS)
 USERS = "users"
@@ -52,7 +59,13 @@ LIMITS: dict[str, dict[str, int]] = {
     MOOD: {"mood": 5000, "ref": 24},
     PIECE: {"slug": 100, "ref": 24},
     KIDLISP: {"source": 50_000, "code": 10, "ref": 24},
+    TAPE: {},  # the published tape lexicon sets no string limits
 }
+# The tape lexicon's video blob (platform-facts §3, §7).
+VIDEO_MAX_BYTES = 52_428_800
+VIDEO_MIME_TYPE = "video/mp4"
+# platform-facts §5: the back-reference field; tapes keep theirs in `at`.
+BACKREF_FIELDS = {"tapes": "at"}
 THUMBNAIL_MAX_BYTES = 1_048_576
 THUMBNAIL_SIDE = 512
 THUMBNAIL_MIME_TYPES = ("image/png", "image/jpeg")
@@ -107,7 +120,30 @@ def not_public_reason(collection: str, doc: Mapping[str, Any]) -> str | None:
     visibility = doc.get("visibility")
     if visibility is not None and visibility != "public":
         return "visibility"
+    if collection == "tapes" and (doc.get("mp4Status") != "complete" or not doc.get("mp4")):
+        return "mp4 not converted yet"
     return None
+
+
+def backref_field(collection: str) -> str:
+    """Where a document keeps the back-reference to its record (platform-facts §5)."""
+    return BACKREF_FIELDS.get(collection, "atproto")
+
+
+# The PDS decides a blob's type by sniffing its first bytes (file-type): an ISO base
+# media file (`ftyp` box at offset 4, a printable major brand) is video/mp4 unless its
+# brand names something else (QuickTime, M4V/M4A/M4B, HEIF/AVIF images, Canon raw).
+_NOT_VIDEO_MP4_BRANDS = frozenset(
+    "qt M4V M4VH M4VP M4A M4B F4A F4B avif mif1 msf1 heic heix hevc hevx crx".split()
+)
+
+
+def sniffed_as_mp4(head: bytes) -> bool:
+    """Whether the PDS records a blob starting with ``head`` as video/mp4."""
+    if len(head) < 12 or head[4:8] != b"ftyp" or not head[8] & 0x60:
+        return False
+    brand = head[8:12].decode("latin-1").replace("\0", " ").strip()
+    return brand not in _NOT_VIDEO_MP4_BRANDS
 
 
 def is_public(collection: str, doc: Mapping[str, Any]) -> bool:
@@ -192,7 +228,8 @@ def painting_recording_url(code: str) -> str:
 def record_for(collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     """The record a public document must have (platform-facts §3, source-system shapes).
 
-    Paintings: without ``thumbnail`` and ``recordingUrl``, which depend on the stored files.
+    Paintings: without ``thumbnail`` and ``recordingUrl``, which depend on the stored files;
+    tapes: without ``video`` (the MP4 at ``mp4``).
     Raises :class:`Invalid` for a document that cannot have one.
     """
     nsid = NSIDS[collection]
@@ -221,6 +258,17 @@ def record_for(collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
             "code": code,
             "source": _text(doc, "source"),
             "acUrl": f"{SITE}/${code}",
+            "when": when,
+            "ref": ref,
+        }
+    elif collection == "tapes":
+        code = _text(doc, "code")
+        _text(doc, "mp4")  # the MP4's URL: a string, or the platform cannot fetch it
+        record = {
+            "$type": nsid,
+            "slug": _text(doc, "slug"),
+            "code": code,
+            "acUrl": f"{SITE}/!{code}",
             "when": when,
             "ref": ref,
         }

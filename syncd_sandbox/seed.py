@@ -20,11 +20,13 @@ the PDS by :func:`create_legacy_records`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import string
+import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +36,7 @@ from bson import ObjectId
 from PIL import Image, ImageDraw
 
 from syncd_sandbox import platform, tokens
-from syncd_sandbox.images import painting_keys, write_file
+from syncd_sandbox.images import StoredObject, key_path, painting_keys, tape_object, write_file
 
 COLLECTIONS = platform.COLLECTIONS
 GUEST_USER_ID = platform.GUEST_USER_ID
@@ -120,6 +122,88 @@ def make_kidlisp(
 ) -> Document:
     """A ``kidlisp`` document: ``code``, ``source``, ``when`` (no ``user`` for guests)."""
     return _doc(user, when, {"code": code or short_code(), "source": source, **extra})
+
+
+def make_tape(
+    user: str | None,
+    slug: str | None = None,
+    code: str | None = None,
+    when: datetime | None = None,
+    *,
+    mp4: str | None = None,
+    mp4_status: str = "complete",
+    **extra: Any,
+) -> Document:
+    """A ``tapes`` document (platform-facts §7): ``code``, ``slug`` (``wand-<ms>``),
+    ``when``, ``user`` (absent for guests), ``mp4Status`` and, once converted, ``mp4``
+    (the MP4's full URL)."""
+    doc = _doc(user, when, {})
+    doc["slug"] = slug or f"tape-{int(doc['when'].timestamp() * 1000)}"
+    doc["code"] = code or short_code()
+    doc["mp4Status"] = mp4_status
+    if mp4 is not None:
+        doc["mp4"] = mp4
+    doc.update(extra)
+    return doc
+
+
+_MP4_CHUNK = 1 << 20
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def mp4_header(size: int, brand: bytes = b"isom") -> bytes:
+    """An ISO base media header: ``ftyp`` (``brand``; the PDS reads ``isom`` as
+    video/mp4), a minimal ``moov``/``mvhd``, and an ``mdat`` box header whose payload
+    makes the whole file ``size`` bytes."""
+    ftyp = _box(b"ftyp", brand + struct.pack(">I", 0x200) + b"isomiso2avc1mp41")
+    mvhd = _box(b"mvhd", bytes(4) + struct.pack(">IIII", 0, 0, 1000, 1000) + bytes(80))
+    head = ftyp + _box(b"moov", mvhd)
+    payload = size - len(head) - 8
+    if payload < 0:
+        raise ValueError(f"an MP4 is at least {len(head) + 8} bytes")
+    return head + struct.pack(">I", 8 + payload) + b"mdat"
+
+
+def mp4_chunks(size: int, seed: int = 0, brand: bytes = b"isom") -> Iterator[bytes]:
+    """A deterministic MP4 of exactly ``size`` bytes, a megabyte at a time (a 30 MB test
+    video is never built in memory): :func:`mp4_header` then pseudo-random media data."""
+    head = mp4_header(size, brand)
+    yield head
+    rng = random.Random(seed)
+    left = size - len(head)
+    while left > 0:
+        n = min(_MP4_CHUNK, left)
+        yield rng.randbytes(n)
+        left -= n
+
+
+def mp4_bytes(size: int = 4096, seed: int = 0, brand: bytes = b"isom") -> bytes:
+    """A small MP4 in memory (see :func:`mp4_chunks`)."""
+    return b"".join(mp4_chunks(size, seed, brand))
+
+
+@dataclass(frozen=True)
+class Mp4File:
+    path: Path
+    size: int
+    sha256: str
+
+
+def write_mp4(path: str | Path, size: int, seed: int = 0, brand: bytes = b"isom") -> Mp4File:
+    """Write an MP4 of ``size`` bytes to ``path`` (parents created), streamed."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    tmp = p.with_name(f".{p.name}.tmp")
+    with tmp.open("wb") as fh:
+        for chunk in mp4_chunks(size, seed, brand):
+            digest.update(chunk)
+            fh.write(chunk)
+    tmp.replace(p)
+    return Mp4File(p, size, digest.hexdigest())
 
 
 def png_bytes(width: int = 64, height: int = 64, seed: int = 0) -> bytes:
@@ -261,11 +345,33 @@ DEMO_USERS = (
 )
 
 
-def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None) -> Dataset:
-    """The ``demo`` seed: writes the painting files under ``image_root``, returns the documents.
+def write_tape_file(
+    image_root: str | Path, user: str | None, slug: str, size: int, seed: int = 0
+) -> tuple[StoredObject, Mp4File]:
+    """Put a tape's MP4 (``size`` bytes, streamed to disk) where the world stores it."""
+    obj = tape_object(user, slug)
+    return obj, write_mp4(key_path(image_root, obj.bucket, obj.key), size, seed)
+
+
+def store_url(obj: StoredObject, base_url: str | None) -> str:
+    """An object's URL: ``{base_url}/{bucket}/{key}`` (the sandbox's image server), or
+    the platform's own object store when ``base_url`` is None."""
+    if base_url is None:
+        return f"https://{obj.bucket}.sfo3.digitaloceanspaces.com/{obj.key}"
+    return f"{base_url.rstrip('/')}/{obj.bucket}/{obj.key}"
+
+
+def demo_dataset(
+    image_root: str | Path,
+    users: Mapping[str, str] | None = None,
+    store_base_url: str | None = None,
+) -> Dataset:
+    """The ``demo`` seed: writes the painting files and tape MP4s under ``image_root``,
+    returns the documents.
 
     ``users`` maps the demo names (jeffrey, fifi, amelia, kaito) to subs; new
-    subs are made for missing ones.
+    subs are made for missing ones. ``store_base_url``: where the object store serves
+    ``image_root`` (tapes name their MP4 by its full URL).
     """
     rng = random.Random(1234)
     subs = dict(users or {})
@@ -377,6 +483,30 @@ def demo_dataset(image_root: str | Path, users: Mapping[str, str] | None = None)
     ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(wipe purple)", at(503)))
     ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(ink green)", at(504)))
     ds.add("kidlisp", make_kidlisp(None, short_code(rng), "(wipe black)", at(505), nuked=True))
+
+    # tapes: small MP4s made here; published once converted (`mp4Status: "complete"`),
+    # a guest tape goes to `art`; one still processing, one nuked, one of a user
+    # without an ATProto account.
+    def tape(
+        user: str | None, name: str, minutes: int, *, converted: bool = True, **kw: Any
+    ) -> None:
+        when = at(minutes)
+        slug = f"{name}-{int(when.timestamp() * 1000)}"
+        extra: dict[str, Any] = {}
+        if converted:
+            obj, _ = write_tape_file(image_root, user, slug, 48_000 + 1000 * minutes % 7, minutes)
+            extra["mp4"] = store_url(obj, store_base_url)
+        status = "complete" if converted else "processing"
+        ds.add(
+            "tapes", make_tape(user, slug, short_code(rng), when, mp4_status=status, **extra, **kw)
+        )
+
+    tape(jeffrey, "wand", 600)
+    tape(jeffrey, "line", 601, converted=False)
+    tape(fifi, "rain", 602, nuked=True)
+    tape(amelia, "sleepy", 603)
+    tape(kaito, "hello", 604)
+    tape(None, "guest", 605)
     return ds
 
 

@@ -380,6 +380,7 @@ class SandboxWorld:
     def check_invariant(self, **kwargs: Any) -> InvariantReport:
         """The independent invariant checker on this world (MongoDB + PDS + image store)."""
         kwargs.setdefault("image_url_template", self.images.url_template)
+        kwargs.setdefault("pds_blob_limit", self.pds.blob_upload_limit or None)
         return check_invariant(self.db, self.pds.url, **kwargs)
 
     # -- the platform's own writers ------------------------------------------------------

@@ -398,7 +398,7 @@ class World:
                 guest = provision_guest(db, api)
                 accounts[guest.name] = guest
                 if seed == "demo":
-                    ds = demo_dataset(self.dir / "images")
+                    ds = demo_dataset(self.dir / "images", store_base_url=self.image_base_url)
                     for user in ds.users:
                         accounts[user.name] = provision_user(
                             db, api, user.name, sub=user.sub, with_atproto=user.with_atproto

@@ -3,12 +3,17 @@
 // did:plc directory (@did-plc/server), both bound to 127.0.0.1.
 //
 //   node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits]
+//                   [--blob-upload-limit BYTES]
 //                   [--rate-limit-window-seconds N] [--rate-limit-day-window-seconds N]
 //                   [--ready-file FILE] [--log-level LEVEL] [--exit-with-parent]
 //
 // Options may also come from the environment: PDS_PORT, PLC_PORT,
-// PDS_DATA_DIRECTORY, PDS_ADMIN_PASSWORD, SANDBOX_RATE_LIMITS=1, LOG_LEVEL.
-// A port of 0 (the default) picks a free one.
+// PDS_DATA_DIRECTORY, PDS_ADMIN_PASSWORD, SANDBOX_RATE_LIMITS=1, LOG_LEVEL,
+// SANDBOX_BLOB_UPLOAD_LIMIT. A port of 0 (the default) picks a free one.
+//
+// The upload limit (PDS_BLOB_UPLOAD_LIMIT) is 52428800 bytes unless given: the
+// platform's tapes are MP4 blobs of up to 50 MB (the tape lexicon's maxSize),
+// which the reference PDS's own default (5 MiB) would refuse.
 //
 // --rate-limit-window-seconds N (tests only; implies --rate-limits): the PDS's
 // per-account repository-write budget keeps its points (5000, hard-coded in
@@ -39,11 +44,15 @@ import path from 'node:path'
 import process from 'node:process'
 
 const HOST = '127.0.0.1'
+// Admits the tape lexicon's largest video (52,428,800 bytes).
+const DEFAULT_BLOB_UPLOAD_LIMIT = 52428800
 
 function usage(msg) {
   process.stderr.write(`launch.mjs: ${msg}\n`)
   process.stderr.write(
     'usage: node launch.mjs --data-dir DIR [--port N] [--plc-port N] [--rate-limits] ' +
+      '[--blob-upload-limit BYTES] [--rate-limit-window-seconds N] ' +
+      '[--rate-limit-day-window-seconds N] ' +
       '[--ready-file FILE] [--log-level LEVEL] [--exit-with-parent]\n',
   )
   process.exit(2)
@@ -55,6 +64,7 @@ function parseArgs(argv) {
     port: Number(process.env.PDS_PORT || 0),
     plcPort: Number(process.env.PLC_PORT || 0),
     rateLimits: ['1', 'true'].includes(process.env.SANDBOX_RATE_LIMITS || ''),
+    blobUploadLimit: Number(process.env.SANDBOX_BLOB_UPLOAD_LIMIT || DEFAULT_BLOB_UPLOAD_LIMIT),
     windowSeconds: 0,
     dayWindowSeconds: 0,
     readyFile: '',
@@ -79,6 +89,9 @@ function parseArgs(argv) {
         break
       case '--rate-limits':
         opts.rateLimits = true
+        break
+      case '--blob-upload-limit':
+        opts.blobUploadLimit = Number(value())
         break
       case '--rate-limit-window-seconds':
         opts.windowSeconds = Number(value())
@@ -111,6 +124,9 @@ function parseArgs(argv) {
     ['--plc-port', opts.plcPort],
   ]) {
     if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`${name}: bad port`)
+  }
+  if (!Number.isInteger(opts.blobUploadLimit) || opts.blobUploadLimit < 1) {
+    usage('--blob-upload-limit: a positive number of bytes')
   }
   for (const [name, seconds] of [
     ['--rate-limit-window-seconds', opts.windowSeconds],
@@ -238,6 +254,7 @@ async function main() {
     PDS_INVITE_REQUIRED: 'false',
     PDS_SERVICE_HANDLE_DOMAINS: '.test',
     PDS_RATE_LIMITS_ENABLED: opts.rateLimits ? 'true' : 'false',
+    PDS_BLOB_UPLOAD_LIMIT: String(opts.blobUploadLimit),
   })
   // Nothing in the sandbox may reach out to the network.
   delete process.env.PDS_CRAWLERS
@@ -299,6 +316,7 @@ async function main() {
     plcPort,
     dataDir: opts.dataDir,
     rateLimits: opts.rateLimits,
+    blobUploadLimit: opts.blobUploadLimit,
     writeWindows: windows,
   }
   if (opts.readyFile) writeReadyFile(opts.readyFile, info)

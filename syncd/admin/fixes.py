@@ -10,7 +10,8 @@ listing):
 2. correct the ledger (drop rows of documents that must have no record, point
    rows at the records that exist, pin the key a missing record must get), in
    one transaction;
-3. set or unset the documents' ``atproto`` back-references that need no write;
+3. set or unset the documents' back-references (``atproto``; ``at`` on tapes) that
+   need no write;
 4. push the documents that need a write through the publish path (router →
    account writer), with a fresh read of each document, and wait for it.
 """
@@ -28,17 +29,17 @@ from pymongo import UpdateOne
 from syncd.admin.diff import CollectionReport
 from syncd.admin.progress import Reporter
 from syncd.ids import parse_doc_key
+from syncd.mappings import backref_field
 from syncd.pds.errors import XrpcError
 from syncd.pds.repo import delete_write
 from syncd.pds.sessions import Account
 from syncd.retry import Kind, classify, retrying
+from syncd.write.writeback import unset_backref
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
 
 log = structlog.get_logger("syncd.admin")
-
-UNSET_BACKREF = {"$unset": {"atproto.rkey": "", "atproto.uri": "", "atproto.cid": ""}}
 
 
 @dataclass
@@ -231,15 +232,16 @@ async def apply_report(
 
     # 3. Back-references that need no write.
     requests: list[UpdateOne] = []
+    field = backref_field(coll)
     for s in report.backref_sets:
         requests.append(
             UpdateOne(
                 {"_id": report.doc_ids[s.doc_key]},
-                {"$set": {"atproto.rkey": s.rkey, "atproto.uri": s.uri, "atproto.cid": s.cid}},
+                {"$set": {f"{field}.rkey": s.rkey, f"{field}.uri": s.uri, f"{field}.cid": s.cid}},
             )
         )
     for key in report.backref_unsets:
-        requests.append(UpdateOne({"_id": report.doc_ids[key]}, UNSET_BACKREF))
+        requests.append(UpdateOne({"_id": report.doc_ids[key]}, unset_backref(field)))
     if requests:
         await engine.db[coll].bulk_write(requests, ordered=False)
         result.backrefs_fixed += len(requests)

@@ -65,10 +65,11 @@ class DocState:
     fields: dict[str, Any] | None  # draft.fields: the record's mirrored fields
     fingerprint: str | None
     derived_rkey: str | None  # derive_rkey(when, _id): the key when nothing else is known
-    atproto: dict[str, Any] | None  # the document's back-reference (`atproto`), as stored
+    backref: dict[str, Any] | None  # the document's back-reference, as stored
     doc_id: Any = None
     when: datetime | None = None  # for re-deriving a key with a salt (collisions)
     image_urls: tuple[str, ...] = ()  # a painting's image: its candidate URLs, in order
+    backref_field: str = "atproto"  # where the back-reference lives (`at` on tapes)
 
     @property
     def publishable(self) -> bool:
@@ -97,7 +98,8 @@ def doc_state(collection: str, doc: dict[str, Any], ctx: MappingContext) -> DocS
         derived: str | None = derive_rkey(when, doc["_id"])
     except (MappingError, RkeyError):
         when, derived = None, None
-    at = doc.get("atproto")
+    field = MAPPINGS[collection].backref
+    at = doc.get(field)
     return DocState(
         key=doc_key(doc["_id"]),
         ref=ref_for(doc["_id"]),
@@ -106,10 +108,11 @@ def doc_state(collection: str, doc: dict[str, Any], ctx: MappingContext) -> DocS
         fields=fields,
         fingerprint=fingerprint,
         derived_rkey=derived,
-        atproto=dict(at) if isinstance(at, dict) else None,
+        backref=dict(at) if isinstance(at, dict) else None,
         doc_id=doc["_id"],
         when=when,
         image_urls=image_urls,
+        backref_field=field,
     )
 
 

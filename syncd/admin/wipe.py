@@ -24,13 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from syncd.admin.diff import thumbnail_link
-from syncd.admin.fixes import UNSET_BACKREF, delete_records
+from syncd.admin.diff import record_blob_link
+from syncd.admin.fixes import delete_records
 from syncd.admin.progress import Reporter
 from syncd.admin.reconcile import inspect_with_records, select_accounts
 from syncd.mappings import MAPPINGS
 from syncd.ownership import owner_filter
 from syncd.pds.sessions import Account
+from syncd.write.writeback import unset_backref
 
 if TYPE_CHECKING:
     from syncd.engine import Engine
@@ -75,14 +76,15 @@ class WipeOutcome:
         }
 
 
-def backref_filter(account: Account) -> dict[str, Any]:
-    """The account's documents that carry any ``atproto`` back-reference field."""
+def backref_filter(account: Account, field: str = "atproto") -> dict[str, Any]:
+    """The account's documents that carry any back-reference field (in ``field``:
+    the mapping's ``backref``, ``at`` on tapes)."""
     return {
         **owner_filter(account),
         "$or": [
-            {"atproto.rkey": {"$exists": True}},
-            {"atproto.uri": {"$exists": True}},
-            {"atproto.cid": {"$exists": True}},
+            {f"{field}.rkey": {"$exists": True}},
+            {f"{field}.uri": {"$exists": True}},
+            {f"{field}.cid": {"$exists": True}},
         ],
     }
 
@@ -99,7 +101,7 @@ async def wipe(
     store = engine.store
     out = WipeOutcome(acct.did, acct.handle, apply)
     for coll in collections:
-        nsid = MAPPINGS[coll].nsid
+        nsid, backref = MAPPINGS[coll].nsid, MAPPINGS[coll].backref
         wc = WipeCollection(coll, nsid)
         out.collections.append(wc)
         # Reconcile's comparison tells which key each public document's record has
@@ -109,7 +111,7 @@ async def wipe(
         wc.records = len(records)
         ledger_rows = list(store.ledger_iter(collection=coll, did=acct.did))
         wc.ledger_rows = len(ledger_rows)
-        query = backref_filter(acct)
+        query = backref_filter(acct, backref)
         wc.backrefs = await engine.db[coll].count_documents(query)
         # Remember every public document's key (cheap, and it keeps adopted and
         # salted keys, which nothing else could re-derive once `atproto` is unset).
@@ -126,7 +128,7 @@ async def wipe(
         )
         task.done()
         wc.deleted, wc.failed = deleted, failed
-        blobs = {link for r in records if (link := thumbnail_link(r.value))}
+        blobs = {link for r in records if (link := record_blob_link(nsid, r.value))}
         with store.transaction():
             for entry in ledger_rows:
                 current = store.ledger_get(coll, entry.doc_key)
@@ -134,7 +136,7 @@ async def wipe(
                     store.ledger_delete(coll, entry.doc_key)
             for cid in blobs:
                 store.blob_forget(acct.did, cid)
-        await engine.db[coll].update_many(query, UNSET_BACKREF)
+        await engine.db[coll].update_many(query, unset_backref(backref))
     return out
 
 

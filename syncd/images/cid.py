@@ -28,3 +28,11 @@ def blob_cid_bytes(data: bytes) -> bytes:
 def blob_cid(data: bytes) -> str:
     """String CID (``bafkrei...``) the PDS returns from ``uploadBlob`` for ``data``."""
     return str(libipld.encode_cid(blob_cid_bytes(data)))
+
+
+def cid_from_sha256(digest: bytes) -> str:
+    """The blob CID of data whose sha2-256 is ``digest`` (computed while streaming: the
+    bytes need never be in memory at once)."""
+    if len(digest) != SHA2_256_LENGTH:
+        raise ValueError(f"a sha2-256 digest is 32 bytes, got {len(digest)}")
+    return str(libipld.encode_cid(_PREFIX + digest))

@@ -137,6 +137,16 @@ class ImageFetcher:
         async with self._requests:
             return await self._request(url, "GET", self._read_body)
 
+    async def stream_once(
+        self, url: str, read: Callable[[httpx.Response, str], Awaitable[_T]]
+    ) -> _T:
+        """One GET of ``url`` with the same defences (allowed origins checked before every
+        request, redirects by hand, timeouts, no decompression), handing the 200 response
+        and its final URL to ``read``, which consumes the body as it likes (a tape's MP4
+        is streamed to disk). Errors as :meth:`fetch_once`."""
+        async with self._requests:
+            return await self._request(url, "GET", read)
+
     async def fetch_image(self, url: str) -> bytes:
         """GET ``url`` with retries and return the body (its magic checked). For tools
         and tests; the daemon streams bodies to the workers with :meth:`fetch_once`."""

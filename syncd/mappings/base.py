@@ -1,7 +1,8 @@
 """What every collection mapping shares: visibility rules, owner, ``when``, fingerprints.
 
 A mapping turns one source document into a :class:`Draft`: the record's fields
-(everything but a painting's thumbnail blob, which needs I/O), the NSID, and a
+(everything but a blob, which needs I/O: a painting's thumbnail, a tape's MP4 --
+the draft says where the blob comes from), the NSID, and a
 fingerprint of exactly the inputs that shape the record. The fingerprint is how
 an update that touches nothing mirrored (including syncd's own ``atproto``
 write-back) is recognised without any PDS request.
@@ -30,7 +31,9 @@ HIDDEN_FLAGS = ("nuked", "deleted", "private", "draft", "hidden")
 #: Not-public reasons that are a *skip* (recorded with the reason, counted) rather than
 #: plain privacy: content the platform will publish later (a painting still WIP).
 WIP = "wip"
-SKIP_REASONS = frozenset({WIP})
+#: A tape whose MP4 is not converted yet (``mp4Status`` not ``"complete"``, or no ``mp4``).
+MP4_NOT_READY = "mp4_not_ready"
+SKIP_REASONS = frozenset({WIP, MP4_NOT_READY})
 
 
 class MappingError(ValueError):
@@ -46,16 +49,37 @@ class MappingError(ValueError):
 class MappingContext:
     public_base_url: str = "https://aesthetic.computer"
     images: ImageSettings = field(default_factory=ImageSettings)
+    #: Origins a tape's MP4 may be fetched from (``tapes.allowed_hosts``); empty: the
+    #: image store's (``images.allowed_hosts``).
+    tape_hosts: tuple[str, ...] = ()
+
+    @property
+    def media_hosts(self) -> tuple[str, ...]:
+        return self.tape_hosts or self.images.allowed_hosts
+
+
+@dataclass(frozen=True)
+class StreamedBlob:
+    """A blob the record carries, fetched from ``url`` and streamed to the PDS (never held
+    in memory): a tape's MP4. ``field`` is the record field; ``accept`` and ``max_bytes``
+    are the lexicon's."""
+
+    field: str
+    url: str
+    accept: tuple[str, ...]
+    max_bytes: int
 
 
 @dataclass(frozen=True)
 class Draft:
-    """A record waiting to be written. ``image`` is set for paintings (thumbnail to make)."""
+    """A record waiting to be written. ``image`` is set for paintings (thumbnail to make);
+    ``blob`` for tapes (the MP4 to stream)."""
 
     nsid: str
     fields: dict[str, Any]
     fingerprint: str
     image: PaintingSource | None = None
+    blob: StreamedBlob | None = None
 
 
 def not_public_reason(doc: Mapping[str, Any]) -> str | None:
@@ -144,6 +168,10 @@ class CollectionMapping:
     nsid: ClassVar[str]
     guest_allowed: ClassVar[bool] = True
     version: ClassVar[int] = 1
+    #: The document field holding the back-reference ``{rkey, uri, cid}`` to the record
+    #: (platform-facts §5): ``atproto``, except on tapes (``at``). Everything that reads or
+    #: writes a back-reference asks the mapping.
+    backref: ClassVar[str] = "atproto"
 
     def owner(self, doc: Mapping[str, Any]) -> str | None:
         return owner_of(doc, guest_allowed=self.guest_allowed)
@@ -158,10 +186,18 @@ class CollectionMapping:
     def image(self, doc: Mapping[str, Any], ctx: MappingContext) -> PaintingSource | None:
         return None
 
+    def blob(self, doc: Mapping[str, Any], ctx: MappingContext) -> StreamedBlob | None:
+        """Where the record's streamed blob comes from (tapes), or None."""
+        return None
+
     def draft(self, doc: Mapping[str, Any], ctx: MappingContext) -> Draft:
         """The record this public document should have. Raises :class:`MappingError`."""
         fields = self.fields(doc, ctx)
         image = self.image(doc, ctx)
+        blob = self.blob(doc, ctx)
         owner = self.owner(doc)
-        fp = fingerprint(self.version, self.nsid, owner, fields, image and image.image_url)
-        return Draft(nsid=self.nsid, fields=fields, fingerprint=fp, image=image)
+        parts: list[Any] = [fields, image and image.image_url]
+        if blob is not None:
+            parts.append(blob.url)  # a changed source URL means the blob is fetched again
+        fp = fingerprint(self.version, self.nsid, owner, *parts)
+        return Draft(nsid=self.nsid, fields=fields, fingerprint=fp, image=image, blob=blob)

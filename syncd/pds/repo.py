@@ -24,9 +24,9 @@ the points left instead of having the whole batch refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
@@ -43,6 +43,22 @@ T = TypeVar("T")
 SWAP_ATTEMPTS = 5
 
 APPLY_WRITES = "com.atproto.repo.applyWrites"
+
+
+class StreamBody(Protocol):
+    """A blob that is streamed, not held: its size, and its bytes from the start (a
+    fresh iterator for every attempt)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+async def _counted(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        metrics.BLOB_BYTES_SENT.inc(len(chunk))
+        yield chunk
 
 
 def create_write(nsid: str, rkey: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -182,18 +198,32 @@ class Repo:
             {"repo": account.did, "collection": nsid, "rkey": rkey},
         )
 
-    async def upload_blob(self, account: Account, data: bytes, mime_type: str) -> dict[str, Any]:
+    async def upload_blob(
+        self, account: Account, data: bytes | StreamBody, mime_type: str
+    ) -> dict[str, Any]:
+        """``uploadBlob``: ``data`` in memory (a thumbnail) or streamed (a tape's MP4, read
+        a chunk at a time from its spool; never whole in memory)."""
         if self.fence is not None:
             self.fence.check()
+        size = len(data) if isinstance(data, bytes) else data.size
 
         async def call(token: str) -> dict[str, Any]:
+            if isinstance(data, bytes):
+                metrics.BLOB_BYTES_SENT.inc(size)
+                content: bytes | AsyncIterator[bytes] = data
+            else:
+                content = _counted(data.chunks())
             reply = await self.xrpc.procedure(
-                "com.atproto.repo.uploadBlob", token=token, content=data, content_type=mime_type
+                "com.atproto.repo.uploadBlob",
+                token=token,
+                content=content,
+                content_type=mime_type,
+                content_length=None if isinstance(data, bytes) else size,
             )
             return dict(reply["blob"])
 
         blob = await self._authed(account, call)
-        metrics.BLOB_BYTES_UPLOADED.inc(len(data))
+        metrics.BLOB_BYTES_UPLOADED.inc(size)
         metrics.BLOBS_UPLOADED.inc()
         return blob
 

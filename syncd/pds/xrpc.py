@@ -13,7 +13,7 @@ The ``transport`` argument is the seam tests use to put a fault proxy or a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -115,12 +115,15 @@ class XrpcClient:
         body: Mapping[str, Any] | None = None,
         *,
         token: str | None = None,
-        content: bytes | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
         content_type: str | None = None,
+        content_length: int | None = None,
         on_headers: Callable[[httpx.Headers], None] | None = None,
     ) -> dict[str, Any]:
         """POST ``method``; ``on_headers`` sees a successful response's headers (the
-        rate-limit budget they carry, :mod:`syncd.pds.ratelimit`)."""
+        rate-limit budget they carry, :mod:`syncd.pds.ratelimit`). ``content`` may be an
+        async byte stream of ``content_length`` bytes: sent as it is read (with its
+        ``Content-Length``, so a PDS refuses a blob over its limit before the body)."""
         return await self._call(
             "POST",
             method,
@@ -128,6 +131,7 @@ class XrpcClient:
             token=token,
             content=content,
             content_type=content_type,
+            content_length=content_length,
             on_headers=on_headers,
         )
 
@@ -139,8 +143,9 @@ class XrpcClient:
         params: Mapping[str, Any] | None = None,
         json_body: Mapping[str, Any] | None = None,
         token: str | None = None,
-        content: bytes | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
         content_type: str | None = None,
+        content_length: int | None = None,
         on_headers: Callable[[httpx.Headers], None] | None = None,
     ) -> dict[str, Any]:
         headers: dict[str, str] = {}
@@ -148,6 +153,8 @@ class XrpcClient:
             headers["Authorization"] = f"Bearer {token}"
         if content_type:
             headers["Content-Type"] = content_type
+        if content_length is not None:
+            headers["Content-Length"] = str(content_length)
         started = time.perf_counter()
         try:
             response = await self._http.request(

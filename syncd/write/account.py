@@ -7,12 +7,13 @@ and a newer change supersedes an older one still waiting. For each batch:
 1. **read** the batch's ledger rows and key holders: one state call;
 2. **plan** every op (:mod:`syncd.planner`), looking first at keys documents
    name (:meth:`Sender.check_key`), and give colliding new keys a salt;
-3. **prepare** the records: thumbnails attached, lexicons checked
+3. **prepare** the records: thumbnails and streamed blobs (tape MP4s, fetched and
+   uploaded ahead of the batch, outside its PDS slot) attached, lexicons checked
    (:mod:`syncd.write.records`);
 4. **mark pending** what will be sent (one state call), **send** it
    (:mod:`syncd.write.sender`), and **commit** the results (one state call,
    :mod:`syncd.write.commit`);
-5. **write back** ``atproto`` to MongoDB (:mod:`syncd.write.writeback`) while
+5. **write back** the back-reference (``atproto``; ``at`` on tapes) to MongoDB (:mod:`syncd.write.writeback`) while
    the next batch is sent (at most one behind), then report each op done
    (``on_done``), which completes its change so the resume position can pass it.
 
@@ -61,8 +62,9 @@ from syncd.write.blobs import Blobs
 from syncd.write.commit import action_label, commit_ops, pending_ops
 from syncd.write.images import ImageResult, ImageStage
 from syncd.write.queue import DocumentQueue
-from syncd.write.records import IMAGE, build_records
+from syncd.write.records import IMAGE, STREAMED, build_records
 from syncd.write.sender import Sender
+from syncd.write.streamed import StreamedResult, StreamedStage
 from syncd.write.writeback import write_back
 
 log = structlog.get_logger("syncd.writer")
@@ -85,6 +87,7 @@ class WriterDeps:
     retry_cap: float
     parking: Parking  # accounts that cannot write now give way
     on_done: Callable[[Op, str], None]  # an op is finished (applied, failed, superseded, parked)
+    streamed: StreamedStage | None = None  # tape MP4s: fetched and uploaded ahead
 
 
 class AccountWriter:
@@ -99,10 +102,11 @@ class AccountWriter:
             deps.stopping,
             max_writes=deps.max_writes,
             retry_cap=deps.retry_cap,
+            streamed=deps.streamed,
         )
         self.queue = DocumentQueue(self._superseded)
         self._wake = asyncio.Event()
-        self._images: set[asyncio.Task[ImageResult]] = set()
+        self._images: set[asyncio.Task[Any]] = set()  # images and streamed blobs being prepared
         self._writeback: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -112,15 +116,26 @@ class AccountWriter:
 
     # -- the queue ---------------------------------------------------------------------
     def submit(self, op: Op) -> None:
-        """Queue ``op``; a painting this account will write starts its image work now."""
-        images = self.deps.images
-        if images is not None and self._wants_image(op):
-            assert op.change.doc is not None
-            task = asyncio.create_task(
-                images.prepare(op.change.collection, op.change.doc, self.blobs),
-                name="painting-image",
-            )
-            op.extra[IMAGE] = task
+        """Queue ``op``; a painting this account will write starts its image work now, a
+        tape its MP4's fetch and upload."""
+        images, streamed, draft = self.deps.images, self.deps.streamed, op.draft
+        task: asyncio.Task[Any] | None = None
+        if images is not None and draft is not None and draft.image is not None:
+            if self._will_write(op):
+                assert op.change.doc is not None
+                task = asyncio.create_task(
+                    images.prepare(op.change.collection, op.change.doc, self.blobs),
+                    name="painting-image",
+                )
+                op.extra[IMAGE] = task
+        elif streamed is not None and draft is not None and draft.blob is not None:
+            if self._will_write(op):
+                task = asyncio.create_task(
+                    streamed.prepare(op.change.collection, draft.blob, self.blobs),
+                    name="streamed-blob",
+                )
+                op.extra[STREAMED] = task
+        if task is not None:
             self._images.add(task)
             task.add_done_callback(self._images.discard)
             task.add_done_callback(partial(self._image_ready, op))
@@ -129,13 +144,10 @@ class AccountWriter:
             self.queue.push(op)
             self._wake.set()
 
-    def _wants_image(self, op: Op) -> bool:
-        """A guess (from the ledger row the router read) that ``op`` is a painting this
-        account will write; the batch plans again, a wrong guess costs only the work."""
-        draft = op.draft
-        if draft is None or draft.image is None or op.desired is None:
-            return False
-        if op.desired.did != self.did or op.change.doc is None:
+    def _will_write(self, op: Op) -> bool:
+        """A guess (from the ledger row the router read) that this account will write
+        ``op``'s record; the batch plans again, a wrong guess costs only the work."""
+        if op.desired is None or op.desired.did != self.did or op.change.doc is None:
             return False
         return plan(op, self.did, op.holder_hint).action in (*WRITES, CHECK)
 
@@ -145,17 +157,24 @@ class AccountWriter:
 
     def _superseded(self, op: Op) -> None:
         """A newer change of the same document replaced ``op`` before it was sent."""
-        task: asyncio.Task[ImageResult] | None = op.extra.get(IMAGE)
-        if task is not None and not task.done():
-            task.cancel()
+        for key in (IMAGE, STREAMED):
+            task: asyncio.Future[Any] | None = op.extra.get(key)
+            if task is not None and not task.done():
+                task.cancel()
         self._finish([op])
 
     def _finish(self, ops: Sequence[Op]) -> None:
         for op in ops:
-            task: asyncio.Task[ImageResult] | None = op.extra.pop(IMAGE, None)
+            task: asyncio.Future[ImageResult] | None = op.extra.pop(IMAGE, None)
             if task is not None and task.done() and not task.cancelled():
                 if task.exception() is None and self.deps.images is not None:
                     self.deps.images.release(task.result())
+            blob: asyncio.Future[StreamedResult] | None = op.extra.pop(STREAMED, None)
+            if blob is not None and self.deps.streamed is not None:
+                if blob.done() and not blob.cancelled() and blob.exception() is None:
+                    self.deps.streamed.release(blob.result())
+                elif not blob.done():
+                    blob.cancel()  # its own cleanup releases what it held
             self.deps.on_done(op, self.did)
 
     # -- the loop ----------------------------------------------------------------------
@@ -248,9 +267,10 @@ class AccountWriter:
         ops = self.queue.drop_where(self._would_write)
         if ops:
             for op in ops:
-                task: asyncio.Task[ImageResult] | None = op.extra.get(IMAGE)
-                if task is not None and not task.done():
-                    task.cancel()
+                for key in (IMAGE, STREAMED):
+                    task: asyncio.Future[Any] | None = op.extra.get(key)
+                    if task is not None and not task.done():
+                        task.cancel()
             until = parking.until(self.did) or time.time()
             reason = parking.reason(self.did) or "parked"
             await parking.park(self.did, Blocked(reason, until), ops)
@@ -272,7 +292,7 @@ class AccountWriter:
                 await asyncio.wait_for(self._wake.wait(), 1.0)
 
     async def _write_back_then_finish(self, batch: list[Op], plans: list[Plan]) -> None:
-        """The records are written: set ``atproto`` in MongoDB, then finish the ops (so
+        """The records are written: set the back-references in MongoDB, then finish the ops (so
         the saved position never passes a document not written back)."""
         try:
             await write_back(self.deps.db, plans, self.did, self.deps.stopping)
@@ -294,7 +314,9 @@ class AccountWriter:
         if any(p.action == CHECK for p in plans):
             plans = await self._plan_checked(plans, entries, found)
         await self._resolve_key_collisions(plans, found, set(candidates))
-        await build_records(plans, self.blobs, self.deps.images, self.deps.mapping_ctx)
+        await build_records(
+            plans, self.blobs, self.deps.images, self.deps.mapping_ctx, self.deps.streamed
+        )
         for p, entry in zip(plans, entries, strict=True):
             if p.failed is not None and not p.failed.retryable and p.action in WRITES:
                 after_failure(p, entry if entry is not None and entry.did == did else None)
@@ -398,7 +420,7 @@ class AccountWriter:
                 continue
             doc = p.op.change.doc
             assert doc is not None
-            named = named_key(doc) == p.rkey
+            named = named_key(doc, MAPPINGS[p.collection].backref) == p.rkey
             if named and (p.nsid, p.rkey) in taken:
                 # Another document of this batch took the key this one names first.
                 p.refused_key = KeyCheck(p.rkey, FOREIGN, detail="named by another document")
@@ -426,8 +448,9 @@ def _candidate_keys(ops: list[Op]) -> list[tuple[str, str]]:
         doc = op.change.doc
         if doc is None:
             continue
-        nsid = MAPPINGS[op.change.collection].nsid
-        named = named_key(doc)
+        mapping = MAPPINGS[op.change.collection]
+        nsid = mapping.nsid
+        named = named_key(doc, mapping.backref)
         if named is not None:
             out.append((nsid, named))
         if op.draft is not None:

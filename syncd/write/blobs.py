@@ -18,7 +18,7 @@ from syncd import metrics
 from syncd.images import Thumbnail
 from syncd.parking import PARK_AFTER
 from syncd.pds.errors import XrpcError
-from syncd.pds.repo import Repo
+from syncd.pds.repo import Repo, StreamBody
 from syncd.pds.sessions import Account
 from syncd.retry import Verdict, retrying
 from syncd.state.aio import StateCalls
@@ -65,20 +65,34 @@ class Blobs:
 
     async def upload(self, collection: str, thumb: Thumbnail, cid: str) -> str:
         """``uploadBlob`` (transient failures retried); the link the PDS answered."""
+        uploaded = await self._upload(collection, thumb.data, thumb.mime_type, cid)
+        return str(uploaded["ref"]["$link"])
+
+    async def upload_stream(
+        self, collection: str, body: StreamBody, mime_type: str, cid: str
+    ) -> dict[str, Any]:
+        """``uploadBlob`` of a streamed blob (each attempt reads it from the start); the
+        PDS's answer (``ref.$link``, ``mimeType`` and ``size`` as the PDS recorded them)."""
+        return await self._upload(collection, body, mime_type, cid)
+
+    async def _upload(
+        self, collection: str, data: bytes | StreamBody, mime_type: str, cid: str
+    ) -> dict[str, Any]:
         account = self._account()
         uploaded = await retrying(
-            lambda: self._repo.upload_blob(account, thumb.data, thumb.mime_type),
+            lambda: self._repo.upload_blob(account, data, mime_type),
             stop=self._stopping,
             on_error=count_error(collection),
             what="uploadBlob",
             max_wait=PARK_AFTER,
         )
-        link = uploaded.get("ref", {}).get("$link")
+        ref = uploaded.get("ref")
+        link = ref.get("$link") if isinstance(ref, dict) else None
         if link and link != cid:
             log.warning("blob_cid_mismatch", computed=cid, pds=link)
         link = str(link or cid)
         self.uploaded.add(link)
-        return link
+        return {**uploaded, "ref": {"$link": link}}
 
     def forget(self, cid: str) -> None:
         """No record of syncd's references ``cid`` any more (the commit drops it from

@@ -1,8 +1,9 @@
-"""Turn a batch's plans into the records to send: thumbnails attached, lexicon checked.
+"""Turn a batch's plans into the records to send: blobs attached, lexicon checked.
 
 Where a painting's record gets its ``thumbnail`` (the blob of the image made
 ahead, uploaded if the account lacks it) and ``recordingUrl`` (when the
-recording zip exists). A painting whose image is missing at every candidate key
+recording zip exists), and a tape's record its ``video`` (the MP4 streamed and
+uploaded ahead: :mod:`syncd.write.streamed`). A painting whose image is missing at every candidate key
 is published without ``thumbnail``, as the platform does; a hostile or broken
 image (unsafe slug, foreign host, not an image, a bomb) is a dead letter.
 """
@@ -26,12 +27,14 @@ from syncd.planner import WRITES, Plan
 from syncd.retry import Kind, TooLong, classify
 from syncd.write.blobs import Blobs, blob_ref
 from syncd.write.images import ImageResult, ImageStage
+from syncd.write.streamed import StreamedResult, StreamedStage, attach_streamed
 
 log = structlog.get_logger("syncd.writer")
 
 #: Paintings of one batch whose image is made (or blob uploaded) at once.
 BATCH_IMAGE_CONCURRENCY = 8
 IMAGE = "image"  # Op.extra key: the op's image task, started when it was submitted
+STREAMED = "streamed"  # Op.extra key: the op's streamed-blob task (a tape's MP4)
 
 
 async def ensure_blob(
@@ -92,10 +95,27 @@ async def attach_image(p: Plan, result: ImageResult, blobs: Blobs, ctx: MappingC
 
 
 async def build_records(
-    plans: list[Plan], blobs: Blobs, images: ImageStage | None, ctx: MappingContext
+    plans: list[Plan],
+    blobs: Blobs,
+    images: ImageStage | None,
+    ctx: MappingContext,
+    streamed: StreamedStage | None = None,
 ) -> None:
-    """Attach images, then build and validate every record the batch writes."""
+    """Attach images and streamed blobs, then build and validate every record the batch
+    writes."""
     writes = [p for p in plans if p.action in WRITES and p.failed is None]
+    tapes = [p for p in writes if p.op.draft is not None and p.op.draft.blob is not None]
+    for p in tapes:
+        assert streamed is not None and p.op.draft is not None and p.op.draft.blob is not None
+        prep: asyncio.Future[StreamedResult] | None = p.op.extra.get(STREAMED)
+        if prep is None:
+            # Not prepared ahead (the writer guessed it would not write): prepare now. The
+            # task stays on the op, so finishing the op releases the spool.
+            prep = asyncio.ensure_future(
+                streamed.prepare(p.collection, p.op.draft.blob, blobs, ahead=False)
+            )
+            p.op.extra[STREAMED] = prep
+        await attach_streamed(p, await prep, streamed, blobs)
     paintings = [p for p in writes if p.op.draft is not None and p.op.draft.image is not None]
     if paintings:
         sem = asyncio.Semaphore(BATCH_IMAGE_CONCURRENCY)

@@ -53,6 +53,7 @@ from syncd.planner import (
 from syncd.retry import Abandoned, Kind, TooLong, classify, pause_for, retrying, sleep_or_stop
 from syncd.write.blobs import Blobs, count_error
 from syncd.write.records import ensure_blob
+from syncd.write.streamed import StreamedResult, StreamedStage
 
 T = TypeVar("T")
 log = structlog.get_logger("syncd.writer")
@@ -118,10 +119,12 @@ class Sender:
         *,
         max_writes: int,
         retry_cap: float,
+        streamed: StreamedStage | None = None,
     ) -> None:
         self._account = account
         self._repo = repo
         self._blobs = blobs
+        self._streamed = streamed
         self._stopping = stopping
         self._max_writes = max_writes
         self._cap = retry_cap
@@ -306,17 +309,28 @@ class Sender:
                     await self._put(p)
                 except XrpcError as exc:
                     thumb = p.extra.get("thumbnail")
-                    if not _blob_missing(exc) or thumb is None or p.blob_cid is None:
+                    streamed: StreamedResult | None = p.extra.get("streamed")
+                    if not _blob_missing(exc) or p.blob_cid is None:
+                        raise
+                    if thumb is None and (streamed is None or self._streamed is None):
                         raise
                     # The PDS dropped a blob the state store thought it had (its
                     # records were deleted elsewhere): upload it again, once.
                     log.warning("blob_gone_reuploading", did=self.did, cid=p.blob_cid)
-                    self._blobs.forget(p.blob_cid)  # in memory: ensure_blob uploads it
-                    blob = await ensure_blob(p, thumb, p.blob_cid, self._blobs, force=True)
-                    if blob is None:
-                        return
+                    self._blobs.forget(p.blob_cid)  # in memory: the upload is redone
                     assert p.record is not None
-                    p.record["thumbnail"] = blob
+                    if streamed is not None and self._streamed is not None:
+                        await self._streamed.upload(p.collection, streamed, self._blobs, force=True)
+                        if streamed.parked is not None or streamed.error is not None:
+                            p.parked, p.failed = streamed.parked, streamed.error
+                            return
+                        p.record[streamed.blob.field] = streamed.ref()
+                    else:
+                        assert thumb is not None
+                        blob = await ensure_blob(p, thumb, p.blob_cid, self._blobs, force=True)
+                        if blob is None:
+                            return
+                        p.record["thumbnail"] = blob
                     await self._put(p)
             else:
                 await self._delete(p, p.rkey)

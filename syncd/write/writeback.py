@@ -1,4 +1,7 @@
-"""Write ``atproto.rkey``/``uri``/``cid`` back to the MongoDB documents.
+"""Write the back-reference ``{rkey, uri, cid}`` to the MongoDB documents.
+
+The field is the mapping's ``backref``: ``atproto`` on paintings, moods, pieces and
+kidlisp, ``at`` on tapes (platform-facts §5).
 
 The platform's UI reads the back-reference, so it must keep being written. Each
 update is conditional on the back-reference the document had when its change
@@ -17,11 +20,16 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from syncd.mappings import backref_field
 from syncd.planner import Plan
 from syncd.retry import retrying
 
 log = structlog.get_logger("syncd.writer")
-UNSET = {"$unset": {"atproto.rkey": "", "atproto.uri": "", "atproto.cid": ""}}
+
+
+def unset_backref(field: str) -> dict[str, Any]:
+    """The update that removes a back-reference held in ``field``."""
+    return {"$unset": {f"{field}.rkey": "", f"{field}.uri": "", f"{field}.cid": ""}}
 
 
 def writeback_request(p: Plan, did: str) -> UpdateOne | None:
@@ -29,17 +37,18 @@ def writeback_request(p: Plan, did: str) -> UpdateOne | None:
     doc = p.op.change.doc
     if p.failed is not None or p.parked is not None or p.writeback is None or doc is None:
         return None
-    current = doc.get("atproto")
-    whole_field = "atproto" in doc and not isinstance(current, dict)
+    field = backref_field(p.collection)
+    current = doc.get(field)
+    whole_field = field in doc and not isinstance(current, dict)
     where: dict[str, Any] = {"_id": p.op.change.doc_id}
     if whole_field:
         # `atproto: 5` (or null, a list...): "atproto.rkey" cannot be set inside it, so
         # the whole field becomes the back-reference.
-        where["atproto"] = current
+        where[field] = current
     else:
-        where["atproto.rkey"] = p.seen_rkey
+        where[f"{field}.rkey"] = p.seen_rkey
     if p.writeback == "unset":
-        return UpdateOne(where, UNSET)
+        return UpdateOne(where, unset_backref(field))
     if p.writeback != "set" or not p.rkey:
         return None
     update: dict[str, Any] = {
@@ -51,8 +60,8 @@ def writeback_request(p: Plan, did: str) -> UpdateOne | None:
     if isinstance(current, dict) and all(current.get(k) == v for k, v in update.items()):
         return None  # already says so
     if whole_field:
-        return UpdateOne(where, {"$set": {"atproto": update}})
-    return UpdateOne(where, {"$set": {f"atproto.{k}": v for k, v in update.items()}})
+        return UpdateOne(where, {"$set": {field: update}})
+    return UpdateOne(where, {"$set": {f"{field}.{k}": v for k, v in update.items()}})
 
 
 async def write_back(

@@ -307,3 +307,81 @@ def test_the_key_the_document_names_is_kept_over_the_ledgers() -> None:
     )
     assert report.deletes == [key]
     assert report.keys == {str(doc["_id"]): OLD2}
+
+
+TAPE = "computer.aesthetic.tape"
+MP4 = "https://art-aesthetic-computer.sfo3.digitaloceanspaces.com/t/a.mp4"
+VIDEO = {"$type": "blob", "ref": {"$link": "bafkvideo"}, "mimeType": "video/mp4", "size": 900}
+
+
+def tape_doc(**extra: Any) -> dict[str, Any]:
+    return {
+        "_id": ObjectId(),
+        "user": "auth0|a",
+        "slug": "wand-1",
+        "code": "w1",
+        "when": WHEN,
+        "mp4Status": "complete",
+        "mp4": MP4,
+        **extra,
+    }
+
+
+def tape_report(
+    doc: dict[str, Any], value: dict[str, Any] | None, blob_cid: str | None = "bafkvideo"
+) -> diff.CollectionReport:
+    s = state(doc, "tapes")
+    key = derive_rkey(WHEN, doc["_id"])
+    records = [] if value is None else [RepoRecord(TAPE, key, f"cid-{key}", value)]
+    row = LedgerEntry(
+        "tapes", s.key, DID, TAPE, key, f"cid-{key}", s.fingerprint, blob_cid, False, 0.0
+    )
+    return diff.compare(
+        did=DID,
+        collection="tapes",
+        nsid=TAPE,
+        records=records,
+        docs={s.key: s},
+        ledger={s.key: row},
+    )
+
+
+def tape_value(doc: dict[str, Any], **override: Any) -> dict[str, Any]:
+    s = state(doc, "tapes")
+    assert s.fields is not None
+    return {"$type": TAPE, **s.fields, "video": VIDEO, **override}
+
+
+def test_a_tape_in_sync_keeps_its_back_reference_in_at() -> None:
+    doc = tape_doc()
+    key = derive_rkey(WHEN, doc["_id"])
+    doc["at"] = {"rkey": key, "uri": f"at://{DID}/{TAPE}/{key}", "cid": f"cid-{key}"}
+    assert tape_report(doc, tape_value(doc)).total == 0
+    # An `atproto` field on a tape is not its back-reference: `at` is what must be set.
+    other = tape_doc()
+    other_key = derive_rkey(WHEN, other["_id"])
+    other["atproto"] = {"rkey": other_key}
+    report = tape_report(other, tape_value(other))
+    assert kinds(report) == {"backref": 1} and report.backref_sets[0].rkey == other_key
+    assert "at.rkey is None" in report.differences[0].detail
+
+
+def test_a_tapes_video_is_checked_against_the_lexicon_and_the_ledger() -> None:
+    doc = tape_doc()
+    wrong_type = tape_value(doc, video={**VIDEO, "mimeType": "video/quicktime"})
+    report = tape_report(doc, wrong_type)
+    assert kinds(report) == {"backref": 1, "blob": 1} and report.publish[0].action == "update"
+    assert report.publish[0].forget_blobs == ("bafkvideo",)  # uploaded again
+    too_big = tape_value(doc, video={**VIDEO, "size": 52_428_801})
+    assert "maxSize" in tape_report(doc, too_big).differences[0].detail
+    missing = tape_report(doc, tape_value(doc, video=None) | {"video": None})
+    assert any(d.kind == "blob" and d.detail == "no video" for d in missing.differences)
+    other_blob = tape_report(doc, tape_value(doc), blob_cid="bafkother")
+    assert any(d.kind == "blob" and "bafkother" in d.detail for d in other_blob.differences)
+
+
+def test_deleting_a_tape_record_forgets_its_video() -> None:
+    doc = tape_doc(nuked=True)
+    report = tape_report(doc, tape_value(tape_doc()) | {"ref": str(doc["_id"])})
+    assert kinds(report) == {"orphan": 1, "ledger": 1}
+    assert report.deleted_blobs == ["bafkvideo"]

@@ -184,7 +184,7 @@ def test_demo_dataset_shape(tmp_path: Path) -> None:
     ds = demo_dataset(tmp_path)
     assert [u.with_atproto for u in ds.users] == [True, True, True, False]
     counts = ds.counts()
-    assert counts == {"paintings": 14, "moods": 8, "pieces": 6, "kidlisp": 6}
+    assert counts == {"paintings": 14, "moods": 8, "pieces": 6, "kidlisp": 6, "tapes": 6}
     for files in ds.files:
         assert files.image_path.is_file()
         assert files.image_path.is_relative_to(tmp_path)
@@ -214,3 +214,14 @@ def test_demo_dataset_shape(tmp_path: Path) -> None:
     for doc, _ in ds.legacy_moods:
         record = legacy_mood_record(doc)
         assert record["mongoId"] == str(doc["_id"]) and "ref" not in record
+    # Tapes: small MP4s on disk, named by full URL; one still processing, a guest one.
+    tapes = ds.documents["tapes"]
+    assert sum(t["mp4Status"] == "processing" and "mp4" not in t for t in tapes) == 1
+    assert any("user" not in t and t["mp4Status"] == "complete" for t in tapes)
+    for t in tapes:
+        if "mp4" in t:
+            bucket, _, key = (
+                t["mp4"].removeprefix("https://").partition(".sfo3.digitaloceanspaces.com/")
+            )
+            head = key_path(tmp_path, bucket, key).read_bytes()[:12]
+            assert head[4:12] == b"ftypisom", t["mp4"]

@@ -10,9 +10,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_example_config_loads_and_matches_defaults(tmp_path: Path) -> None:
     cfg = config.load(ROOT / "config.example.toml", environ={})
-    assert cfg.mongo.collections == ("paintings", "moods", "pieces", "kidlisp")
+    assert cfg.mongo.collections == ("paintings", "moods", "pieces", "kidlisp", "tapes")
     assert cfg.metrics.listen == "127.0.0.1:9464"
     assert cfg.pds.max_writes_per_call == 200
+    assert cfg == config.apply_overrides(config.Config(source_path=cfg.source_path), {})
+
+
+def test_an_operator_can_leave_tapes_out(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[mongo]\ncollections = ["paintings", "moods", "pieces", "kidlisp"]\n')
+    assert "tapes" not in config.load(path, environ={}).mongo.collections
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -31,6 +38,10 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[nope]\n", "nope"),
         ("[images]\nallowed_hosts = 'a'", "images.allowed_hosts"),
         ("[metrics]\nlisten = 'localhost'", "metrics.listen"),
+        ("[tapes]\nallowed_hosts = ['ftp://x']", "tapes.allowed_hosts"),
+        ("[tapes]\nupload_concurrency = 0", "tapes.upload_concurrency"),
+        ("[tapes]\nspool_directory = 'tmp'", "tapes.spool_directory"),
+        ("[pds]\nblob_upload_limit = -1", "pds.blob_upload_limit"),
         ("[mongo\n", "--config"),
         ("[pds]\nurl = 'https://syncd:hunter2@pds.example'", "pds.url"),
         ("[pds]\nurl = 'https://token@pds.example'", "pds.url"),

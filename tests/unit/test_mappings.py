@@ -136,6 +136,111 @@ def test_fingerprint_ignores_writeback_and_unmirrored_fields() -> None:
     assert m.draft(doc(user="v", mood="x"), CTX).fingerprint != base
 
 
+MP4 = "https://art-aesthetic-computer.sfo3.digitaloceanspaces.com/tapes/wand.mp4"
+
+
+def tape(**fields: Any) -> dict[str, Any]:
+    base = {"slug": "wand-1729177200000", "code": "a3x", "mp4Status": "complete", "mp4": MP4}
+    return doc(**{**base, **fields})
+
+
+def test_tape_record_is_the_platforms_and_its_video_is_streamed_from_mp4() -> None:
+    """platform-facts §3/§7: slug, code, when, ref, acUrl /!code; the MP4 is the video blob."""
+    d = MAPPINGS["tapes"].draft(tape(user="auth0|x"), CTX)
+    assert d.nsid == "computer.aesthetic.tape"
+    assert d.fields == {
+        "slug": "wand-1729177200000",
+        "code": "a3x",
+        "acUrl": "https://aesthetic.computer/!a3x",
+        "when": "2023-08-21T19:42:03.043Z",
+        "ref": "65a1b2c3d4e5f60718293a4b",
+    }
+    assert d.blob is not None and d.image is None
+    assert (d.blob.field, d.blob.url) == ("video", MP4)
+    assert (d.blob.accept, d.blob.max_bytes) == (("video/mp4",), 52_428_800)
+    assert MAPPINGS["tapes"].owner(tape()) is None  # a guest tape: the `art` account
+
+
+def test_tapes_keep_their_back_reference_in_at() -> None:
+    assert MAPPINGS["tapes"].backref == "at"
+    assert {MAPPINGS[c].backref for c in ("paintings", "moods", "pieces", "kidlisp")} == {"atproto"}
+    m = MAPPINGS["tapes"]
+    base = m.draft(tape(), CTX).fingerprint
+    assert m.draft(tape(at={"rkey": "3k", "uri": "at://x", "cid": "b"}), CTX).fingerprint == base
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"mp4Status": "processing"}, "mp4_not_ready"),
+        ({"mp4Status": "pending", "mp4": None}, "mp4_not_ready"),
+        ({"mp4": None}, "mp4_not_ready"),
+        ({"mp4": ""}, "mp4_not_ready"),
+        ({"nuked": True}, "nuked"),
+        ({"nuked": True, "mp4Status": "processing"}, "nuked"),
+    ],
+)
+def test_a_tape_is_public_only_once_its_mp4_is_complete(
+    fields: dict[str, Any], reason: str
+) -> None:
+    assert MAPPINGS["tapes"].not_public_reason(tape(**fields)) == reason
+    assert MAPPINGS["tapes"].not_public_reason(tape()) is None
+
+
+@pytest.mark.parametrize(
+    ("mp4", "reason"),
+    [
+        (12, "bad_mp4"),
+        ("https://evil.example/x.mp4", "mp4_disallowed_host"),
+        ("http://art-aesthetic-computer.sfo3.digitaloceanspaces.com/x.mp4", "mp4_disallowed_host"),
+        ("file:///etc/passwd", "mp4_disallowed_host"),
+        ("https://" + "a" * 3000, "bad_mp4"),
+    ],
+)
+def test_an_mp4_url_outside_the_allowed_origins_is_a_dead_letter(mp4: Any, reason: str) -> None:
+    with pytest.raises(MappingError) as info:
+        MAPPINGS["tapes"].draft(tape(mp4=mp4), CTX)
+    assert info.value.reason == reason
+
+
+def test_tapes_allowed_hosts_override_the_image_stores() -> None:
+    ctx = MappingContext(images=ImageSettings(), tape_hosts=("https://videos.example",))
+    d = MAPPINGS["tapes"].draft(tape(mp4="https://videos.example/a.mp4"), ctx)
+    assert d.blob is not None and d.blob.url == "https://videos.example/a.mp4"
+    with pytest.raises(MappingError):
+        MAPPINGS["tapes"].draft(tape(), ctx)
+
+
+def test_a_changed_mp4_changes_the_fingerprint() -> None:
+    """A new MP4 URL means the video is fetched (and, if its bytes differ, uploaded) again."""
+    m = MAPPINGS["tapes"]
+    other = "https://art-aesthetic-computer.sfo3.digitaloceanspaces.com/tapes/wand2.mp4"
+    assert m.draft(tape(), CTX).fingerprint != m.draft(tape(mp4=other), CTX).fingerprint
+
+
+def test_the_tape_lexicon_is_the_published_one() -> None:
+    lex = lexicon.load("computer.aesthetic.tape")
+    assert lex.record["required"] == ["slug", "code", "when", "video"]
+    video = {"$type": "blob", "ref": {"$link": "bafk"}, "mimeType": "video/mp4", "size": 52_428_800}
+    record = {
+        "$type": "computer.aesthetic.tape",
+        "slug": "s",
+        "code": "c",
+        "when": WHEN.isoformat(),
+    }
+    with pytest.raises(lexicon.LexiconError):
+        lexicon.validate("computer.aesthetic.tape", record)  # no video
+    lexicon.validate("computer.aesthetic.tape", {**record, "video": video})
+    with pytest.raises(lexicon.LexiconError):
+        lexicon.validate(
+            "computer.aesthetic.tape", {**record, "video": {**video, "size": 52_428_801}}
+        )
+    with pytest.raises(lexicon.LexiconError):
+        lexicon.validate(
+            "computer.aesthetic.tape", {**record, "video": {**video, "mimeType": "video/quicktime"}}
+        )
+
+
 def test_the_platform_publishes_what_it_stores() -> None:
     # A mood of spaces, a `when` before 1970 or in a far year: text and dates as stored.
     m = MAPPINGS["moods"]

@@ -84,7 +84,15 @@ def test_tid_round_trip(value: int) -> None:
     ],
 )
 def test_named_key_is_a_valid_tid_in_atproto_rkey(doc: Any, want: str | None) -> None:
-    assert named_key(doc) == want
+    assert named_key(doc, "atproto") == want
+
+
+def test_named_key_reads_the_field_the_mapping_names() -> None:
+    """Tapes keep their back-reference in ``at`` (platform-facts §5), not ``atproto``."""
+    doc = {"at": {"rkey": "3kabcdefghij2"}, "atproto": {"rkey": "3kabcdefghij3"}}
+    assert named_key(doc, "at") == "3kabcdefghij2"
+    assert named_key(doc, "atproto") == "3kabcdefghij3"
+    assert named_key({"atproto": {"rkey": "3kabcdefghij3"}}, "at") is None
 
 
 def test_free_key_salts_past_keys_other_documents_hold() -> None:

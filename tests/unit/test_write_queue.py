@@ -16,13 +16,13 @@ from bson import ObjectId
 from syncd.changes import Change, Op
 from syncd.checkpoint import Checkpointer, Ticket
 from syncd.images.urls import PaintingSource
-from syncd.mappings import Draft, MappingContext
+from syncd.mappings import Draft, MappingContext, StreamedBlob
 from syncd.pds.sessions import Account
 from syncd.state import LedgerEntry
 from syncd.write import AccountWriter, WriterDeps
 from syncd.write.images import ImageResult
 from syncd.write.queue import DocumentQueue
-from syncd.write.records import IMAGE
+from syncd.write.records import IMAGE, STREAMED
 
 ACCOUNT = Account(sub="u1", did="did:plc:one", handle="one.test", password="pw")
 OTHER = Account(sub="u2", did="did:plc:two", handle="two.test", password="pw")
@@ -163,6 +163,65 @@ async def test_only_this_accounts_paintings_are_prepared_ahead() -> None:
     w.submit(op("paintings", "p1", painting=True, desired=OTHER))  # a delete from this repo
     await settle()
     assert images.futures == {} and w.queue.ready == 1
+
+
+# -- tapes: the MP4 streamed and uploaded ahead, outside the batch -----------------------
+
+
+class FakeStreamed:
+    """A tape's MP4 work (fetch + upload) waits for the test to resolve its future."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+        self.released: list[Any] = []
+
+    async def prepare(self, collection: str, blob: Any, blobs: Any) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return await fut
+
+    def release(self, result: Any) -> None:
+        self.released.append(result)
+
+
+def tape_op(key: str) -> Op:
+    o = op("tapes", key)
+    assert o.draft is not None
+    blob = StreamedBlob("video", "http://img.test/t.mp4", ("video/mp4",), 52_428_800)
+    o.draft = Draft(nsid=o.draft.nsid, fields={}, fingerprint=key, blob=blob)
+    return o
+
+
+async def test_a_tape_uploading_holds_up_nothing_else_of_its_account() -> None:
+    images, streamed, done = FakeImages(), FakeStreamed(), []
+    w = writer(images, done)
+    w.deps.streamed = streamed  # type: ignore[assignment]
+    t1, m1, m2 = tape_op("t1"), op("moods", "m1"), op("moods", "m2")
+    for o in (t1, m1, m2):
+        w.submit(o)
+    await settle()
+    assert len(streamed.futures) == 1 and images.futures == {}
+    assert w.queue.take(10) == [m1, m2]  # the moods go while the MP4 is fetched/uploaded
+    result = object()
+    streamed.futures[0].set_result(result)
+    await settle()
+    assert w.queue.take(10) == [t1]
+    w._finish([t1])
+    assert streamed.released == [result] and done == [t1]  # the spool goes with the op
+
+
+async def test_a_superseded_tape_stops_its_upload() -> None:
+    images, streamed, done = FakeImages(), FakeStreamed(), []
+    w = writer(images, done)
+    w.deps.streamed = streamed  # type: ignore[assignment]
+    first, second = tape_op("t1"), tape_op("t1")
+    w.submit(first)
+    await settle()
+    first_task = first.extra[STREAMED]
+    w.submit(second)
+    await settle()
+    assert first_task.cancelled() and done == [first]
+    assert len(streamed.futures) == 2
 
 
 def test_drop_where_takes_the_picked_ops_and_keeps_the_others_in_place() -> None:
