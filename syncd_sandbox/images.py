@@ -24,6 +24,7 @@ import argparse
 import json
 import mimetypes
 import os
+import re
 import shutil
 import signal
 import sys
@@ -110,7 +111,9 @@ def check_slug(slug: object) -> str:
     return slug
 
 
-_BUCKET_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+# An S3 bucket name (what a bucket can be called at all): 3-63 lowercase letters, digits,
+# dots and hyphens, starting and ending with a letter or digit, no "..".
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def painting_bucket(user: str | None, bucket: object = None) -> str:
@@ -123,13 +126,8 @@ def painting_bucket(user: str | None, bucket: object = None) -> str:
     """
     if bucket is None or bucket == "":
         return GUEST_BUCKET if user is None else USER_BUCKET
-    if (
-        not isinstance(bucket, str)
-        or ".." in bucket
-        or len(bucket) > 63
-        or not set(bucket) <= _BUCKET_OK
-    ):
-        raise UnsafeKeyError(f"bucket {str(bucket)[:40]!r} is not a plain bucket name")
+    if not isinstance(bucket, str) or ".." in bucket or not _BUCKET_RE.fullmatch(bucket):
+        raise UnsafeKeyError(f"bucket {str(bucket)[:40]!r} is not a bucket name")
     return bucket
 
 

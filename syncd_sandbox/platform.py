@@ -61,6 +61,9 @@ LIMITS: dict[str, dict[str, int]] = {
     KIDLISP: {"source": 50_000, "code": 10, "ref": 24},
     TAPE: {},  # the published tape lexicon sets no string limits
 }
+# Fields a published lexicon types as ``format: uri`` (``acUrl`` is in no lexicon: the
+# platform writes it as it builds it, platform-facts §3).
+URI_FIELDS: dict[str, tuple[str, ...]] = {PAINTING: ("imageUrl", "recordingUrl")}
 # The tape lexicon's video blob (platform-facts §3, §7).
 VIDEO_MAX_BYTES = 52_428_800
 VIDEO_MIME_TYPE = "video/mp4"
@@ -211,7 +214,7 @@ def check_limits(nsid: str, record: Mapping[str, Any]) -> None:
         value = record.get(field)
         if isinstance(value, str) and len(value.encode("utf-8")) > limit:
             raise Invalid(f"{field} over {limit} bytes")
-    for field in ("imageUrl", "recordingUrl", "acUrl"):
+    for field in URI_FIELDS.get(nsid, ()):
         value = record.get(field)
         if isinstance(value, str) and not _URI_RE.match(value):
             raise Invalid(f"{field} is not a URI")

@@ -64,21 +64,14 @@ def _bad_char(text: str) -> str | None:
     return None
 
 
-def _check_segment(segment: str, slug: str, what: str = "slug") -> None:
-    """Reject a slug segment that is empty, a dot segment or holds a dangerous character."""
-    if not segment:
-        raise UnsafeSlugError(f"{what} {slug!r} has an empty segment")
-    if ".." in segment or segment == ".":
-        raise UnsafeSlugError(f"{what} {slug!r} contains a dot segment")
-    bad = _bad_char(segment)
-    if bad is not None:
-        raise UnsafeSlugError(f"{what} {slug!r} contains the forbidden character {bad}")
-
-
 def _check_slug(slug: object) -> str:
+    """The slug, if it can name an object. As on the platform (source-system.md), only a
+    slug containing ``..`` or starting with ``/`` is invalid; any other character is
+    part of the key and percent-encoded in the URL (:func:`_enc_path`), so it can never
+    change the URL's host, path depth above the owner's directory, query or fragment."""
     if not isinstance(slug, str):
         raise UnsafeSlugError(f"slug must be a string, got {type(slug).__name__}")
-    if not slug or not slug.strip():
+    if not slug:
         raise UnsafeSlugError("slug is empty")
     if len(slug) > MAX_SLUG_LENGTH:
         raise UnsafeSlugError(f"slug is longer than {MAX_SLUG_LENGTH} characters")
@@ -111,43 +104,35 @@ def _enc(segment: str) -> str:
     return quote(segment, safe="")
 
 
+def _enc_path(name: str) -> str:
+    """A key path under the owner's directory: each ``/``-separated part percent-encoded
+    (a part that is a lone ``.`` too, so no URL normalisation drops it from the key)."""
+    return "/".join("%2E" if part == "." else _enc(part) for part in name.split("/"))
+
+
 def painting_name(user: str, slug: str) -> str:
-    """The ``{name}`` of a user's painting: the slug itself, or the last part of a
-    slug of the form ``{user}/painting/{name}`` (whose user must be ``user``)."""
-    if "/" not in slug:
-        _check_segment(slug, slug)
-        return slug
-    parts = slug.split("/")
-    if len(parts) != 3 or parts[1] != "painting":
-        raise UnsafeSlugError(
-            f"slug {slug!r} contains '/' but is not of the form '{{user}}/painting/{{name}}'"
-        )
-    owner, _, name = parts
-    if owner not in (user, _enc(user)):
-        raise UnsafeSlugError(
-            f"slug {slug!r} names another user than the document's ({user!r})",
-            reason="slug_user_mismatch",
-        )
-    _check_segment(name, slug)
-    return name
+    """The ``{name}`` of a user's painting: the slug itself, or what follows the prefix
+    of a slug that already reads ``{user}/painting/{name}`` (the user's sub, plain or
+    percent-encoded). A slug with another user's prefix is a plain slug: it names an
+    object inside *this* user's directory, never the other user's."""
+    for prefix in (f"{user}/painting/", f"{_enc(user)}/painting/"):
+        if slug.startswith(prefix) and len(slug) > len(prefix):
+            return slug[len(prefix) :]
+    return slug
 
 
 def _user_keys(user: str, slug: str, templates: Iterable[str]) -> list[str]:
     """Key stems (no extension) of a user's painting, in the order to try."""
-    name = _enc(painting_name(user, slug))
+    name = _enc_path(painting_name(user, slug))
     return [t.format(user=_enc(user), name=name) for t in templates]
 
 
 def _guest_names(slug: str) -> tuple[str, str]:
     """(image name, recording name) of a guest slug ``image`` or ``image:recording``."""
-    if "/" in slug:
-        raise UnsafeSlugError(f"guest slug {slug!r} contains '/'")
     image, sep, recording = slug.partition(":")
     if not sep:
         recording = image
-    _check_segment(image, slug)
-    _check_segment(recording, slug)
-    return _enc(image), _enc(recording)
+    return _enc_path(image), _enc_path(recording)
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:

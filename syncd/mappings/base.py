@@ -104,7 +104,7 @@ def owner_of(doc: Mapping[str, Any], *, guest_allowed: bool = True) -> str | Non
             raise MappingError("missing_owner", "document has no `user` field")
         return GUEST
     user = doc["user"]
-    if not isinstance(user, str) or not user or len(user) > 256:
+    if not isinstance(user, str) or not user:
         raise MappingError(
             "bad_owner", f"`user` must be a non-empty string, got {type(user).__name__}"
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from syncd import lexicon
 from syncd.images.errors import DisallowedHostError
@@ -62,7 +61,8 @@ class Tapes(CollectionMapping):
         return {
             "slug": text(doc, "slug"),
             "code": code,
-            "acUrl": f"{ctx.public_base_url}/!{quote(code, safe='')}",
+            # As the platform writes it (platform-facts §3): the code as it is, like kidlisp's.
+            "acUrl": f"{ctx.public_base_url}/!{code}",
             "when": rfc3339(when_of(doc)),
             "ref": ref_of(doc),
         }
