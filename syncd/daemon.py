@@ -135,7 +135,7 @@ class Daemon:
                 self.config, health=self.health, fence=lease, partition=lease.partition
             )
             if isinstance(self.engine.store, ClusterStore):
-                self.engine.store.claim()
+                await self.engine.calls(self.engine.store.claim)
         except LeaseLost:
             await self._step_down()
             return True
@@ -196,7 +196,9 @@ class Daemon:
                     await engine.refresh_gauges()
             except LeaseLost:
                 break
-            if not self._ready_sent and (self.health.stream_connected or self._first_batch_safe()):
+            if not self._ready_sent and (
+                self.health.stream_connected or await self._first_batch_safe()
+            ):
                 self._ready_sent = True
                 self.notifier.ready("syncing")
             self.health.beat("main")
@@ -265,9 +267,9 @@ class Daemon:
         self.notifier.close()
 
     # -- helpers -------------------------------------------------------------
-    def _first_batch_safe(self) -> bool:
+    async def _first_batch_safe(self) -> bool:
         assert self.engine is not None
-        progress = self.engine.store.backfill_progress()
+        progress = await self.engine.calls(self.engine.store.backfill_progress)
         return any(p.scanned > 0 or p.done for p in progress.values())
 
     def _status_line(self) -> str:

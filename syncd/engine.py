@@ -24,6 +24,7 @@ from syncd.accounts import AccountResolver
 from syncd.cluster import partition_of
 from syncd.config import Config
 from syncd.gone import GoneAccounts
+from syncd.handles import Handles
 from syncd.health import HealthState
 from syncd.images.fetch import ImageFetcher, make_client
 from syncd.images.thumbnail import ThumbnailPool
@@ -157,6 +158,7 @@ class Engine:
                 mapping_ctx=self.mapping_ctx,
                 make_writer=self._make_writer,
                 credentials_changed=self._credentials_changed,
+                handles=Handles(self.calls),
                 owns=self.owns if partitioned else None,
                 is_gone=self.gone.__contains__,
             )
@@ -324,5 +326,6 @@ class Engine:
         await self.image_http.aclose()
         self.thumbnails.close(wait=False)
         await self.client.close()
+        await self.router.deps.handles.flush()
         self.calls.close()
         self.store.close()

@@ -54,8 +54,10 @@ from syncd import metrics
 from syncd.accounts import ACCOUNT_GONE, DID_CONFLICT, AccountResolver
 from syncd.changes import Op
 from syncd.gone import REFUSED, REMOVED, REPLACED, GoneAccounts
+from syncd.handles import Handles
 from syncd.ids import parse_doc_key
 from syncd.logs import register_secret
+from syncd.ownership import users_entry_documents
 from syncd.parking import REFUSED_RETRY, Parking
 from syncd.pds.errors import XrpcError
 from syncd.pds.sessions import Account, SessionManager
@@ -63,7 +65,7 @@ from syncd.pds.xrpc import XrpcClient
 from syncd.positions import Positions
 from syncd.retry import retrying
 from syncd.router import Router
-from syncd.source.owner_backfill import OwnerBackfillDeps, OwnerBackfills, owner_query
+from syncd.source.owner_backfill import OwnerBackfillDeps, OwnerBackfills
 from syncd.source.publish import Publisher
 from syncd.source.users import Change, Seen, account_fields, classify
 from syncd.state import KnownAccount, Outcome
@@ -102,6 +104,8 @@ class LifecycleDeps:
     forget_sessions: Callable[[str], None]
     #: Whether this instance's partition serves the account ``did``.
     owns: Callable[[str | None], bool]
+    #: Handles remembered for ``syncd status`` (shared with the router).
+    handles: Handles
     #: Whether the PDS says the repository ``did`` is active (None: cannot tell).
     repo_active: Callable[[str], Awaitable[bool | None]] | None = None
 
@@ -221,7 +225,10 @@ class Lifecycle:
         for g in deps.gone.all():
             if g.sub == uid and g.reason.startswith(REFUSED):  # the others came from here
                 return KnownAccount(uid, g.did, g.handle)
-        where = {**owner_query(uid, deps.guest_id), "atproto.uri": {"$regex": "^at://did:"}}
+        where = {
+            **users_entry_documents(uid, deps.guest_id),
+            "atproto.uri": {"$regex": "^at://did:"},
+        }
         for coll in deps.collections:
             doc = await deps.db[coll].find_one(where, {"atproto.uri": 1})
             uri = ((doc or {}).get("atproto") or {}).get("uri")
@@ -242,7 +249,7 @@ class Lifecycle:
         store = deps.calls.store
         did = now.did
         revived = await deps.gone.clear(did)
-        self._note_handle(did, now.handle)
+        await deps.handles.save(did, now.handle)
         if not deps.owns(did):
             await deps.calls(store.put_known_account, uid, did, now.handle, backfill=False)
             return
@@ -291,7 +298,7 @@ class Lifecycle:
             log.info("account_credentials_changed", did=did, handle=now.handle, retried=retried)
             self._count("credentials")
         if before.handle != now.handle:
-            self._note_handle(did, now.handle)
+            await deps.handles.save(did, now.handle)
             await deps.calls(
                 deps.calls.store.put_known_account, uid, did, now.handle, backfill=False
             )
@@ -335,7 +342,7 @@ class Lifecycle:
         the account); each later change of those documents is a skip, or is published
         into the user's new account."""
         deps = self.deps
-        query = {**owner_query(uid, deps.guest_id), "atproto.rkey": {"$exists": True}}
+        query = {**users_entry_documents(uid, deps.guest_id), "atproto.rkey": {"$exists": True}}
         cleared = 0
         for coll in deps.collections:
             result = await retrying(
@@ -353,13 +360,6 @@ class Lifecycle:
         self.deps.forget_sessions(did)
         await self.deps.calls(self.deps.calls.store.drop_session, did)
 
-    def _note_handle(self, did: str, handle: str) -> None:
-        """For ``syncd status`` (the router remembers handles the same way)."""
-        store = self.deps.calls.store
-        key = f"handle:{did}"
-        if handle and store.get_meta(key) != handle:
-            store.set_meta(key, handle)
-
     async def _retry_letters(self, uid: str | None, reasons: frozenset[str]) -> int:
         """Route again, now, the retryable dead letters with one of ``reasons`` (of the
         user ``uid``'s documents only, unless None)."""
@@ -374,7 +374,7 @@ class Lifecycle:
                     keys.setdefault(d.collection, []).append(d.doc_key)
         if not keys:
             return 0
-        owner = None if uid is None else owner_query(uid, deps.guest_id)["user"]
+        owner = None if uid is None else users_entry_documents(uid, deps.guest_id)["user"]
         chosen: list[tuple[str, str]] = []
         for coll, ks in keys.items():
             if uid is None:
@@ -423,7 +423,7 @@ class Lifecycle:
         for uid, now in current.items():
             was = remembered.get(uid)
             if was is None or was.did != now.did or was.handle != now.handle:
-                self._note_handle(now.did, now.handle)
+                await deps.handles.save(now.did, now.handle)
                 await deps.calls(store.put_known_account, uid, now.did, now.handle, backfill=False)
         log.info("accounts_resynced", accounts=len(current), gone_or_replaced=changed)
 
@@ -542,6 +542,7 @@ def build_lifecycle(
             refresh_writer=refresh_writer,
             forget_sessions=forget_sessions,
             owns=owns,
+            handles=router.deps.handles,
             repo_active=partial(repo_active, xrpc),
         )
     )

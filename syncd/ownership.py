@@ -12,7 +12,8 @@ are public.
   a dead letter (bad owner field; a DID two users name: retryable, it is held
   until the conflict is resolved), a skip (not public *yet*, no account, an
   account that is gone), or plain privacy (``hidden``); ``None`` means publish;
-* :func:`owner_filter` -- the MongoDB filter of the documents an account owns.
+* :func:`owner_filter` / :func:`documents_of` -- the MongoDB filter of the documents an
+  account (a user) owns.
 """
 
 from __future__ import annotations
@@ -70,4 +71,15 @@ def verdict(
 
 def owner_filter(account: Account) -> dict[str, Any]:
     """The documents ``account`` owns (the guest account owns those without ``user``)."""
-    return {"user": None} if account.sub is None else {"user": account.sub}
+    return documents_of(account.sub)
+
+
+def documents_of(sub: str | None) -> dict[str, Any]:
+    """The MongoDB filter of the documents of the user ``sub`` (``None``: guest content,
+    the documents without ``user``)."""
+    return {"user": None} if sub is None else {"user": sub}
+
+
+def users_entry_documents(uid: str, guest_id: str) -> dict[str, Any]:
+    """The documents of the ``users`` entry ``uid`` (the guest entry's have no ``user``)."""
+    return documents_of(None if uid == guest_id else uid)

@@ -38,6 +38,7 @@ import structlog
 from syncd import metrics
 from syncd.accounts import DID_CONFLICT, AccountResolver
 from syncd.changes import Change, Op, Problem
+from syncd.handles import Handles
 from syncd.mappings import MAPPINGS, MappingContext, MappingError
 from syncd.ownership import standing, verdict
 from syncd.pds.sessions import Account
@@ -67,6 +68,8 @@ class RouterDeps:
     make_writer: Callable[[Account], AccountWriter]
     #: The account's credentials changed in ``users``: drop its sessions.
     credentials_changed: Callable[[Account], None]
+    #: Handles remembered for ``syncd status``.
+    handles: Handles
     #: Whether this instance's partition serves the account ``did`` (always when None).
     owns: Callable[[str | None], bool] | None = None
     #: Whether syncd no longer writes for the account ``did`` (:mod:`syncd.gone`).
@@ -91,20 +94,13 @@ class Router:
             w = self.deps.make_writer(account)
             self.writers[account.did] = w
             w.start()
-            self._note_handle(account)
+            self.deps.handles.note(account.did, account.handle)
         elif w.account.password != account.password or w.account.handle != account.handle:
             if w.account.password != account.password:
                 self.deps.credentials_changed(account)
             w.account = account
-            self._note_handle(account)
+            self.deps.handles.note(account.did, account.handle)
         return w
-
-    def _note_handle(self, account: Account) -> None:
-        """Remember the account's handle for ``syncd status`` (no PDS write needed)."""
-        store = self.deps.calls.store
-        key = f"handle:{account.did}"
-        if account.handle and store.get_meta(key) != account.handle:
-            store.set_meta(key, account.handle)
 
     @property
     def queued(self) -> int:

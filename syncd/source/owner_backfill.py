@@ -49,6 +49,7 @@ from syncd import metrics
 from syncd.changes import Change
 from syncd.checkpoint import Ticket
 from syncd.ids import doc_key
+from syncd.ownership import users_entry_documents
 from syncd.positions import Positions
 from syncd.retry import Abandoned, classify, pause_for, sleep_or_stop
 from syncd.router import Router
@@ -80,11 +81,6 @@ class OwnerBackfillDeps:
     capacity: int  # the in-flight window (pipeline.queue_size)
     stopping: asyncio.Event
     beat: Callable[[], None] = field(default=lambda: None)
-
-
-def owner_query(sub: str, guest_id: str) -> dict[str, Any]:
-    """The documents of the ``users`` entry ``sub`` (the guest's have no ``user``)."""
-    return {"user": None} if sub == guest_id else {"user": sub}
 
 
 class _Cancelled(Exception):
@@ -174,7 +170,7 @@ class OwnerBackfills:
         since = job.backfill_since
         assert since is not None
         started = time.monotonic()
-        query = owner_query(job.sub, deps.guest_id)
+        query = users_entry_documents(job.sub, deps.guest_id)
         totals: dict[str, int] = {}
         for coll in deps.collections:
             scan = job.progress.get(coll)

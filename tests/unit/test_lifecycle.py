@@ -19,6 +19,7 @@ from bson import ObjectId
 from syncd.accounts import DID_CONFLICT, NO_ACCOUNT
 from syncd.changes import Change, Op
 from syncd.checkpoint import Checkpointer
+from syncd.handles import Handles
 from syncd.mappings import MappingContext
 from syncd.parking import Blocked, Parking
 from syncd.pds.sessions import Account
@@ -117,6 +118,7 @@ class Harness:
                 mapping_ctx=MappingContext(),
                 make_writer=lambda a: FakeWriter(a, self.submitted),  # type: ignore[arg-type,return-value]
                 credentials_changed=lambda a: None,
+                handles=Handles(self.calls),
                 is_gone=gone.__contains__,
             )
         )
