@@ -129,10 +129,13 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(Kind.REFUSED, type(exc).__name__)
 
 
-def delay(attempt: int, *, base: float = 0.25, cap: float = 60.0) -> float:
+def delay(
+    attempt: int, *, base: float = 0.25, cap: float = 60.0, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)],
-    at least 50 ms."""
-    return max(0.05, random.uniform(0, min(cap, base * (2 ** min(attempt, 20)))))
+    at least 50 ms (``rng``: a seeded source for tests)."""
+    bound = min(cap, base * (2 ** min(attempt, 20)))
+    return min(bound, max(0.05, (rng or random).uniform(0, bound)))
 
 
 def pause_for(verdict: Verdict, attempt: int, *, cap: float = 60.0) -> float:
@@ -190,10 +193,6 @@ async def retrying(
                 attempt=attempt,
             )
             await sleep_or_stop(wait, stop)
-
-
-# Kept for the callers not yet moved over: the same policy under the old names.
-backoff_delay = delay
 
 
 async def with_retries(

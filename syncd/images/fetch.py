@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import httpx
 
+from syncd import retry
 from syncd.images.errors import (
     ImageError,
     ImageHTTPError,
@@ -175,9 +176,10 @@ class ImageFetcher:
 
     def backoff_delay(self, attempt: int, exc: TransientImageError) -> float:
         """Seconds to wait before retry ``attempt`` (0-based) after ``exc``: full jitter
-        under ``min(backoff_max, backoff_base * 2**attempt)``, at least the server's
-        ``Retry-After`` (capped at ``backoff_max``)."""
-        delay = self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**attempt))
+        under ``min(backoff_max, backoff_base * 2**attempt)`` (:func:`syncd.retry.delay`, the
+        one backoff every loop uses), at least the server's ``Retry-After`` (capped at
+        ``backoff_max``)."""
+        delay = retry.delay(attempt, base=self._backoff_base, cap=self._backoff_max, rng=self._rng)
         if exc.retry_after is not None:
             delay = min(self._backoff_max, max(delay, exc.retry_after))
         return delay

@@ -36,7 +36,9 @@ none is skipped, and the stream never stalls on the same token.
 Resume logic, in the spirit of pymongo's own: the driver resumes once by itself
 after a resumable error; anything else closes the stream and syncd reopens it
 from the last token it *received* (``start_after``, which also survives an
-``invalidate``), with backoff. What is *saved* is the watermark, not the last
+``invalidate``), with :func:`syncd.retry.delay`'s backoff -- forever, in the
+retry policy's sense: the stream has no error it gives up on (a lost history is
+a rescan, an oversized event is read past). What is *saved* is the watermark, not the last
 token received. The post-batch resume token is recorded while idle (never
 between two fragments of one event) so a quiet stream's saved position keeps
 moving and never ages out of the oplog. A saved position that has left the
@@ -59,7 +61,8 @@ from syncd import metrics
 from syncd.changes import Change
 from syncd.ids import doc_key
 from syncd.positions import StreamMark
-from syncd.retry import backoff_delay, sleep_or_stop
+from syncd.retry import delay as backoff
+from syncd.retry import sleep_or_stop
 from syncd.source.backfill import sweep
 from syncd.source.users import users_match
 from syncd.state import Outcome, Position
@@ -269,7 +272,7 @@ class StreamSource:
                         continue
                     # No progress (the slim pass failed or saw nothing yet): back off.
                 deps.health.set_stream_connected(False, f"error {exc.code}")
-                delay = backoff_delay(attempt, cap=10.0)
+                delay = backoff(attempt, cap=10.0)
                 attempt += 1
                 log.warning(
                     "stream_failed", code=exc.code, error=str(exc)[:200], retry_in=round(delay, 2)
@@ -279,14 +282,14 @@ class StreamSource:
                 await self._flush()
                 # Only the whole event is ever routed or saved: read it again from the top.
                 deps.health.set_stream_connected(False, "fragment gap")
-                delay = backoff_delay(attempt, cap=10.0)
+                delay = backoff(attempt, cap=10.0)
                 attempt += 1
                 log.warning("stream_fragment_gap", error=str(exc), retry_in=round(delay, 2))
                 await self._pause(delay)
             except PyMongoError as exc:
                 await self._flush()
                 deps.health.set_stream_connected(False, type(exc).__name__)
-                delay = backoff_delay(attempt, cap=10.0)
+                delay = backoff(attempt, cap=10.0)
                 attempt += 1
                 log.warning(
                     "stream_disconnected", error=type(exc).__name__, retry_in=round(delay, 2)
