@@ -367,7 +367,7 @@ class Lifecycle:
         store = deps.calls.store
         keys: dict[str, list[str]] = {}
         after: tuple[str, str] | None = None
-        while letters := await deps.calls(store.dead_letters_due, time.time(), 500, after):
+        while letters := await deps.calls.read(store.dead_letters_due, time.time(), 500, after):
             after = (letters[-1].collection, letters[-1].doc_key)
             for d in letters:
                 if d.reason in reasons and d.collection in deps.collections:

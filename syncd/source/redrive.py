@@ -27,7 +27,7 @@ async def redrive_once(deps: SourceDeps, *, older_than: float, page: int = 500) 
     cutoff = time.time() - older_than
     total = 0
     after: tuple[str, str] | None = None
-    while letters := await deps.calls(deps.calls.store.dead_letters_due, cutoff, page, after):
+    while letters := await deps.calls.read(deps.calls.store.dead_letters_due, cutoff, page, after):
         after = (letters[-1].collection, letters[-1].doc_key)
         keys = [
             (d.collection, d.doc_key) for d in letters if d.collection in deps.mongo.collections

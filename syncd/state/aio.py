@@ -4,7 +4,8 @@
 local file, microseconds a call) or on one dedicated thread, in submission order
 (the MongoDB store: every call a round trip). The daemon's stages reach the
 store through it for their per-batch calls (``lookup``, ``apply``), so a slow
-MongoDB slows the batches that wait for it, never the event loop.
+MongoDB slows the batches that wait for it, never the event loop. Reads that may
+scan go through :meth:`StateCalls.read`, off the event loop on SQLite too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ class StateCalls:
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A read the store serves from any thread (its method says so), off the event loop
+        on every backend: on SQLite in a worker thread with a read-only connection of its
+        own, on MongoDB on the state thread like every call. For reads that may scan
+        (the retry pass over a table of dead letters)."""
+        if self._thread is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self(fn, *args, **kwargs)
 
     def close(self) -> None:
         if self._thread is not None:

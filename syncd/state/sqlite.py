@@ -31,6 +31,7 @@ import base64
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -234,6 +235,12 @@ class StateStore:
         self.directory = Path(directory)
         self.path = self.directory / filename
         self._depth = 0
+        # The connection belongs to the thread that opened the store; reads documented as
+        # safe from any thread (StateCalls.read) use a read-only connection of their own.
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         try:
             # It holds refresh tokens: owner-only from the first byte, whatever the umask
             # (SQLite gives its -wal and -shm files the database file's mode).
@@ -270,7 +277,25 @@ class StateStore:
             raise StateError(f"state file {self.path} cannot be used ({exc})") from None
 
     def close(self) -> None:
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
         self._db.close()
+
+    def _reading(self) -> sqlite3.Connection:
+        """The store's connection on its own thread; on any other, that thread's read-only
+        connection (WAL: a reader sees what is committed and never blocks the writer)."""
+        if threading.get_ident() == self._owner:
+            return self._db
+        reader: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if reader is None:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            reader = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+            self._local.reader = reader
+            with self._readers_lock:
+                self._readers.append(reader)
+        return reader
 
     def describe(self) -> str:
         return str(self.path)
@@ -307,11 +332,12 @@ class StateStore:
         self, before: float, limit: int, after: tuple[str, str] | None = None
     ) -> list[DeadLetter]:
         """Retryable dead letters last seen at or before ``before``, in key order after
-        ``after`` (a page at a time: never the whole table at once)."""
+        ``after`` (a page at a time: never the whole table at once). Safe from any thread
+        (:meth:`syncd.state.aio.StateCalls.read`)."""
         a = after or ("", "")
         return [
             DeadLetter(r[0], r[1], r[2], r[3], bool(r[4]), int(r[5]), r[6], r[7])
-            for r in self._db.execute(
+            for r in self._reading().execute(
                 "SELECT collection, doc_key, reason, detail, retryable, attempts, first_seen, "
                 "last_seen FROM dead_letters WHERE retryable=1 AND (collection, doc_key) > (?, ?) "
                 "AND last_seen <= ? ORDER BY collection, doc_key LIMIT ?",

@@ -55,7 +55,8 @@ def test_one_record_per_document_beside_the_inline_writers_under_kills(rig: Rig)
     print(f"\ncoexistence seed: {seed}  (replay: SYNCD_CHAOS_SEED={seed})")
     rng = random.Random(seed)
     w = rig.world
-    hooks = w.start_hooks(delay_ms=(0, 600), writeback_delay_ms=(0, 900), seed=seed)
+    # Write-backs up to 4 s after the platform's createRecord: seconds later, across kills.
+    hooks = w.start_hooks(delay_ms=(0, 600), writeback_delay_ms=(0, 4000), seed=seed)
     rig.syncd.start()
     inserted = kills = 0
     for _ in range(4):
@@ -86,10 +87,19 @@ def test_lost_platform_writebacks_are_converged_by_reconcile(rig: Rig) -> None:
     rng = random.Random(seed)
     w = rig.world
     hooks = w.start_hooks(
-        delay_ms=(0, 300), writeback_delay_ms=(0, 300), lose_fraction=0.3, seed=seed
+        delay_ms=(0, 300), writeback_delay_ms=(0, 2000), lose_fraction=0.3, seed=seed
     )
     rig.syncd.start()
-    inserted = _insert_mix(rig, rng, 80)
+    inserted = kills = 0
+    for _ in range(2):  # the same as above, with kills, only some write-backs never come
+        inserted += _insert_mix(rig, rng, 95)
+        time.sleep(rng.uniform(0.0, 1.0))
+        rig.syncd.kill()
+        kills += 1
+        tally.count("kill_points", 1)
+        inserted += _insert_mix(rig, rng, 5)
+        rig.syncd.start()
+    assert inserted >= 200 and kills == 2
     assert hooks.wait_idle(60)
     lost = hooks.stats.get("writebacks_lost", 0)
     assert lost > 0
@@ -104,7 +114,7 @@ def test_lost_platform_writebacks_are_converged_by_reconcile(rig: Rig) -> None:
     assert applied.returncode == 0, applied.stdout + applied.stderr
     report = rig.wait_quiet(60)
     print(
-        f"\ninserts {inserted}, write-backs lost {lost}, duplicates before reconcile "
+        f"\ninserts {inserted}, syncd SIGKILLs {kills}, write-backs lost {lost}, duplicates before reconcile "
         f"{before.by_kind().get('duplicate', 0)}, after: {len(report.violations)}"
     )
     assert report.ok

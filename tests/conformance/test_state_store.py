@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from syncd.state import (
     StateStore,
     Store,
 )
+from syncd.state.aio import StateCalls
 from syncd.state.mongo import MongoStateStore
 from tests.conformance.conftest import REAL_URI_ENV, Backend
 
@@ -525,3 +527,40 @@ def test_gone_accounts(make_store: tuple[str, Factory]) -> None:
     assert x.since < time.time() and gone["did:plc:y"].sub is None
     s.clear_gone("did:plc:x")
     assert [g.did for g in s.gone_accounts()] == ["did:plc:y"]
+
+
+def test_the_retry_pass_reads_dead_letters_off_the_event_loop(
+    make_store: tuple[str, Factory],
+) -> None:
+    """``StateCalls.read`` runs the page query on another thread, on every backend (SQLite
+    with a read-only connection of that thread), and sees what is committed."""
+    _, make = make_store
+    s = make()
+    with s.transaction():
+        for i in range(12):
+            s.dead_letter("moods", f"r{i:02d}", "image_fetch_failed", "x", retryable=True)
+    calls = StateCalls.for_store(s)
+    loop_thread: list[int] = []
+    read_on: list[int] = []
+
+    def due(before: float, limit: int, after: tuple[str, str] | None) -> list[str]:
+        read_on.append(threading.get_ident())
+        return [d.doc_key for d in s.dead_letters_due(before, limit, after)]
+
+    async def run() -> list[str]:
+        loop_thread.append(threading.get_ident())
+        keys: list[str] = []
+        after: tuple[str, str] | None = None
+        while page := await calls.read(due, time.time() + 1, 5, after):
+            keys += page
+            after = ("moods", page[-1])
+        s.dead_letter("moods", "r99", "image_fetch_failed", "x", retryable=True)  # later
+        keys += await calls.read(due, time.time() + 1, 5, after)
+        return keys
+
+    try:
+        keys = asyncio.run(run())
+    finally:
+        calls.close()
+    assert keys == [f"r{i:02d}" for i in range(12)] + ["r99"]
+    assert read_on and loop_thread[0] not in read_on
