@@ -1,8 +1,12 @@
 """State calls from the event loop without blocking it on a network round trip.
 
 :class:`StateCalls` runs a store's calls either inline (the SQLite store: a
-local file, microseconds a call) or on one dedicated thread, in submission order
-(the MongoDB store: every call a round trip). The daemon's stages reach the
+local file, microseconds a call) or on a few dedicated threads (the MongoDB store:
+every call a round trip, most of it waiting for the server's journal), so the
+accounts' batches wait for MongoDB side by side rather than one behind another.
+Every caller awaits its call before it makes the next one, so a stage's own
+calls still happen in its order; each call is one unit on the store (its writes
+are buffered per thread and sent together). The daemon's stages reach the
 store through it for their per-batch calls (``lookup``, ``apply``), so a slow
 MongoDB slows the batches that wait for it, never the event loop. Reads that may
 scan go through :meth:`StateCalls.read`, off the event loop on SQLite too.
@@ -21,10 +25,14 @@ from syncd.state.model import Store
 T = TypeVar("T")
 
 
+#: Threads for an offloaded store's calls (MongoDB round trips in flight at once).
+STATE_THREADS = 4
+
+
 class StateCalls:
-    def __init__(self, store: Store, *, offload: bool) -> None:
+    def __init__(self, store: Store, *, offload: bool, threads: int = STATE_THREADS) -> None:
         self.store = store
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="state") if offload else None
+        self._thread = ThreadPoolExecutor(threads, thread_name_prefix="state") if offload else None
 
     @classmethod
     def for_store(cls, store: Store) -> StateCalls:
@@ -42,7 +50,7 @@ class StateCalls:
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A read the store serves from any thread (its method says so), off the event loop
         on every backend: on SQLite in a worker thread with a read-only connection of its
-        own, on MongoDB on the state thread like every call. For reads that may scan
+        own, on MongoDB on the state threads like every call. For reads that may scan
         (the retry pass over a table of dead letters)."""
         if self._thread is None:
             return await asyncio.to_thread(fn, *args, **kwargs)

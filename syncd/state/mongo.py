@@ -37,6 +37,7 @@ off the event loop (:mod:`syncd.state.aio`).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -181,8 +182,9 @@ class MongoStateStore:
         self._parked = db[PREFIX + "parked"]
         self._accounts = db[PREFIX + "accounts"]
         self._gone = db[PREFIX + "gone_accounts"]
-        self._depth = 0
-        self._buffer: list[tuple[Collection[dict[str, Any]], _Op]] = []
+        # Each thread's writes are buffered apart (StateCalls runs calls on a few threads
+        # at once): one call's transaction block is one unit, whoever else is writing.
+        self._local = threading.local()
         self._ledger.create_index([("did", ASCENDING), ("nsid", ASCENDING), ("rkey", ASCENDING)])
         self._ledger.create_index([("c", ASCENDING), ("k", ASCENDING)])
         self._dead.create_index([("retryable", ASCENDING), ("_id", ASCENDING)])
@@ -197,6 +199,23 @@ class MongoStateStore:
         return f"mongodb database {self.database!r}, partition {self.scope}"
 
     # -- writing: fenced, buffered in transactions ------------------------------
+    @property
+    def _depth(self) -> int:
+        return int(getattr(self._local, "depth", 0))
+
+    @_depth.setter
+    def _depth(self, value: int) -> None:
+        self._local.depth = value
+
+    @property
+    def _buffer(self) -> list[tuple[Collection[dict[str, Any]], _Op]]:
+        buffer: list[tuple[Collection[dict[str, Any]], _Op]] | None = getattr(
+            self._local, "buffer", None
+        )
+        if buffer is None:
+            buffer = self._local.buffer = []
+        return buffer
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes into ordered bulk writes; nested uses join the outer block."""

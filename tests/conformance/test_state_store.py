@@ -7,6 +7,7 @@ real replica set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -564,3 +565,42 @@ def test_the_retry_pass_reads_dead_letters_off_the_event_loop(
         calls.close()
     assert keys == [f"r{i:02d}" for i in range(12)] + ["r99"]
     assert read_on and loop_thread[0] not in read_on
+
+
+def test_calls_side_by_side_are_each_one_unit(make_store: tuple[str, Factory]) -> None:
+    """StateCalls runs a MongoDB store's calls on a few threads at once: one call's
+    transaction block is still one unit (all of its writes, or none when it fails),
+    whatever the others are doing."""
+    _, make = make_store
+    s = make()
+    calls = StateCalls.for_store(s)
+
+    class Boom(Exception):
+        pass
+
+    def batch(i: int) -> None:
+        with s.transaction():
+            for j in range(8):
+                _put(s, f"b{i:02d}-{j}", rkey=f"r{i:02d}{j}")
+                time.sleep(0.002)  # let the other threads' blocks interleave with this one
+            if i % 3 == 0:
+                raise Boom
+
+    async def run() -> None:
+        async def one(i: int) -> None:
+            with contextlib.suppress(Boom):
+                await calls(batch, i)
+
+        await asyncio.gather(*(one(i) for i in range(24)))
+
+    try:
+        asyncio.run(run())
+    finally:
+        calls.close()
+    stored = {
+        f"b{i:02d}-{j}"
+        for i in range(24)
+        for j in range(8)
+        if s.ledger_get("moods", f"b{i:02d}-{j}")
+    }
+    assert stored == {f"b{i:02d}-{j}" for i in range(24) if i % 3 for j in range(8)}
