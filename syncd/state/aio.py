@@ -1,12 +1,14 @@
 """State calls from the event loop without blocking it on a network round trip.
 
 :class:`StateCalls` runs a store's calls either inline (the SQLite store: a
-local file, microseconds a call) or on a few dedicated threads (the MongoDB store:
-every call a round trip, most of it waiting for the server's journal), so the
-accounts' batches wait for MongoDB side by side rather than one behind another.
-Every caller awaits its call before it makes the next one, so a stage's own
-calls still happen in its order; each call is one unit on the store (its writes
-are buffered per thread and sent together). The daemon's stages reach the
+local file, microseconds a call) or on a dedicated thread (the MongoDB store:
+every call a round trip). Every caller awaits its call before it makes the next
+one, so a stage's own calls happen in its order; each call is one unit on the
+store (its writes are buffered per thread and sent together), so more threads
+are safe -- but measured, they did not help: scenario 6's MongoDB-state backfill
+took 78 s with four threads as with one (the server's journal, not the round
+trips' overlap, is the limit there), and four partitions' lease renewals waited
+behind the extra writes until the leases ran out. The daemon's stages reach the
 store through it for their per-batch calls (``lookup``, ``apply``), so a slow
 MongoDB slows the batches that wait for it, never the event loop. Reads that may
 scan go through :meth:`StateCalls.read`, off the event loop on SQLite too.
@@ -26,7 +28,7 @@ T = TypeVar("T")
 
 
 #: Threads for an offloaded store's calls (MongoDB round trips in flight at once).
-STATE_THREADS = 4
+STATE_THREADS = 1
 
 
 class StateCalls:
@@ -50,7 +52,7 @@ class StateCalls:
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A read the store serves from any thread (its method says so), off the event loop
         on every backend: on SQLite in a worker thread with a read-only connection of its
-        own, on MongoDB on the state threads like every call. For reads that may scan
+        own, on MongoDB on the state thread like every call. For reads that may scan
         (the retry pass over a table of dead letters)."""
         if self._thread is None:
             return await asyncio.to_thread(fn, *args, **kwargs)

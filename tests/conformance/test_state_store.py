@@ -568,12 +568,12 @@ def test_the_retry_pass_reads_dead_letters_off_the_event_loop(
 
 
 def test_calls_side_by_side_are_each_one_unit(make_store: tuple[str, Factory]) -> None:
-    """StateCalls runs a MongoDB store's calls on a few threads at once: one call's
+    """A store's calls on several threads at once (``StateCalls(threads=4)``): one call's
     transaction block is still one unit (all of its writes, or none when it fails),
-    whatever the others are doing."""
-    _, make = make_store
+    whatever the others are doing. SQLite runs them inline, one after another."""
+    name, make = make_store
     s = make()
-    calls = StateCalls.for_store(s)
+    calls = StateCalls(s, offload=name != "sqlite", threads=4)
 
     class Boom(Exception):
         pass
