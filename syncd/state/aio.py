@@ -6,9 +6,8 @@ every call a round trip). Every caller awaits its call before it makes the next
 one, so a stage's own calls happen in its order; each call is one unit on the
 store (its writes are buffered per thread and sent together), so more threads
 are safe -- but measured, they did not help: scenario 6's MongoDB-state backfill
-took 78 s with four threads as with one (the server's journal, not the round
-trips' overlap, is the limit there), and four partitions' lease renewals waited
-behind the extra writes until the leases ran out. The daemon's stages reach the
+took 78 s with four threads as with one, and four partitions' lease renewals
+waited behind the extra writes until the leases ran out. The daemon's stages reach the
 store through it for their per-batch calls (``lookup``, ``apply``), so a slow
 MongoDB slows the batches that wait for it, never the event loop. Reads that may
 scan go through :meth:`StateCalls.read`, off the event loop on SQLite too.
