@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import libipld
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -96,6 +97,8 @@ class Firehose:
     def __init__(self, pds_url: str, *, cursor: int | None = None) -> None:
         base = pds_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         self.uri = f"{base}/xrpc/{METHOD}" + ("" if cursor is None else f"?cursor={cursor}")
+        self.pds_url = pds_url.rstrip("/")
+        self._revs: dict[str, str] = {}  # repo -> the newest commit rev seen
         self._ops: list[RepoOp] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -150,6 +153,9 @@ class Firehose:
             with self._changed:
                 self.frames += 1
                 self.last_seq = max(self.last_seq, int(body.get("seq", 0) or 0))
+                repo, rev = body.get("repo"), body.get("rev")
+                if header.get("t") == "#commit" and isinstance(repo, str) and isinstance(rev, str):
+                    self._revs[repo] = max(self._revs.get(repo, ""), rev)
                 self._ops.extend(ops)
                 self._changed.notify_all()
 
@@ -189,6 +195,27 @@ class Firehose:
                 if left <= 0:
                     raise AssertionError(f"firehose: condition not met within {timeout}s")
                 self._changed.wait(min(left, 0.5))
+
+    def caught_up(self, *repos: str, timeout: float = 30.0) -> int:
+        """Until every commit the PDS has made so far in ``repos`` has arrived (the
+        firehose trails the writes: a count taken right after a write can miss it); the
+        number of operations seen then. Each repo must have committed since the hose
+        connected (its newest rev, from ``getLatestCommit``, is what is waited for)."""
+        heads = {}
+        for did in repos:
+            answer = httpx.get(
+                f"{self.pds_url}/xrpc/com.atproto.sync.getLatestCommit",
+                params={"did": did},
+                timeout=10.0,
+            )
+            answer.raise_for_status()
+            heads[did] = str(answer.json()["rev"])
+        self.wait_for(
+            lambda _ops: all(self._revs.get(did, "") >= rev for did, rev in heads.items()),
+            timeout,
+        )
+        with self._lock:
+            return len(self._ops)
 
     def stop(self) -> None:
         self._stop.set()

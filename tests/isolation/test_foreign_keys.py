@@ -85,7 +85,7 @@ def test_a_document_naming_another_documents_key_never_touches_that_record(
         mood = w.get_record("alice", MOOD, km)
         assert mood is not None and mood["value"]["ref"] == str(m["_id"])
         cids["m"] = mood["cid"]
-        seen = len(hose.ops())
+        seen = hose.caught_up(art, w.did("alice"))
 
         hostile = [
             # nuked, naming a syncd-written guest record (the ledger gives it to `a`)
@@ -115,6 +115,7 @@ def test_a_document_naming_another_documents_key_never_touches_that_record(
         proc.wait_idle()
         refused = metric_sum(proc.metrics(), "syncd_refused_keys_total")
         assert proc.alive
+        hose.caught_up(art, w.did("alice"))
         later = hose.ops()[seen:]
 
     touched = {
