@@ -48,10 +48,12 @@ def test_made_private_while_create_in_flight(rig: Rig) -> None:
     for round_ in range(3):
         docs = [("moods", make_mood(alice, f"race {round_} {i}")) for i in range(4)]
         docs += [("kidlisp", make_kidlisp(None)) for _ in range(2)]
+        # Inserted under the lock: a hook that fires on the first of them waits for the
+        # rest (else it changes documents not yet inserted, and they go in public).
         with lock:
             pending.extend(docs)
-        for coll, doc in docs:
-            w.db[coll].insert_one(doc)
+            for coll, doc in docs:
+                w.db[coll].insert_one(doc)
         w.wait_for(lambda: not pending, timeout=20)
     proxy.on_event = None
     proxy.clear()
