@@ -8,7 +8,7 @@
 - SIGTERM/SIGINT: stop reading, let in-flight batches finish within the grace
   period, abandon the rest (they are replayed on the next start), save the
   position, ``STOPPING=1``, exit 0. SIGHUP re-reads the log level and format
-  from the config file.
+  from the config file. SIGUSR1/SIGUSR2 log what it waits on (:mod:`syncd.dump`).
 
 With ``state.backend = "mongodb"`` the work runs only while this instance holds
 a partition's lease (:mod:`syncd.lease`, :mod:`syncd.cluster`): it stands by
@@ -29,7 +29,7 @@ import structlog
 from pymongo import MongoClient
 
 from syncd import config as config_mod
-from syncd import logs, metrics
+from syncd import dump, logs, metrics
 from syncd.cluster import Candidate
 from syncd.config import Config, ConfigError
 from syncd.engine import Engine, mongo_client
@@ -69,6 +69,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_exit, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        dump.install(loop)
         try:
             await self.startup()
             if self.config.state.backend == "mongodb":
@@ -81,6 +82,7 @@ class Daemon:
             await self.shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            dump.uninstall(loop)
         return self.exit_code
 
     # -- phases --------------------------------------------------------------
@@ -297,5 +299,5 @@ class Daemon:
             return
         self.notifier.reloading()
         logs.configure(fresh.logging.level, fresh.logging.format)
-        log.info("reloaded", level=fresh.logging.level, format=fresh.logging.format)
+        log.info("reloaded", log_level=fresh.logging.level, log_format=fresh.logging.format)
         self.notifier.ready()

@@ -96,9 +96,17 @@ class SyncdProcess:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Ask it what it waits on before killing it: its tasks (SIGUSR1, a log
+            # event) and its threads (SIGUSR2, faulthandler on stderr), into the log.
+            for ask in (signal.SIGUSR1, signal.SIGUSR2):
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(ask)
+                time.sleep(0.5)
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"syncd did not stop within {timeout}s of SIGTERM") from None
+            raise AssertionError(
+                f"syncd did not stop within {timeout}s of SIGTERM:\n{self.tail(120)}"
+            ) from None
         return int(code), time.monotonic() - started
 
     def stop(self, timeout: float = 20.0) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import time
 from typing import Any
 
@@ -380,6 +382,18 @@ def test_an_idle_daemon_stays_live(world: SandboxWorld, syncd: SyncdProcess) -> 
     reply = syncd.get("/healthz")
     assert reply.status_code == 200, reply.text
     assert syncd.get("/readyz").status_code == 200
+    # Asked what it waits on (syncd.dump), it answers in its log and goes on.
+    os.kill(syncd.pid, signal.SIGUSR1)
+    syncd.wait_until(lambda: syncd.events("tasks_dump"), timeout=10)
+    (dumped,) = syncd.events("tasks_dump")
+    names = {t["task"] for t in dumped["tasks"]}
+    assert {"work", "redrive", "lifecycle"} <= names, names
+    work = next(t for t in dumped["tasks"] if t["task"] == "work")
+    assert work["at"] and all(".py:" in line for line in work["at"]), work
+    os.kill(syncd.pid, signal.SIGUSR2)
+    assert syncd.wait_for_log("Current thread", timeout=10), syncd.tail()
+    assert syncd.alive and syncd.get("/healthz").status_code == 200
+    assert syncd.stop() == 0
 
 
 def test_documents_sharing_an_old_script_key_each_get_a_record(

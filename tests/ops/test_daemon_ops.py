@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -127,6 +128,17 @@ def test_systemd_notify_protocol_against_the_real_daemon(
                 got.append(sock.recv(4096).decode())
             except TimeoutError:
                 continue
+        # `systemctl reload`: RELOADING=1, the new log level, then READY=1 again.
+        world.write_config({"mongo": {"max_await_ms": 100}, "logging": {"level": "debug"}})
+        reload_at = len(got)
+        proc.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("READY=1" in g for g in got[reload_at:]):
+            try:
+                got.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+        (reloaded,) = proc.events("reloaded")
         code, seconds = proc.terminate()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not any("STOPPING=1" in g for g in got):
@@ -143,6 +155,11 @@ def test_systemd_notify_protocol_against_the_real_daemon(
     assert sum("WATCHDOG=1" in g for g in got) >= 3
     assert any(g.startswith("STATUS=") or "\nSTATUS=" in g for g in got)
     assert any("STOPPING=1" in g for g in got[ready:])
+    assert reloaded["log_level"] == "debug"
+    after = got[reload_at:]
+    reloading = next(i for i, g in enumerate(after) if "RELOADING=1" in g)
+    assert "MONOTONIC_USEC=" in after[reloading]
+    assert any("READY=1" in g for g in after[reloading:]), after
 
 
 async def test_prometheus_scrapes_a_running_syncd(

@@ -1,0 +1,52 @@
+"""What a running daemon is waiting on, on request: ``kill -USR1 <pid>``.
+
+A daemon that does not stop, or stops making progress, is asked rather than
+guessed at: SIGUSR1 logs one ``tasks_dump`` event naming every asyncio task and
+the line each one waits at (from the event loop, so only while the loop turns),
+and SIGUSR2 makes :mod:`faulthandler` write every thread's Python stack to
+stderr straight from the signal handler (answers even with the loop blocked;
+systemd's journal and the tests' log file both keep stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import signal
+import sys
+
+import structlog
+
+log = structlog.get_logger("syncd.dump")
+
+#: Frames logged per task (the innermost ones: where it waits).
+FRAMES = 4
+
+
+def task_stacks() -> list[dict[str, object]]:
+    """Every task of the running loop: its name, whether it is done, where it waits."""
+    out: list[dict[str, object]] = []
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=FRAMES)
+        out.append(
+            {
+                "task": task.get_name(),
+                "at": [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames],
+            }
+        )
+    return sorted(out, key=lambda t: str(t["task"]))
+
+
+def log_tasks() -> None:
+    log.warning("tasks_dump", tasks=task_stacks())
+
+
+def install(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGUSR1: the tasks' stacks as a log event; SIGUSR2: every thread's stack."""
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+
+
+def uninstall(loop: asyncio.AbstractEventLoop) -> None:
+    loop.remove_signal_handler(signal.SIGUSR1)
+    faulthandler.unregister(signal.SIGUSR2)
