@@ -4,20 +4,25 @@
 #   - the reference PDS (npm ci in sandbox/pds, better-sqlite3 compiled from source)
 #   - Debian's prometheus (promtool, and the server for the end-to-end scrape test)
 # Re-running it is cheap: each step checks whether it is already done.
+# `setup.sh python|pds|system` runs one step (scripts/test.sh overlaps them);
+# no argument runs all three.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+only="${1:-}"
+case "$only" in ""|python|pds|system) ;; *) echo "usage: $0 [python|pds|system]" >&2; exit 2 ;; esac
 
 # 1. Python
 py="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
+if want python && [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$py" -m venv .venv
 fi
 stamp=.venv/.syncd-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if want python && { [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; }; then
   log "installing syncd[dev] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'
@@ -25,7 +30,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 # 2. The PDS (Node)
-if [ ! -f sandbox/pds/node_modules/.syncd-installed ] || [ sandbox/pds/package-lock.json -nt sandbox/pds/node_modules/.syncd-installed ]; then
+if want pds && { [ ! -f sandbox/pds/node_modules/.syncd-installed ] || [ sandbox/pds/package-lock.json -nt sandbox/pds/node_modules/.syncd-installed ]; }; then
   log "npm ci in sandbox/pds (about 2 minutes)"
   (
     cd sandbox/pds
@@ -40,7 +45,7 @@ if [ ! -f sandbox/pds/node_modules/.syncd-installed ] || [ sandbox/pds/package-l
 fi
 
 # 3. Debian packages the tests use (promtool, prometheus). Skipped when present.
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+if want system && { ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; }; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     log "apt-get install prometheus"
     apt-get update -qq >/dev/null
@@ -51,4 +56,4 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     log "promtool/prometheus missing and not root: install Debian's 'prometheus' package"
   fi
 fi
-log "ready"
+log "ready${only:+ ($only)}"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from syncd_sandbox.testing import (  # noqa: F401  (pytest finds fixtures and hooks by name)
     make_world,
@@ -23,6 +24,11 @@ from syncd_sandbox.testing import (  # noqa: F401  (pytest finds fixtures and ho
     short_window_pds,
     world,
 )
+
+# No test fails on a timing: Hypothesis's per-example deadline (200 ms) would, on a
+# loaded 2-core machine (scripts/test.sh runs the fast tier beside the npm build).
+settings.register_profile("syncd", deadline=None)
+settings.load_profile("syncd")
 
 #: Fixtures that start processes (the PDS, the MongoDB sandbox, syncd): a test using
 #: one is slow whatever its module says.
