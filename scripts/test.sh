@@ -2,9 +2,11 @@
 # The whole test suite from a fresh clone: set-up, lint, types, tests.
 #
 # The PDS's npm install (better-sqlite3 compiled from source: about two minutes on
-# one core) runs in the background while ruff, mypy and the fast tier
-# (`-m "not slow"`, no processes) run on the other core; the slow tier waits for
-# it. Arguments go to both pytest runs (e.g. `-rs`, `--durations=20`).
+# one core) runs in the background while ruff, mypy, the fast tier
+# (`-m "not slow"`, no processes) and the slow tests that need no PDS (the MongoDB
+# sandbox's conformance, the image workers, promtool, systemd) run on the other
+# core; the rest of the slow tier waits for it. Options go to every pytest run
+# (e.g. `-rs`, `--durations=20`); to run some tests, call pytest itself.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -28,6 +30,8 @@ trap 'kill -- -"$pds_pid" 2>/dev/null || true; rm -f "$pds_log"' EXIT
 .venv/bin/ruff format --check syncd syncd_sandbox tests bench
 .venv/bin/mypy
 tier "not slow" "$@"
+no_pds=(tests/conformance tests/sandbox_mongo tests/images tests/ops/test_promtool.py tests/ops/test_systemd.py)
+tier slow "$@" "${no_pds[@]}"
 
 if ! wait "$pds_pid"; then
   cat "$pds_log" >&2
@@ -35,4 +39,4 @@ if ! wait "$pds_pid"; then
   exit 1
 fi
 cat "$pds_log" >&2
-tier slow "$@"
+tier slow "$@" "${no_pds[@]/#/--ignore=}"

@@ -90,7 +90,7 @@ def test_readyz_flips_when_the_stream_is_lost_and_comes_back(
     world.client.admin.command(
         {
             "configureFailPoint": "failCommand",
-            "mode": {"times": 8},
+            "mode": {"times": 5},
             "data": {"failCommands": ["getMore", "aggregate"], "errorCode": 2},
         }
     )

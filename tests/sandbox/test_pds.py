@@ -420,10 +420,10 @@ def test_unlimited_pds_sends_no_rate_limit_headers(sandbox_pds: PdsHandle) -> No
 
 
 def test_short_write_window_for_tests(short_window_pds: Any) -> None:
-    """``launch.mjs --rate-limit-window-seconds 20``: the same 5,000 points, a 20 s window
+    """``launch.mjs --rate-limit-window-seconds 12``: the same 5,000 points, a 12 s window
     that says so in its policy, and the budget is whole again after the reset."""
-    handle: PdsHandle = short_window_pds(20).handle
-    assert handle.rate_limit_window == 20
+    handle: PdsHandle = short_window_pds(12).handle
+    assert handle.rate_limit_window == 12
     with handle.api() as api:
         acct = api.create_account(unique_handle("window"))
 
@@ -434,13 +434,13 @@ def test_short_write_window_for_tests(short_window_pds: Any) -> None:
         for _ in range(8):  # 4800 of 5000 points
             resp = send(200)
             assert resp.status_code == 200, resp.text
-        assert resp.headers["ratelimit-policy"] == "5000;w=20"
+        assert resp.headers["ratelimit-policy"] == "5000;w=12"
         assert resp.headers["ratelimit-remaining"] == "200"
         refused = send(200)  # 600 points: refused whole
         assert refused.status_code == 429
-        assert refused.headers["ratelimit-policy"] == "5000;w=20"
+        assert refused.headers["ratelimit-policy"] == "5000;w=12"
         reset = int(refused.headers["ratelimit-reset"])
-        assert time.time() < reset <= time.time() + 21
+        assert time.time() < reset <= time.time() + 13
         # A refused call's points are counted too: what was left no longer pays for 66.
         assert send(66).status_code == 429
         time.sleep(max(0.0, reset - time.time()) + 1.5)
