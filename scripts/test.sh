@@ -2,7 +2,7 @@
 # The whole test suite from a fresh clone: set-up, lint, types, tests.
 #
 # The PDS's npm install (better-sqlite3 compiled from source: about two minutes on
-# one core) runs in the background while ruff, mypy, the fast tier
+# one core; started first) runs in the background while ruff, mypy, the fast tier
 # (`-m "not slow"`, no processes) and the slow tests that need no PDS (the MongoDB
 # sandbox's conformance, the image workers, promtool, systemd) run on the other
 # core; the rest of the slow tier waits for it. Options go to every pytest run
@@ -19,11 +19,11 @@ tier() {
   return "$rc"
 }
 
-./scripts/setup.sh python
 pds_log="$(mktemp)"
 setsid ./scripts/setup.sh pds >"$pds_log" 2>&1 &
 pds_pid=$!
 trap 'kill -- -"$pds_pid" 2>/dev/null || true; rm -f "$pds_log"' EXIT
+./scripts/setup.sh python
 ./scripts/setup.sh system
 
 .venv/bin/ruff check syncd syncd_sandbox tests bench
