@@ -24,7 +24,7 @@ FRAMES = 4
 
 
 def task_stacks() -> list[dict[str, object]]:
-    """Every task of the running loop: its name, whether it is done, where it waits."""
+    """Every task of the running loop: its name and the innermost lines it waits at."""
     out: list[dict[str, object]] = []
     for task in asyncio.all_tasks():
         frames = task.get_stack(limit=FRAMES)
