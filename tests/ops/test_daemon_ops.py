@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,6 +109,18 @@ def test_readyz_flips_when_the_stream_is_lost_and_comes_back(
     )
 
 
+def _receive_until(
+    sock: socket.socket, got: list[str], done: Callable[[], bool], seconds: float
+) -> None:
+    """Append each notify datagram to ``got`` until ``done()`` or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not done():
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+
+
 def test_systemd_notify_protocol_against_the_real_daemon(
     world: SandboxWorld, tmp_path: Path
 ) -> None:
@@ -122,30 +134,15 @@ def test_systemd_notify_protocol_against_the_real_daemon(
     proc = SyncdProcess(world.config_path, log_path=world.tmp / "syncd.log", env=env).start()
     got: list[str] = []
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sum("WATCHDOG=1" in g for g in got) < 3:
-            try:
-                got.append(sock.recv(4096).decode())
-            except TimeoutError:
-                continue
+        _receive_until(sock, got, lambda: sum("WATCHDOG=1" in g for g in got) >= 3, 30)
         # `systemctl reload`: RELOADING=1, the new log level, then READY=1 again.
         world.write_config({"mongo": {"max_await_ms": 100}, "logging": {"level": "debug"}})
         reload_at = len(got)
         proc.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any("READY=1" in g for g in got[reload_at:]):
-            try:
-                got.append(sock.recv(4096).decode())
-            except TimeoutError:
-                continue
+        _receive_until(sock, got, lambda: any("READY=1" in g for g in got[reload_at:]), 10)
         (reloaded,) = proc.events("reloaded")
         code, seconds = proc.terminate()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not any("STOPPING=1" in g for g in got):
-            try:
-                got.append(sock.recv(4096).decode())
-            except TimeoutError:
-                continue
+        _receive_until(sock, got, lambda: any("STOPPING=1" in g for g in got), 5)
     finally:
         if proc.alive:
             proc.kill()
