@@ -205,6 +205,31 @@ class SyncdProcess:
             f"timed out after {timeout}s (last error: {last_exc!r})\n{self.tail()}"
         )
 
+    def wait_metric(
+        self, name: str, expected: float, timeout: float = 10.0, **labels: str
+    ) -> dict[str, float]:
+        """Until the sum of ``name{labels}`` equals ``expected``; returns that scrape.
+
+        For the gauges syncd reads from its store on a timer (dead letters, paintings
+        without a thumbnail, parked documents): they trail the work by up to that period,
+        so a test that reads them once right after ``wait_idle`` races the timer.
+        """
+        seen: list[float] = []
+
+        def reached() -> dict[str, float] | None:
+            scrape = self.metrics()
+            seen.append(metric_sum(scrape, name, **labels))
+            return scrape if seen[-1] == expected else None
+
+        try:
+            result: dict[str, float] = self.wait_until(reached, timeout)
+        except AssertionError as exc:
+            last = seen[-1] if seen else "no scrape"
+            raise AssertionError(
+                f"{name}{labels} stayed {last}, expected {expected}: {exc}"
+            ) from None
+        return result
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until ``/readyz`` answers 200 (stream open, lag under the threshold)."""
         self.wait_until(lambda: self.get("/readyz").status_code == 200, timeout)

@@ -315,7 +315,7 @@ def test_bad_documents_are_dead_lettered_and_the_stream_goes_on(
     } <= reasons
     assert status["dead_letters"]["counts"]["moods"] == 5
     assert status["skipped"]["moods"] == {"unknown_user": 1}
-    assert metric_sum(syncd.metrics(), "syncd_dead_letters", collection="moods") == 5
+    syncd.wait_metric("syncd_dead_letters", 5, collection="moods")
     assert syncd.alive
     assert_mirrored(world, ("moods",))
 

@@ -84,7 +84,7 @@ def test_a_missing_image_gives_a_record_without_thumbnail_and_reconcile_attaches
     assert "thumbnail" not in rec["value"]
     first_uri = rec["uri"]
     assert status(world)["without_thumbnail"] == 1
-    assert syncd.metrics()["syncd_paintings_without_thumbnail"] == 1
+    syncd.wait_metric("syncd_paintings_without_thumbnail", 1)
     assert status(world)["dead_letters"]["counts"] == {}  # missing is not an error
     # Nothing to do while the image is still missing...
     check = run_cli(

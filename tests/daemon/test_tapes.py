@@ -19,7 +19,6 @@ from pymongo import MongoClient
 
 from syncd_sandbox import tokens
 from syncd_sandbox.images import ImageServer
-from syncd_sandbox.metrics import metric_sum
 from syncd_sandbox.mongo_server import ChildMongo
 from syncd_sandbox.pds import PdsProcess
 from syncd_sandbox.platform import NSIDS
@@ -164,7 +163,7 @@ def test_limits_and_hosts_are_dead_letters_that_say_why(
     ), text
     metrics = syncd.metrics()
     assert metrics["syncd_blob_bytes_sent_total"] == first.size  # nothing of the 60 MB
-    assert metric_sum(metrics, "syncd_dead_letters", collection="tapes") == 2
+    syncd.wait_metric("syncd_dead_letters", 2, collection="tapes")
     # A changed mp4: the new video is uploaded and the same record updated.
     before = world.records_by_ref("bob", TAPE)[str(changed["_id"])]
     obj, second = write_tape_file(world.image_dir, world.sub("bob"), "v2", 50_000, 4)
