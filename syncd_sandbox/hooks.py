@@ -4,13 +4,18 @@ When the platform saves a painting, piece, kidlisp or mood it creates the
 record itself, in the background: ``createRecord`` with a key the PDS picks,
 then ``atproto.rkey`` (and ``atproto.uri``) written back to the document a
 moment later. Mood records made inline carry a fresh ``when``, a few ms off
-the stored one. Guest content goes to the ``art`` account. Until those call
+the stored one. A tape is published when its conversion completes (a webhook:
+the insert of a converted tape, or the update that sets ``mp4Status:
+"complete"``): the whole MP4 is downloaded, uploaded as the ``video`` blob, the
+record created, and ``at: {rkey, uri, cid}`` written back (platform-facts §5,
+§7); no retry, no dedupe. Guest content goes to the ``art`` account. Until those call
 sites are switched off, two writers act on the same documents; this module
 is the second writer, so tests can run syncd beside it.
 
 :class:`PlatformHooks` tails the world database's change stream (plain
 pymongo) and, for every **insert** of a public document it can build a record
-for, after a random delay creates the record the platform's way (its own
+for (and every tape whose conversion completes), after a random delay creates
+the record the platform's way (its own
 record builder and thumbnail, :mod:`syncd_sandbox.platform` and
 :mod:`syncd_sandbox.thumbs`; a painting without an image in storage gets no
 thumbnail), then after another random delay writes the back-reference -- or,
@@ -55,9 +60,14 @@ from syncd_sandbox.images import UnsafeKeyError, painting_objects
 from syncd_sandbox.pds import PdsApi, PdsError
 
 STATS_FILE = "hooks.stats.json"
-#: The platform's inline writers played here. Tapes have one too (upload the MP4, then
-#: createRecord and ``at``), not played yet: their records need the MP4 as a blob.
-HOOK_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp")
+#: The platform's inline writers played here (tapes: its conversion webhook).
+HOOK_COLLECTIONS = ("paintings", "moods", "pieces", "kidlisp", "tapes")
+#: The event that runs the tape webhook besides an insert: the conversion completing.
+_TAPE_CONVERTED = {
+    "ns.coll": "tapes",
+    "operationType": "update",
+    "updateDescription.updatedFields.mp4Status": "complete",
+}
 _CODEC: CodecOptions[Any] = CodecOptions(
     tz_aware=True,
     tzinfo=UTC,
@@ -216,15 +226,10 @@ class PlatformHooks:
     # -- the change stream ----------------------------------------------------------
 
     def _open(self) -> Any:
-        pipeline = [
-            {
-                "$match": {
-                    "operationType": "insert",
-                    "ns.coll": {"$in": list(self.options.collections)},
-                }
-            }
-        ]
-        kwargs: dict[str, Any] = {"max_await_time_ms": 200}
+        inserts = {"operationType": "insert", "ns.coll": {"$in": list(self.options.collections)}}
+        wanted = [inserts, _TAPE_CONVERTED] if "tapes" in self.options.collections else [inserts]
+        pipeline = [{"$match": {"$or": wanted}}]
+        kwargs: dict[str, Any] = {"max_await_time_ms": 200, "full_document": "updateLookup"}
         if self._token is not None:
             kwargs["resume_after"] = self._token
         return self._db.watch(pipeline, **kwargs)
@@ -243,17 +248,17 @@ class PlatformHooks:
                             self._token = stream.resume_token or self._token
                             continue
                         self._token = change["_id"]
-                        self._on_insert(change)
+                        self._on_change(change)
             except PyMongoError:
                 self._count("stream_errors")
                 self._stop.wait(0.3)
             finally:
                 self._stream = None
 
-    def _on_insert(self, change: Mapping[str, Any]) -> None:
+    def _on_change(self, change: Mapping[str, Any]) -> None:
         coll = change["ns"]["coll"]
         doc = change.get("fullDocument")
-        self._count("inserts_seen")
+        self._count("inserts_seen" if change["operationType"] == "insert" else "tapes_converted")
         if not isinstance(doc, Mapping):
             return
         if platform.not_public_reason(coll, doc) is not None:
@@ -348,6 +353,8 @@ class PlatformHooks:
             record["when"] = platform.when_string(_fresh(doc["when"], skew))
         if coll == "paintings":
             self._painting_extras(owner, doc, record, did, password)
+        if coll == "tapes" and not self._tape_video(doc, record, did, password):
+            return
         out = self._call(
             did,
             password,
@@ -357,7 +364,7 @@ class PlatformHooks:
                 token=token,
             ),
         )
-        uri = str(out["uri"])
+        uri, cid = str(out["uri"]), str(out["cid"])
         with self._lock:
             self._state.counts["records_created"] += 1
             self._state.counts[f"records_created.{coll}"] += 1
@@ -367,7 +374,8 @@ class PlatformHooks:
             self._finish_writeback(uri, "lost")
             return
         self._schedule(
-            self.options.writeback_delay_ms, lambda: self._write_back(coll, doc["_id"], uri)
+            self.options.writeback_delay_ms,
+            lambda: self._write_back(coll, doc["_id"], uri, cid),
         )
 
     def _painting_extras(
@@ -408,11 +416,34 @@ class PlatformHooks:
             return
         record["thumbnail"] = blob
 
-    def _write_back(self, coll: str, doc_id: Any, uri: str) -> None:
+    def _tape_video(
+        self, doc: Mapping[str, Any], record: dict[str, Any], did: str, password: str
+    ) -> bool:
+        """The webhook's upload: the whole MP4 into memory, then ``uploadBlob``. Without
+        it the platform makes no record (False)."""
+        r = self._http.get(str(doc["mp4"]))
+        if r.status_code != 200:
+            self._count("tapes_without_mp4")
+            return False
+        try:
+            blob = self._call(
+                did, password, lambda t: self._api.upload_blob(t, r.content, "video/mp4")
+            )
+        except PdsError:
+            self._count("upload_failures")
+            return False
+        record["video"] = blob
+        return True
+
+    def _write_back(self, coll: str, doc_id: Any, uri: str, cid: str) -> None:
         rkey = uri.rsplit("/", 1)[-1]
-        self._db[coll].update_one(
-            {"_id": doc_id}, {"$set": {"atproto.rkey": rkey, "atproto.uri": uri}}
+        field = platform.BACKREF_FIELDS.get(coll)
+        update = (
+            {field: {"rkey": rkey, "uri": uri, "cid": cid}}
+            if field is not None
+            else {"atproto.rkey": rkey, "atproto.uri": uri}
         )
+        self._db[coll].update_one({"_id": doc_id}, {"$set": update})
         self._finish_writeback(uri, "written")
 
     def _finish_writeback(self, uri: str, outcome: str) -> None:

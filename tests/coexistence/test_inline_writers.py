@@ -20,8 +20,15 @@ import pytest
 
 from syncd_sandbox import tally
 from syncd_sandbox.rig import Rig
-from syncd_sandbox.seed import make_kidlisp, make_mood, make_piece
-from syncd_sandbox.syncd_process import run_cli
+from syncd_sandbox.seed import (
+    make_kidlisp,
+    make_mood,
+    make_piece,
+    make_tape,
+    store_url,
+    write_tape_file,
+)
+from syncd_sandbox.syncd_process import metric_sum, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +86,51 @@ def test_one_record_per_document_beside_the_inline_writers_under_kills(rig: Rig)
     assert stats.get("records_created", 0) >= 150  # the platform wrote its own records
     assert report.ok
     assert report.expected_records >= 150
+    assert rig.syncd.exited_unexpectedly() is None
+
+
+def test_one_record_per_tape_beside_the_platforms_tape_webhook(rig: Rig) -> None:
+    """The tape writer too (§7: upload the MP4, createRecord, ``at`` written back): tapes
+    converted at insert and later, for users and guests, syncd SIGKILLed in the middle
+    of the uploads; each public tape ends with one record whose video is its MP4."""
+    seed = int(os.environ.get("SYNCD_CHAOS_SEED") or random.randrange(1 << 32))
+    print(f"\ncoexistence seed: {seed}  (replay: SYNCD_CHAOS_SEED={seed})")
+    rng = random.Random(seed)
+    w = rig.world
+    hooks = w.start_hooks(delay_ms=(0, 800), writeback_delay_ms=(0, 3000), seed=seed)
+    rig.syncd.start()
+    processing = []
+    for i in range(24):
+        doc = make_tape(rng.choice([w.sub("alice"), w.sub("bob"), None]))
+        obj, _ = write_tape_file(w.image_dir, doc.get("user"), doc["slug"], 400_000, seed=i)
+        doc["mp4"] = store_url(obj, w.image_base_url)
+        if i % 3 == 0:  # converted later: the webhook runs on the update
+            doc["mp4Status"] = "processing"
+            processing.append(doc["_id"])
+        w.insert("tapes", doc)
+        if i == 12:
+            rig.syncd.kill()
+            tally.count("kill_points", 1)
+            rig.syncd.start()
+        time.sleep(rng.uniform(0.0, 0.1))
+    for doc_id in processing:
+        w.db.tapes.update_one({"_id": doc_id}, {"$set": {"mp4Status": "complete"}})
+    assert hooks.wait_idle(60)
+    report = rig.wait_quiet(120)
+    stats = hooks.stats
+    written = {
+        action: metric_sum(rig.syncd.metrics(), "syncd_records_written_total", action=action)
+        for action in ("create", "update", "delete")
+    }
+    print(
+        f"tapes 24, platform tape records {stats.get('records_created.tapes')}, write-backs"
+        f" {stats.get('writebacks_written')}, syncd's writes after the restart {written},"
+        f" records checked {report.records_checked}, violations {len(report.violations)}"
+    )
+    assert stats.get("records_created.tapes") == 24, stats
+    assert stats.get("tapes_converted") == len(processing), stats
+    assert report.ok, report.summary()
+    assert report.expected_records == 24
     assert rig.syncd.exited_unexpectedly() is None
 
 

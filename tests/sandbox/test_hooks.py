@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import pytest
@@ -10,7 +11,14 @@ from PIL import Image
 
 from syncd_sandbox import platform
 from syncd_sandbox.hooks import HookOptions, PlatformHooks
-from syncd_sandbox.seed import make_kidlisp, make_mood, make_piece
+from syncd_sandbox.seed import (
+    make_kidlisp,
+    make_mood,
+    make_piece,
+    make_tape,
+    store_url,
+    write_tape_file,
+)
 from syncd_sandbox.testing import SandboxWorld
 
 pytestmark = pytest.mark.slow
@@ -60,6 +68,46 @@ def test_the_platform_writes_records_its_own_way(world: SandboxWorld) -> None:
     blob = world.api.get_blob(world.did("alice"), value["thumbnail"]["ref"]["$link"])
     assert Image.open(io.BytesIO(blob)).size == (512, 512)
     assert value["recordingUrl"].endswith(f"/media/paintings/{pixel['code']}.zip")
+
+
+def test_the_tape_webhook_uploads_the_mp4_and_writes_at_back(world: SandboxWorld) -> None:
+    """§5, §7: a tape is published when its conversion completes, the MP4 as its
+    ``video`` blob, and the back-reference is ``at: {rkey, uri, cid}``."""
+    alice = world.sub("alice")
+    converted = make_tape(None)  # a guest tape, converted when it is inserted
+    later = make_tape(alice, mp4_status="processing")
+    waiting = make_tape(alice, mp4_status="processing")
+    mp4s = {}
+    for doc in (converted, later, waiting):
+        obj, mp4s[doc["_id"]] = write_tape_file(
+            world.image_dir, doc.get("user"), doc["slug"], 300_000
+        )
+        doc["mp4"] = store_url(obj, world.image_base_url)
+    with world.hooks(seed=3, **FAST) as hooks:
+        world.insert("tapes", converted, later, waiting)
+        world.db.tapes.update_one({"_id": later["_id"]}, {"$set": {"mp4Status": "complete"}})
+        world.db.tapes.update_one({"_id": waiting["_id"]}, {"$set": {"bucket": "x"}})
+        assert hooks.wait_idle(30)
+        stats = hooks.stats
+    assert stats["records_created.tapes"] == 2, stats
+    assert stats["tapes_converted"] == 1 and stats["skipped_not_public"] == 2, stats
+    for doc, who in ((converted, None), (later, "alice")):
+        (rec,) = [r for r in hooks.created if r.ref == str(doc["_id"])]
+        stored = world.db.tapes.find_one({"_id": doc["_id"]})
+        assert stored is not None
+        rkey = rec.uri.rsplit("/", 1)[1]
+        assert platform.is_tid(rkey)
+        record = world.get_record(world.did(who), platform.TAPE, rkey)
+        assert record is not None
+        assert stored["at"] == {"rkey": rkey, "uri": rec.uri, "cid": record["cid"]}
+        assert "atproto" not in stored
+        video = record["value"]["video"]
+        assert video["mimeType"] == "video/mp4" and video["size"] == 300_000
+        data = world.api.get_blob(world.did(who), video["ref"]["$link"])
+        assert hashlib.sha256(data).hexdigest() == mp4s[doc["_id"]].sha256
+    assert not world.records_by_ref("alice", platform.TAPE).get(str(waiting["_id"]))
+    report = world.check_invariant()
+    assert report.ok, report.summary()
 
 
 def test_lost_writebacks(world: SandboxWorld) -> None:
@@ -114,7 +162,7 @@ def test_options_are_checked() -> None:
     with pytest.raises(ValueError):
         HookOptions(delay_ms=(50, 10))
     with pytest.raises(ValueError):
-        HookOptions(collections=("tapes",))
+        HookOptions(collections=("users",))
 
 
 def test_hooks_resume_after_mongo_restarts(world: SandboxWorld) -> None:
