@@ -33,6 +33,13 @@ from syncd_sandbox.syncd_process import metric_sum, run_cli
 pytestmark = pytest.mark.slow
 
 
+def _seeded() -> tuple[int, random.Random]:
+    """A random seed (or ``SYNCD_CHAOS_SEED``), printed so that a failure can be replayed."""
+    seed = int(os.environ.get("SYNCD_CHAOS_SEED") or random.randrange(1 << 32))
+    print(f"\ncoexistence seed: {seed}  (replay: SYNCD_CHAOS_SEED={seed})")
+    return seed, random.Random(seed)
+
+
 def _insert_mix(rig: Rig, rng: random.Random, n: int) -> int:
     """``n`` documents over the four collections, a few at a time, some not public."""
     w = rig.world
@@ -58,9 +65,7 @@ def _insert_mix(rig: Rig, rng: random.Random, n: int) -> int:
 
 
 def test_one_record_per_document_beside_the_inline_writers_under_kills(rig: Rig) -> None:
-    seed = int(os.environ.get("SYNCD_CHAOS_SEED") or random.randrange(1 << 32))
-    print(f"\ncoexistence seed: {seed}  (replay: SYNCD_CHAOS_SEED={seed})")
-    rng = random.Random(seed)
+    seed, rng = _seeded()
     w = rig.world
     # Write-backs up to 4 s after the platform's createRecord: seconds later, across kills.
     hooks = w.start_hooks(delay_ms=(0, 600), writeback_delay_ms=(0, 4000), seed=seed)
@@ -93,9 +98,7 @@ def test_one_record_per_tape_beside_the_platforms_tape_webhook(rig: Rig) -> None
     """The tape writer too (§7: upload the MP4, createRecord, ``at`` written back): tapes
     converted at insert and later, for users and guests, syncd SIGKILLed in the middle
     of the uploads; each public tape ends with one record whose video is its MP4."""
-    seed = int(os.environ.get("SYNCD_CHAOS_SEED") or random.randrange(1 << 32))
-    print(f"\ncoexistence seed: {seed}  (replay: SYNCD_CHAOS_SEED={seed})")
-    rng = random.Random(seed)
+    seed, rng = _seeded()
     w = rig.world
     hooks = w.start_hooks(delay_ms=(0, 800), writeback_delay_ms=(0, 3000), seed=seed)
     rig.syncd.start()
@@ -135,8 +138,7 @@ def test_one_record_per_tape_beside_the_platforms_tape_webhook(rig: Rig) -> None
 
 
 def test_lost_platform_writebacks_are_converged_by_reconcile(rig: Rig) -> None:
-    seed = int(os.environ.get("SYNCD_CHAOS_SEED") or random.randrange(1 << 32))
-    rng = random.Random(seed)
+    seed, rng = _seeded()
     w = rig.world
     hooks = w.start_hooks(
         delay_ms=(0, 300), writeback_delay_ms=(0, 2000), lose_fraction=0.3, seed=seed
