@@ -116,6 +116,37 @@ def apply_writes_calls(procs: list[SyncdProcess]) -> float:
     return total
 
 
+def state_thread(procs: list[SyncdProcess], wall: float) -> dict[str, Any]:
+    """syncd's own view of its state calls (``syncd_state_call_seconds``, ``..._wait_...``):
+    seconds inside calls and waiting for the state thread, summed over the instances,
+    and the share of the wall time the (busiest) state thread was in a call."""
+    calls = seconds = waited = busiest = 0.0
+    by_call: dict[str, float] = {}
+    for p in procs:
+        if not p.alive:
+            continue
+        m = p.metrics()
+        for key, value in m.items():
+            if key.startswith('syncd_state_call_seconds_sum{call="'):
+                name = key.split('"')[1]
+                by_call[name] = by_call.get(name, 0.0) + value
+        inside = metric_sum(m, "syncd_state_call_seconds_sum")
+        calls += metric_sum(m, "syncd_state_call_seconds_count")
+        seconds += inside
+        waited += metric_sum(m, "syncd_state_call_wait_seconds_sum")
+        busiest = max(busiest, inside)
+    return {
+        "calls": calls,
+        "call_s": round(seconds, 2),
+        "wait_s": round(waited, 2),
+        "ms_per_call": round(1000 * seconds / max(calls, 1), 2),
+        "busy_share": round(busiest / max(wall, 1e-9), 2),
+        "call_s_by_call": {
+            k: round(v, 2) for k, v in sorted(by_call.items(), key=lambda kv: -kv[1])[:6]
+        },
+    }
+
+
 def partitioned_backfill(
     world: World,
     root: Path,
@@ -132,6 +163,9 @@ def partitioned_backfill(
     (root / "logs").mkdir(parents=True, exist_ok=True)
     state_server = start_sandbox_process(log_file=root / "logs" / "s6_state_mongo.log")
     state_client: MongoClient[Any] = MongoClient(state_server.uri)
+    # The state store's own server is metered too ("state_mongo"): the world's "mongo"
+    # is the source database only.
+    pids = {**pids, "state_mongo": state_server.pid}
     try:
         for label, backend, n in RUNS:
             out[label] = _one_run(
@@ -205,6 +239,7 @@ def _one_run(
             result["backfill_state"] = per_record(
                 counts0, state_counts(state_client), len(keys), batches
             )
+            result["backfill_state"]["state_thread"] = state_thread(procs, wall)
         if live:
             counts1 = state_counts(state_client)
             live_docs = mixed_text_docs(factory, owners, live, when_now=True)

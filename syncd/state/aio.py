@@ -16,11 +16,12 @@ scan go through :meth:`StateCalls.read`, off the event loop on SQLite too.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any, TypeVar
 
+from syncd import metrics
 from syncd.state.model import Store
 
 T = TypeVar("T")
@@ -44,9 +45,10 @@ class StateCalls:
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._thread is None:
-            return fn(*args, **kwargs)
+            return _timed(fn, args, kwargs, None)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+        queued = time.perf_counter()
+        return await loop.run_in_executor(self._thread, _timed, fn, args, kwargs, queued)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A read the store serves from any thread (its method says so), off the event loop
@@ -54,9 +56,24 @@ class StateCalls:
         own, on MongoDB on the state thread like every call. For reads that may scan
         (the retry pass over a table of dead letters)."""
         if self._thread is None:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.to_thread(_timed, fn, args, kwargs, None)
         return await self(fn, *args, **kwargs)
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
+
+
+def _timed(
+    fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], queued: float | None
+) -> T:
+    """Run one store call and observe ``syncd_state_call_seconds`` (and, for a call that
+    waited for the state thread, ``syncd_state_call_wait_seconds``)."""
+    started = time.perf_counter()
+    if queued is not None:
+        metrics.STATE_CALL_WAIT_SECONDS.observe(started - queued)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        name = getattr(fn, "__name__", type(fn).__name__)
+        metrics.STATE_CALL_SECONDS.labels(call=name).observe(time.perf_counter() - started)

@@ -167,6 +167,21 @@ class CollectionIndex:
         seq = self.seq
         return sorted((k for k in keys if k in seq), key=seq.__getitem__)
 
+    def _or_keys(self, branches: Any, id_key: Any) -> set[Any] | None:
+        """The keys that may match some branch of an ``$or``; None unless every branch
+        has an index plan (one branch without means a scan, as on a real server)."""
+        if not isinstance(branches, list) or not branches:
+            return None
+        keys: set[Any] = set()
+        for branch in branches:
+            if not isinstance(branch, dict) or not branch:
+                return None
+            plan = self.candidates(branch, id_key)
+            if plan is None:
+                return None
+            keys.update(plan[0])
+        return keys
+
     def candidates(self, filter_: dict[str, Any], id_key: Any) -> tuple[list[Any], bool] | None:
         """(document keys that may match, exact?) from the most selective equality.
 
@@ -183,6 +198,11 @@ class CollectionIndex:
             size = len(values) if field == "_id" else self.fields[field].size(values)
             if size is not None and (best is None or size < best[0]):
                 best = (size, field, values)
+        either = self._or_keys(filter_.get("$or"), id_key) if "$or" in filter_ else None
+        if either is not None and (best is None or len(either) < best[0]):
+            # Every branch answered by an index (a real server's OR plan, one index scan
+            # per branch): the union may match, the whole filter decides.
+            return self.natural(either), False
         if best is None:
             return None
         _size, field, values = best

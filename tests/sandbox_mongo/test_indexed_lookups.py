@@ -3,7 +3,7 @@
 In-process (no server): a :class:`Storage` with two indexes, documents of mixed types
 (strings, numbers, booleans, null, arrays, documents, ObjectIds, dates, Decimal128),
 random writes that must keep the maps in step, then random equality / ``$eq`` / ``$in``
-filters on indexed and unindexed fields: the documents found, *in order*, are the ones
+filters on indexed and unindexed fields (and ``$or`` of them): the documents found, *in order*, are the ones
 mongomock's general matcher finds scanning the collection in natural order.
 """
 
@@ -36,11 +36,21 @@ conditions = st.one_of(
     st.builds(lambda v: {"$eq": v}, scalars),
     st.builds(lambda vs: {"$in": vs}, st.lists(scalars, max_size=3)),
 )
-filters = st.one_of(
+plain_filters = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS), conditions, min_size=1, max_size=3),
     st.builds(
         lambda ids, f: {"_id": {"$in": ids}, **f},
         st.lists(st.integers(0, 30)),
+        st.dictionaries(st.sampled_from(FIELDS), conditions, max_size=1),
+    ),
+)
+filters = st.one_of(
+    plain_filters,
+    # $or, alone or beside other conditions (syncd's ledger look-up is one): an index plan
+    # when every branch has one, a scan otherwise.
+    st.builds(
+        lambda branches, f: {"$or": branches, **f},
+        st.lists(plain_filters, min_size=1, max_size=3),
         st.dictionaries(st.sampled_from(FIELDS), conditions, max_size=1),
     ),
 )
@@ -109,3 +119,10 @@ def test_lookups_use_the_index_not_a_scan() -> None:
     plan = cidx.candidates({"_id": {"$in": [5, 7, 99999]}}, lambda v: v)
     assert plan is not None and plan[0] == [5, 7]
     assert cidx.candidates({"other": "x"}, lambda v: v) is None
+    # syncd's ledger look-up: the batch's ids, or the keys held in one repository.
+    either = {"$or": [{"_id": {"$in": [5, 7]}}, {"did": "d3", "rkey": {"$in": ["r13", "r23"]}}]}
+    plan = cidx.candidates(either, lambda v: v)
+    assert plan is not None and plan[0] == [5, 7, 13, 23] and plan[1] is False
+    assert [d["_id"] for d in storage.find("db", "c", either)] == [5, 7, 13, 23]
+    # One branch without an index: no plan (the matcher scans).
+    assert cidx.candidates({"$or": [{"_id": 5}, {"other": "x"}]}, lambda v: v) is None
