@@ -6,8 +6,11 @@ every call a round trip). Every caller awaits its call before it makes the next
 one, so a stage's own calls happen in its order; each call is one unit on the
 store (its writes are buffered per thread and sent together), so more threads
 are safe -- but measured, they did not help: scenario 6's MongoDB-state backfill
-took 78 s with four threads as with one, and four partitions' lease renewals
-waited behind the extra writes until the leases ran out. The daemon's stages reach the
+took 78 s with four threads as with one (the MongoDB sandbox was scanning its
+ledger for every lookup then, so four threads waited on one busy server), and four
+partitions' lease renewals waited behind the extra writes until the leases ran
+out. Every call is timed (``syncd_state_call_seconds`` by call, and
+``syncd_state_call_wait_seconds`` for the wait for the thread). The daemon's stages reach the
 store through it for their per-batch calls (``lookup``, ``apply``), so a slow
 MongoDB slows the batches that wait for it, never the event loop. Reads that may
 scan go through :meth:`StateCalls.read`, off the event loop on SQLite too.
