@@ -67,17 +67,19 @@ PDS_REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+#: State calls: from a local SQLite call (sub-millisecond) to a slow MongoDB round trip.
+_STATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 STATE_CALL_SECONDS = Histogram(
     "syncd_state_call_seconds",
     "Time inside one state-store call (a MongoDB round trip, or a local SQLite call).",
     ["call"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    buckets=_STATE_BUCKETS,
     registry=REGISTRY,
 )
 STATE_CALL_WAIT_SECONDS = Histogram(
     "syncd_state_call_wait_seconds",
     "Time a state-store call waited for the state thread (MongoDB state) before it ran.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    buckets=_STATE_BUCKETS,
     registry=REGISTRY,
 )
 RATE_LIMITED = Counter(
