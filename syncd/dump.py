@@ -19,21 +19,30 @@ import structlog
 
 log = structlog.get_logger("syncd.dump")
 
-#: Frames logged per task (the innermost ones: where it waits).
-FRAMES = 4
+#: Frames logged per task: the innermost ones of its await chain (where it waits).
+FRAMES = 8
+
+
+def await_chain(task: asyncio.Task[object]) -> list[str]:
+    """``file:line function`` of every coroutine ``task`` is suspended in, outermost
+    first, followed down ``cr_await`` (``Task.get_stack`` stops at the task's own
+    coroutine, which says only that it awaits something)."""
+    lines: list[str] = []
+    node: object = task.get_coro()
+    while node is not None and len(lines) < 64:
+        frame = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
+        if frame is not None:
+            lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        node = getattr(node, "cr_await", None) or getattr(node, "gi_yieldfrom", None)
+    return lines
 
 
 def task_stacks() -> list[dict[str, object]]:
     """Every task of the running loop: its name and the innermost lines it waits at."""
     out: list[dict[str, object]] = []
     for task in asyncio.all_tasks():
-        frames = task.get_stack(limit=FRAMES)
-        out.append(
-            {
-                "task": task.get_name(),
-                "at": [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames],
-            }
-        )
+        chain = await_chain(task)
+        out.append({"task": task.get_name(), "at": chain[-FRAMES:]})
     return sorted(out, key=lambda t: str(t["task"]))
 
 
